@@ -1,0 +1,89 @@
+/* kernels/cpu/rmsnorm.c: LlamaRMSNorm, y = w * (x * rsqrt(mean(x^2) + eps)), all in F32 as
+ * transformers computes it (hidden_states.to(float32) first). The mean is accumulated in f64.
+ * Qwen3's q_norm/k_norm are the same op over head_dim (N = tokens*heads, C = D).
+ * Letters: N rows, C channels (the normalised dimension). */
+#include "cpu.h"
+
+#include <math.h>
+#include <string.h>
+
+struct rms_fwd { float *y, *rstd; const float *x, *w; int64_t C; float eps; };
+
+static void rms_fwd_rows(void *arg, int64_t n0, int64_t n1, int tid)
+{
+    (void)tid;
+    const struct rms_fwd *a = arg;
+    const int64_t C = a->C;
+    for (int64_t n = n0; n < n1; n++) {
+        const float *x = a->x + n * C;
+        float *y = a->y + n * C;
+        double ss = 0.0;
+        for (int64_t c = 0; c < C; c++)
+            ss += (double)x[c] * x[c];
+        float r = 1.0f / sqrtf((float)(ss / (double)C) + a->eps);
+        for (int64_t c = 0; c < C; c++)
+            y[c] = a->w[c] * (x[c] * r);
+        if (a->rstd)
+            a->rstd[n] = r;
+    }
+}
+
+/* x (N,C), w (C) -> y (N,C) (may alias x), rstd (N) or NULL */
+ftk_status cpu_rmsnorm_forward(void *ctx, float *y, float *rstd, const float *x, const float *w,
+                               int64_t N, int64_t C, float eps)
+{
+    struct rms_fwd a = { y, rstd, x, w, C, eps };
+    cpu_for(ctx, N, 0, rms_fwd_rows, &a);
+    return FTK_OK;
+}
+
+struct rms_bwd {
+    float *dx;
+    float *dw_part;          /* (threads, C) per-thread partial sums of dw, or NULL */
+    const float *dy, *x, *w, *rstd;
+    int64_t C;
+};
+
+/* With r = rstd: dx_c = r w_c dy_c - r^3 x_c / C * sum_k dy_k w_k x_k;  dw_c = sum_n dy_c x_c r */
+static void rms_bwd_rows(void *arg, int64_t n0, int64_t n1, int tid)
+{
+    const struct rms_bwd *a = arg;
+    const int64_t C = a->C;
+    float *dwp = a->dw_part ? a->dw_part + (int64_t)tid * C : NULL;
+    for (int64_t n = n0; n < n1; n++) {
+        const float *x = a->x + n * C, *dy = a->dy + n * C;
+        const float r = a->rstd[n];
+        if (a->dx) {
+            double dot = 0.0;
+            for (int64_t c = 0; c < C; c++)
+                dot += (double)dy[c] * a->w[c] * x[c];
+            float k = (float)(dot * r * r * r / (double)C);
+            float *dx = a->dx + n * C;
+            for (int64_t c = 0; c < C; c++)
+                dx[c] += r * a->w[c] * dy[c] - k * x[c];
+        }
+        if (dwp)
+            for (int64_t c = 0; c < C; c++)
+                dwp[c] += dy[c] * x[c] * r;
+    }
+}
+
+/* dy (N,C), x (N,C), w (C), rstd (N) -> dx (N,C) +=, dw (C) += (either may be NULL) */
+ftk_status cpu_rmsnorm_backward(void *ctx, float *dx, float *dw, const float *dy, const float *x,
+                                const float *w, const float *rstd, int64_t N, int64_t C)
+{
+    struct cpu_ctx *c = ctx;
+    struct rms_bwd a = { dx, NULL, dy, x, w, rstd, C };
+    if (dw) {
+        a.dw_part = cpu_scratch(c, (size_t)c->nthreads * (size_t)C * sizeof(float));
+        if (!a.dw_part)
+            return FTK_E_NOMEM;
+        memset(a.dw_part, 0, (size_t)c->nthreads * (size_t)C * sizeof(float));
+    }
+    cpu_for(c, N, 0, rms_bwd_rows, &a);
+    if (dw)
+        for (int t = 0; t < c->nthreads; t++)
+            for (int64_t j = 0; j < C; j++)
+                dw[j] += a.dw_part[(int64_t)t * C + j];
+    return FTK_OK;
+}
