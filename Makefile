@@ -45,7 +45,7 @@ ifeq ($(CUDA),1)
   NVCC      ?= nvcc
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC)))
   CU_ARCH   ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
-  NVFLAGS   ?= -O2 -std=c++17 $(CU_ARCH) -Xcompiler -fPIC,-fvisibility=hidden -Ilibcore/include -Ilibcore \
+  NVFLAGS   ?= -O2 -std=c++17 $(CU_ARCH) -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra -Ilibcore/include -Ilibcore \
                -DFTK_BUILDING_LIB -DFTK_HAVE_CUDA
   CU_SRC    := $(wildcard kernels/cuda/*.cu)
   CFLAGS    += -DFTK_HAVE_CUDA -I$(CUDA_HOME)/include
@@ -61,6 +61,8 @@ TEMPLATES := $(patsubst tools/templates/%,$(BUILD)/share/ftk/templates/%,$(wildc
 TEST_SRC := $(wildcard tests/unit/test_*.c)
 TESTS   := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+# Each fuzz target also builds as a plain corpus replayer that make test runs.
+REPLAYS := $(FUZZ_SRC:tests/fuzz/fuzz_%.c=$(BUILD)/tests/replay_%)
 
 LIBSO := $(BUILD)/lib/libftk.so
 LIBA  := $(BUILD)/lib/libftk.a
@@ -78,7 +80,7 @@ lib: $(LIBSO) $(LIBA)
 tools: $(TOOLS)
 plugins: $(PLUGINS)
 templates: $(TEMPLATES)
-tests: $(TESTS)
+tests: $(TESTS) $(REPLAYS)
 
 $(BUILD)/obj/libcore/%.o: libcore/%.c
 	@mkdir -p $(@D)
@@ -118,6 +120,10 @@ $(BUILD)/share/ftk/templates/%: tools/templates/%
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/check.h $(LIBA)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LDFLAGS) -Itests/unit -o $@ $< $(LIBA) $(CUDA_LIBS) $(LDLIBS)
+
+$(BUILD)/tests/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(LIBA)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< tests/fuzz/replay.c $(LIBA) $(CUDA_LIBS) $(LDLIBS)
 
 # ---- tests ---------------------------------------------------------------------------------
 # make test: deps, build, unit tests, the same unit tests under ASan+UBSan, tool tests, and the

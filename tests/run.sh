@@ -36,7 +36,8 @@ run_one() {   # label, command...
 if [ "$mode" = all ] || [ "$mode" = only-unit ] || [ "$mode" = cuda ]; then
     for t in "$build"/tests/test_*; do
         [ -x "$t" ] || continue
-        case "$(basename "$t")" in test_cuda_*) [ "$mode" = cuda ] || continue;; *) [ "$mode" = cuda ] && continue;; esac
+        # GPU tests run everywhere and report "skipped: no GPU" without one; --cuda runs only them.
+        case "$(basename "$t")" in test_cuda_*) ;; *) [ "$mode" = cuda ] && continue;; esac
         run_one "unit/$(basename "$t")" "$t"
     done
 fi
@@ -60,8 +61,12 @@ if [ "$mode" = all ] || [ "$mode" = only-tools ]; then
         done
     fi
 fi
-if [ "$mode" = all ] && [ -x "$build/tests/fuzz_replay" ]; then
-    run_one "fuzz-corpora" "$build/tests/fuzz_replay" tests/fuzz/corpus
+if [ "$mode" = all ]; then   # fuzz corpora replayed, under the sanitizers when built
+    for r in "${san:-$build}"/tests/replay_*; do
+        [ -x "$r" ] || continue
+        n=$(basename "$r"); n=${n#replay_}
+        [ -d "tests/fuzz/corpus/fuzz_$n" ] && run_one "fuzz-corpus/$n" "$r" "tests/fuzz/corpus/fuzz_$n"
+    done
 fi
 echo "$passed passed, $failed failed$([ "$skipped" -gt 0 ] && echo ", $skipped skipped")"
 [ "$failed" -eq 0 ]
