@@ -128,9 +128,10 @@ $(BUILD)/tests/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(LIBA)
 # ---- tests ---------------------------------------------------------------------------------
 # make test: deps, build, unit tests, the same unit tests under ASan+UBSan, tool tests, and the
 # fuzz corpora replayed; prints "N passed, N failed" last and fails if any failed.
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 test: deps
-	@$(MAKE) --no-print-directory all tests
-	@$(MAKE) --no-print-directory BUILD=build-san SAN=address,undefined OPT=-O1 lib tools plugins templates tests
+	@$(MAKE) --no-print-directory -j$(JOBS) all tests
+	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-san SAN=address,undefined OPT=-O1 lib tools plugins templates tests
 	@tests/run.sh $(BUILD) build-san
 
 test-unit: all tests
