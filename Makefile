@@ -100,16 +100,18 @@ $(LIBA): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+# Link rules keep their dependency files hidden (.NAME.d) so bin/ holds only programs.
+DEPF = -MF $(@D)/.$(@F).d
 $(BUILD)/bin/%: tools/%.c $(LIBSO)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< -L$(BUILD)/lib -lftk $(RPATH) $(LDLIBS)
+	$(CC) $(CFLAGS) $(DEPF) $(LDFLAGS) -o $@ $< -L$(BUILD)/lib -lftk $(RPATH) $(LDLIBS)
 $(BUILD)/bin/ftk: tools/ftk.c $(LIBSO)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< -L$(BUILD)/lib -lftk $(RPATH) $(LDLIBS)
+	$(CC) $(CFLAGS) $(DEPF) $(LDFLAGS) -o $@ $< -L$(BUILD)/lib -lftk $(RPATH) $(LDLIBS)
 
 $(BUILD)/plugins/%.so: plugins/%.c $(LIBSO)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -fvisibility=hidden -shared $(LDFLAGS) -o $@ $< -L$(BUILD)/lib -lftk \
+	$(CC) $(CFLAGS) $(DEPF) -fvisibility=hidden -shared $(LDFLAGS) -o $@ $< -L$(BUILD)/lib -lftk \
 	    -Wl,-rpath,'$$ORIGIN/../../lib' $(LDLIBS)
 
 $(BUILD)/share/ftk/templates/%: tools/templates/%
@@ -119,11 +121,11 @@ $(BUILD)/share/ftk/templates/%: tools/templates/%
 # Unit tests link the static library so they can reach libcore's internal functions.
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/check.h $(LIBA)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(LDFLAGS) -Itests/unit -o $@ $< $(LIBA) $(CUDA_LIBS) $(LDLIBS)
+	$(CC) $(CFLAGS) $(DEPF) $(LDFLAGS) -Itests/unit -o $@ $< $(LIBA) $(CUDA_LIBS) $(LDLIBS)
 
 $(BUILD)/tests/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(LIBA)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< tests/fuzz/replay.c $(LIBA) $(CUDA_LIBS) $(LDLIBS)
+	$(CC) $(CFLAGS) $(DEPF) $(LDFLAGS) -o $@ $< tests/fuzz/replay.c $(LIBA) $(CUDA_LIBS) $(LDLIBS)
 
 # ---- tests ---------------------------------------------------------------------------------
 # make test: deps, build, unit tests, the same unit tests under ASan+UBSan, tool tests, and the
