@@ -1,0 +1,244 @@
+/* libcore/tokenizer/bpe.c: the BPE model, as HF tokenizers/src/models/bpe/{model,word}.rs:
+ * characters (with byte_fallback / unk / fuse_unk) become symbols, then the pair of lowest merge
+ * rank (leftmost on ties) is merged until none is left, using a min-heap and a linked list. */
+#include <stdlib.h>
+#include <string.h>
+#include "tokenizer-impl.h"
+
+static ftk_status grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap)
+        return FTK_OK;
+    size_t c = *cap ? *cap : 64;
+    while (c < need)
+        c *= 2;
+    void *q = realloc(*p, c * elem);
+    FTK_FAIL_IF(!q, FTK_E_NOMEM, "tokenizer: out of memory");
+    *p = q;
+    *cap = c;
+    return FTK_OK;
+}
+
+static ftk_status add_sym(struct tk_bpe_work *w, int32_t id, size_t len)
+{
+    FTK_TRY(grow((void **)&w->sym, &w->capsym, w->nsym + 1, sizeof *w->sym));
+    int32_t i = (int32_t)w->nsym;
+    w->sym[i] = (struct tk_sym){id, i - 1, i + 1, (uint32_t)len};
+    w->nsym++;
+    return FTK_OK;
+}
+
+/* min-heap on (rank, pos) */
+static inline int merge_less(const struct tk_merge *a, const struct tk_merge *b)
+{
+    return a->rank < b->rank || (a->rank == b->rank && a->pos < b->pos);
+}
+
+static ftk_status heap_push(struct tk_bpe_work *w, struct tk_merge m)
+{
+    FTK_TRY(grow((void **)&w->heap, &w->capheap, w->nheap + 1, sizeof *w->heap));
+    size_t i = w->nheap++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!merge_less(&m, &w->heap[p]))
+            break;
+        w->heap[i] = w->heap[p];
+        i = p;
+    }
+    w->heap[i] = m;
+    return FTK_OK;
+}
+
+static struct tk_merge heap_pop(struct tk_bpe_work *w)
+{
+    struct tk_merge top = w->heap[0], last = w->heap[--w->nheap];
+    size_t i = 0, n = w->nheap;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n)
+            break;
+        if (c + 1 < n && merge_less(&w->heap[c + 1], &w->heap[c]))
+            c++;
+        if (!merge_less(&w->heap[c], &last))
+            break;
+        w->heap[i] = w->heap[c];
+        i = c;
+    }
+    if (n)
+        w->heap[i] = last;
+    return top;
+}
+
+static inline const struct tk_u64map_entry *merge_get(const struct tk_bpe *m, int32_t a, int32_t b)
+{
+    return tk_u64map_get(&m->merges, (uint64_t)(uint32_t)a << 32 | (uint32_t)b);
+}
+
+/* Word::merge_all (no dropout). */
+static ftk_status merge_all(const struct tk_bpe *m, struct tk_bpe_work *w)
+{
+    struct tk_sym *sym = w->sym;
+    size_t n = w->nsym;
+    w->nheap = 0;
+    for (size_t i = 0; i + 1 < n; i++) {
+        const struct tk_u64map_entry *e = merge_get(m, sym[i].id, sym[i + 1].id);
+        if (e)
+            FTK_TRY(heap_push(w, (struct tk_merge){e->a, (uint32_t)i, e->b}));
+    }
+    sym = w->sym;
+    while (w->nheap) {
+        struct tk_merge top = heap_pop(w);
+        struct tk_sym *cur = &w->sym[top.pos];
+        if (cur->len == 0 || cur->next >= (int32_t)n)
+            continue;
+        int32_t next = cur->next;
+        struct tk_sym right = w->sym[next];
+        const struct tk_u64map_entry *e = merge_get(m, cur->id, right.id);
+        if (!e || e->b != top.id)
+            continue; /* stale entry */
+        cur->id = top.id;
+        cur->len += right.len;
+        cur->next = right.next;
+        w->sym[next].len = 0;
+        if (right.next < (int32_t)n)
+            w->sym[right.next].prev = (int32_t)top.pos;
+        if (cur->prev >= 0) {
+            const struct tk_u64map_entry *pe = merge_get(m, w->sym[cur->prev].id, cur->id);
+            if (pe) {
+                int32_t prev = cur->prev;
+                FTK_TRY(heap_push(w, (struct tk_merge){pe->a, (uint32_t)prev, pe->b}));
+                cur = &w->sym[top.pos];
+            }
+        }
+        if (cur->next < (int32_t)n) {
+            const struct tk_u64map_entry *ne = merge_get(m, cur->id, w->sym[cur->next].id);
+            if (ne)
+                FTK_TRY(heap_push(w, (struct tk_merge){ne->a, top.pos, ne->b}));
+        }
+    }
+    return FTK_OK;
+}
+
+static int32_t char_id(const struct tk_bpe *m, struct tk_bpe_work *w, const char *c, size_t clen,
+                       int is_first, int is_last, size_t *slen, const char **sp)
+{
+    if (!m->prefix && !m->suffix) {
+        *sp = c;
+        *slen = clen;
+        return tk_strmap_get(&m->vocab, c, clen);
+    }
+    size_t need = clen + m->prefix_len + m->suffix_len, k = 0;
+    if (need > w->tmpcap) {
+        char *t = realloc(w->tmp, need * 2);
+        if (!t)
+            return -2;
+        w->tmp = t;
+        w->tmpcap = need * 2;
+    }
+    if (!is_first && m->prefix) {
+        memcpy(w->tmp, m->prefix, m->prefix_len);
+        k = m->prefix_len;
+    }
+    memcpy(w->tmp + k, c, clen);
+    k += clen;
+    if (is_last && m->suffix) {
+        memcpy(w->tmp + k, m->suffix, m->suffix_len);
+        k += m->suffix_len;
+    }
+    *sp = w->tmp;
+    *slen = k;
+    return tk_strmap_get(&m->vocab, w->tmp, k);
+}
+
+ftk_status tk_bpe_tokenize(const struct tk_bpe *m, struct tk_bpe_work *w, const char *s, size_t n,
+                           struct ftk_ids *out)
+{
+    if (n == 0)
+        return FTK_OK;
+    if (m->ignore_merges) {
+        int32_t id = tk_strmap_get(&m->vocab, s, n);
+        if (id >= 0)
+            return ftk_ids_push(out, id);
+    }
+    /* BPE::merge_word */
+    w->nsym = 0;
+    int32_t unk = -1;
+    size_t unk_len = 0;
+    size_t i = 0;
+    while (i < n) {
+        uint32_t cp;
+        size_t clen = (size_t)tk_utf8_dec((const unsigned char *)s + i, n - i, &cp);
+        const char *sp;
+        size_t slen;
+        int32_t id = char_id(m, w, s + i, clen, i == 0, i + clen == n, &slen, &sp);
+        FTK_FAIL_IF(id == -2, FTK_E_NOMEM, "tokenizer: out of memory");
+        if (id >= 0) {
+            if (unk >= 0) {
+                FTK_TRY(add_sym(w, unk, unk_len));
+                unk = -1;
+            }
+            FTK_TRY(add_sym(w, id, clen));
+            i += clen;
+            continue;
+        }
+        if (m->byte_fallback) {
+            int ok = 1;
+            for (size_t j = 0; j < slen; j++)
+                if (m->byte_ids[(unsigned char)sp[j]] < 0)
+                    ok = 0;
+            if (ok) {
+                /* HF adds the byte tokens without flushing a pending unk first */
+                size_t nb = slen;
+                unsigned char bytes[64];
+                if (nb > sizeof bytes)
+                    nb = sizeof bytes; /* a single character with prefix/suffix: never this long */
+                memcpy(bytes, sp, nb);
+                for (size_t j = 0; j < nb; j++)
+                    FTK_TRY(add_sym(w, m->byte_ids[bytes[j]], 1));
+                i += clen;
+                continue;
+            }
+        }
+        if (m->unk_id >= 0) {
+            if (unk >= 0 && m->fuse_unk) {
+                unk_len += clen;
+            } else {
+                if (unk >= 0)
+                    FTK_TRY(add_sym(w, unk, unk_len));
+                unk = m->unk_id;
+                unk_len = clen;
+            }
+        }
+        i += clen;
+    }
+    if (unk >= 0)
+        FTK_TRY(add_sym(w, unk, unk_len));
+    if (w->nsym == 0)
+        return FTK_OK;
+    w->sym[w->nsym - 1].next = (int32_t)w->nsym; /* sentinel: past the end */
+    FTK_TRY(merge_all(m, w));
+    for (size_t k = 0; k < w->nsym; k++)
+        if (w->sym[k].len)
+            FTK_TRY(ftk_ids_push(out, w->sym[k].id));
+    return FTK_OK;
+}
+
+void tk_bpe_work_free(struct tk_bpe_work *w)
+{
+    free(w->sym);
+    free(w->heap);
+    free(w->tmp);
+    memset(w, 0, sizeof *w);
+}
+
+void tk_bpe_free(struct tk_bpe *m)
+{
+    free(m->vstore);
+    free(m->voff);
+    free(m->vlen);
+    tk_strmap_free(&m->vocab);
+    tk_u64map_free(&m->merges);
+    free(m->prefix);
+    free(m->suffix);
+    memset(m, 0, sizeof *m);
+}
