@@ -425,7 +425,9 @@ static ftk_status parse_example(struct packer *k, const struct ftk_message *m,
                                 struct ftk_pack_example **out)
 {
     char where[96];
-    snprintf(where, sizeof where, "example %" PRId64 " (message %zu)", k->st.examples, k->msg_index);
+    const char *src = ftk_message_get_meta(m, "index");   /* record number in the dataset */
+    snprintf(where, sizeof where, "example %" PRId64 " (message %zu%s%.24s)", k->st.examples,
+             k->msg_index, src ? ", record " : "", src ? src : "");
     struct ftk_tensor *ids[2], *lab[2];
     int64_t n[2];
     int nseq = 1;
@@ -434,6 +436,9 @@ static ftk_status parse_example(struct packer *k, const struct ftk_message *m,
         FTK_TRY(get_seq(m, "rejected_input_ids", "rejected_labels", &ids[1], &lab[1], where));
         nseq = 2;
     } else {
+        FTK_FAIL_IF(ftk_message_find(m, "chosen_input_ids") && !ftk_message_find(m, "input_ids"),
+                    FTK_E_FORMAT, "%s: a pairwise example, but the stream header's example_kind "
+                    "is not \"pairwise\"", where);
         FTK_TRY(get_seq(m, "input_ids", "labels", &ids[0], &lab[0], where));
     }
     int32_t tag = 0, plen = 0;

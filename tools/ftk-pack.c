@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ftk/fileio.h"
 #include "ftk/pack.h"
 
 static const char usage[] =
@@ -27,7 +28,7 @@ static const char usage[] =
     "  --truncate | --drop     what to do with examples longer than a row (default: error)\n"
     "  --expect-tokenizer H    fail unless the stream's tokenizer_hash is H\n"
     "  --level L               zstd level of the output, 0 = uncompressed (default 3)\n"
-    "  -o, --output FILE       write there instead of stdout\n"
+    "  -o, --output FILE       write there (atomically) instead of stdout\n"
     "  -h, --help, --version\n"
     "Exit status: 0 ok, 1 input or runtime error, 2 usage.\n";
 
@@ -130,21 +131,22 @@ int main(int argc, char **argv)
         fprintf(stderr, "ftk-pack: error: %s: %s\n", o.input, strerror(errno));
         return 1;
     }
-    FILE *out = o.output ? fopen(o.output, "wb") : stdout;
-    if (!out) {
-        fprintf(stderr, "ftk-pack: error: %s: %s\n", o.output, strerror(errno));
+    /* -o FILE: written to a temporary name and renamed when complete (docs/errors.md). */
+    struct ftk_atomic_file af = {0};
+    if (o.output && ftk_atomic_open(&af, o.output) != FTK_OK) {
+        fprintf(stderr, "ftk-pack: error: %s\n", ftk_last_error());
         return 1;
     }
+    FILE *out = o.output ? af.fp : stdout;
     ftk_status st = ftk_pack_run(&o.cfg, in, from_stdin ? "<stdin>" : o.input, out, NULL);
     if (!from_stdin)
         fclose(in);
-    if (fflush(out) != 0 && st == FTK_OK)
-        st = FTK_E_IO;
-    if (o.output && fclose(out) != 0 && st == FTK_OK)
-        st = FTK_E_IO;
+    if (o.output)
+        st = st == FTK_OK ? ftk_atomic_commit(&af) : (ftk_atomic_abort(&af), st);
+    else if (fflush(out) != 0 && st == FTK_OK)
+        st = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "writing stdout: %s", strerror(errno));
     if (st != FTK_OK) {
-        const char *msg = ftk_last_error();
-        fprintf(stderr, "ftk-pack: error: %s\n", *msg ? msg : "write failed");
+        fprintf(stderr, "ftk-pack: error: %s\n", ftk_last_error());
         return 1;
     }
     return 0;

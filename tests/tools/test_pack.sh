@@ -113,6 +113,10 @@ check_fail "tokenizer hash mismatch" 1 "tokenizer hash mismatch" ftk-pack --expe
 check "tokenizer hash match" ftk-pack --expect-tokenizer abc123 "$T/sft.fts"
 head -c 300 "$T/sft.fts" > "$T/cut.fts"
 check_fail "truncated input" 1 "ftk-pack: error:" ftk-pack "$T/cut.fts"
+ftk-pack --seq-len 16 -o "$T/o.fts" "$T/long.fts" 2>/dev/null
+check "a failed run leaves no -o file" test ! -e "$T/o.fts" -a -z "$(ls "$T" | grep 'o.fts.tmp')"
+ftk-pack --batch-size 4 -o "$T/o.fts" "$T/sft.fts"
+check "-o writes the stream" cmp "$T/o.fts" "$T/b.fts"
 
 # ---- bounded memory on 1 million examples ----------------------------------------------------
 # The input is ~250 MB uncompressed; pack holds the shuffle buffer (10000 examples), a sort

@@ -19,6 +19,9 @@ struct gen {
     int64_t lo, hi;        /* lengths in [lo, hi], from the index */
     const int64_t *lens;   /* or explicit lengths */
     const char *hash, *pad, *eos, *producer;
+    const char *examples;  /* header's example count, if any */
+    const char *header_kind; /* example_kind written in the header when not kind */
+    int note;              /* add a message of an unknown kind after example 0 */
 };
 
 static uint64_t mix(uint64_t x)
@@ -60,8 +63,10 @@ static FILE *make_stream(const struct gen *g)
     ftk_message_set_meta(&m, "vocab_size", "1000");
     ftk_message_set_meta(&m, "pad_token_id", g->pad ? g->pad : "0");
     ftk_message_set_meta(&m, "eos_token_id", g->eos ? g->eos : "2");
-    if (g->kind)
-        ftk_message_set_meta(&m, "example_kind", g->kind);
+    if (g->header_kind || g->kind)
+        ftk_message_set_meta(&m, "example_kind", g->header_kind ? g->header_kind : g->kind);
+    if (g->examples)
+        ftk_message_set_meta(&m, "examples", g->examples);
     ftk_stream_write(w, &m);
     int pw = g->kind && !strcmp(g->kind, "pairwise"), kto = g->kind && !strcmp(g->kind, "kto");
     for (int64_t i = 0; i < g->count; i++) {
@@ -86,6 +91,14 @@ static FILE *make_stream(const struct gen *g)
             ftk_message_add(&m, "prompt_len", FTK_DTYPE_I32, 1, &one, &pl, NULL);
         }
         ftk_stream_write(w, &m);
+        if (g->note && i == 0) {
+            struct ftk_message n;
+            ftk_message_init(&n);
+            ftk_message_set_meta(&n, "kind", "note");
+            ftk_message_set_meta(&n, "text", "hello");
+            ftk_stream_write(w, &n);
+            ftk_message_free(&n);
+        }
     }
     ftk_message_free(&m);
     ftk_stream_writer_finish(w, NULL);
@@ -673,6 +686,40 @@ static void test_pipeline(void)
         c.mode = FTK_PACK_NEAT;
         c.seq_len = 16;
         CHECK_ERR(pack(&c, &g5, &out), FTK_E_UNSUPPORTED, "--packing");
+        fclose(out);
+    }
+    TEST("header: batches when the input counts its examples; unknown kinds pass through") {
+        struct gen g = {.kind = "sft", .count = 10, .lo = 2, .hi = 9, .examples = "10", .note = 1};
+        ftk_pack_config_init(&c);
+        c.batch_size = 4;
+        CHECK_OK(pack(&c, &g, &out));
+        CHECK_OK(read_all(out, &M));
+        CHECK_STR(ftk_message_get_meta(&M.m[0], "batches"), "3");
+        CHECK(ftk_message_get_meta(&M.m[0], "examples") == NULL);
+        int notes = 0;
+        for (size_t k = 0; k < M.n; k++)
+            if (!strcmp(ftk_message_kind(&M.m[k]), "note")) {
+                notes++;
+                CHECK_STR(ftk_message_get_meta(&M.m[k], "text"), "hello");
+            }
+        CHECK_INT(notes, 1);
+        CHECK_STR(ftk_message_get_meta(&M.m[M.n - 1], "batches"), "3");
+        free_all(&M);
+        fclose(out);
+        c.max_tokens = 64;   /* batch count no longer known up front */
+        CHECK_OK(pack(&c, &g, &out));
+        CHECK_OK(read_all(out, &M));
+        CHECK(ftk_message_get_meta(&M.m[0], "batches") == NULL);
+        free_all(&M);
+        fclose(out);
+    }
+    TEST("a pairwise example in a stream not marked pairwise is named; no example_kind = sft") {
+        struct gen g = {.kind = "pairwise", .header_kind = "sft", .count = 2, .lo = 2, .hi = 3};
+        ftk_pack_config_init(&c);
+        CHECK_ERR(pack(&c, &g, &out), FTK_E_FORMAT, "example 0 (message 1): a pairwise example");
+        fclose(out);
+        struct gen g2 = {.kind = NULL, .count = 2, .lo = 2, .hi = 3};
+        CHECK_OK(pack(&c, &g2, &out));
         fclose(out);
     }
     TEST("config check: packing without --seq-len, no batch size, max-tokens below seq-len") {
