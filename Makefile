@@ -64,6 +64,15 @@ FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 # Each fuzz target also builds as a plain corpus replayer that make test runs.
 REPLAYS := $(FUZZ_SRC:tests/fuzz/fuzz_%.c=$(BUILD)/tests/replay_%)
 
+# V=1 prints every command; by default one short line per file.
+ifeq ($(V),1)
+  Q :=
+  say = @true
+else
+  Q := @
+  say = @printf '  %-7s %s\n' $(1) $(2)
+endif
+
 LIBSO := $(BUILD)/lib/libftk.so
 LIBA  := $(BUILD)/lib/libftk.a
 # Tools and plugins find libftk.so next door, in the build tree and once installed.
@@ -84,48 +93,59 @@ tests: $(TESTS) $(REPLAYS)
 
 $(BUILD)/obj/libcore/%.o: libcore/%.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(LIB_CFLAGS) -c $< -o $@
+	$(call say,CC,$<)
+	$(Q)$(CC) $(CFLAGS) $(LIB_CFLAGS) -c $< -o $@
 $(BUILD)/obj/kernels/cpu/%.o: kernels/cpu/%.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(LIB_CFLAGS) -c $< -o $@
+	$(call say,CC,$<)
+	$(Q)$(CC) $(CFLAGS) $(LIB_CFLAGS) -c $< -o $@
 $(BUILD)/obj/kernels/cuda/%.o: kernels/cuda/%.cu
 	@mkdir -p $(@D)
-	$(NVCC) $(NVFLAGS) -c $< -o $@
+	$(call say,NVCC,$<)
+	$(Q)$(NVCC) $(NVFLAGS) -c $< -o $@
 
 $(LIBSO): $(LIB_OBJ)
 	@mkdir -p $(@D)
-	$(CC) -shared -Wl,-soname,libftk.so $(LDFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)
+	$(call say,LD,$@)
+	$(Q)$(CC) -shared -Wl,-soname,libftk.so $(LDFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)
 $(LIBA): $(LIB_OBJ)
 	@mkdir -p $(@D)
 	@rm -f $@
-	ar rcs $@ $^
+	$(call say,AR,$@)
+	$(Q)ar rcs $@ $^
 
 # Link rules keep their dependency files hidden (.NAME.d) so bin/ holds only programs.
 DEPF = -MF $(@D)/.$(@F).d
 $(BUILD)/bin/%: tools/%.c $(LIBSO)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(DEPF) $(LDFLAGS) -o $@ $< -L$(BUILD)/lib -lftk $(RPATH) $(LDLIBS)
+	$(call say,LD,$@)
+	$(Q)$(CC) $(CFLAGS) $(DEPF) $(LDFLAGS) -o $@ $< -L$(BUILD)/lib -lftk $(RPATH) $(LDLIBS)
 $(BUILD)/bin/ftk: tools/ftk.c $(LIBSO)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(DEPF) $(LDFLAGS) -o $@ $< -L$(BUILD)/lib -lftk $(RPATH) $(LDLIBS)
+	$(call say,LD,$@)
+	$(Q)$(CC) $(CFLAGS) $(DEPF) $(LDFLAGS) -o $@ $< -L$(BUILD)/lib -lftk $(RPATH) $(LDLIBS)
 
 $(BUILD)/plugins/%.so: plugins/%.c $(LIBSO)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(DEPF) -fvisibility=hidden -shared $(LDFLAGS) -o $@ $< -L$(BUILD)/lib -lftk \
+	$(call say,LD,$@)
+	$(Q)$(CC) $(CFLAGS) $(DEPF) -fvisibility=hidden -shared $(LDFLAGS) -o $@ $< -L$(BUILD)/lib -lftk \
 	    -Wl,-rpath,'$$ORIGIN/../../lib' $(LDLIBS)
 
 $(BUILD)/share/ftk/templates/%: tools/templates/%
 	@mkdir -p $(@D)
-	cp $< $@
+	$(call say,CP,$@)
+	$(Q)cp $< $@
 
 # Unit tests link the static library so they can reach libcore's internal functions.
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/check.h $(LIBA)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(DEPF) $(LDFLAGS) -Itests/unit -o $@ $< $(LIBA) $(CUDA_LIBS) $(LDLIBS)
+	$(call say,LD,$@)
+	$(Q)$(CC) $(CFLAGS) $(DEPF) $(LDFLAGS) -Itests/unit -o $@ $< $(LIBA) $(CUDA_LIBS) $(LDLIBS)
 
 $(BUILD)/tests/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(LIBA)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(DEPF) $(LDFLAGS) -o $@ $< tests/fuzz/replay.c $(LIBA) $(CUDA_LIBS) $(LDLIBS)
+	$(call say,LD,$@)
+	$(Q)$(CC) $(CFLAGS) $(DEPF) $(LDFLAGS) -o $@ $< tests/fuzz/replay.c $(LIBA) $(CUDA_LIBS) $(LDLIBS)
 
 # ---- tests ---------------------------------------------------------------------------------
 # make test: deps, build, unit tests, the same unit tests under ASan+UBSan, tool tests, and the

@@ -1,0 +1,94 @@
+/* tests/unit/test_model_config.c: config.json parsing for the four architectures (fixtures
+ * written by transformers 5, tests/oracle/hf_tiny_models.py) and transformers 4 spellings, and
+ * refusal of what would change the math. */
+#include <string.h>
+#include "check.h"
+#include "ftk/model_config.h"
+
+static ftk_status parse(const char *json, struct ftk_model_config *c)
+{
+    return ftk_model_config_parse(json, strlen(json), "config.json", c);
+}
+
+static ftk_status load(const char *arch, struct ftk_model_config *c)
+{
+    char p[256];
+    snprintf(p, sizeof p, "tests/fixtures/hf_tiny/%s", arch);
+    struct ftk_source *s;
+    FTK_TRY(ftk_source_open(p, &s));
+    ftk_status st = ftk_model_config_load(s, c);
+    ftk_source_close(s);
+    return st;
+}
+
+#define BASE "\"vocab_size\":64,\"hidden_size\":16,\"intermediate_size\":24,\"num_hidden_layers\":2,\"num_attention_heads\":4"
+
+int main(void)
+{
+    struct ftk_model_config c;
+    TEST("llama fixture: llama3 rope from rope_parameters, untied") {
+        CHECK_OK(load("llama", &c));
+        CHECK_INT(c.arch, FTK_ARCH_LLAMA);
+        CHECK_INT(c.V, 64); CHECK_INT(c.C, 16); CHECK_INT(c.F, 24); CHECK_INT(c.L, 2);
+        CHECK_INT(c.H, 4); CHECK_INT(c.Hkv, 2); CHECK_INT(c.D, 4);
+        CHECK_INT(c.rope.type, FTK_ROPE_LLAMA3);
+        CHECK_NEAR(c.rope.theta, 500000.0, 0);
+        CHECK_NEAR(c.rope.factor, 8.0, 0);
+        CHECK_INT(c.rope.original_max_position_embeddings, 16);
+        CHECK_INT(c.tie_word_embeddings, 0);
+        CHECK_INT(c.qkv_bias, 0);
+        CHECK_NEAR(c.rms_norm_eps, 1e-6, 1e-12);
+        CHECK_INT(c.n_eos, 1); CHECK_INT(c.eos_token_ids[0], 2);
+        CHECK_STR(c.torch_dtype, "float32");
+    }
+    TEST("mistral fixture: tied, default rope") {
+        CHECK_OK(load("mistral", &c));
+        CHECK_INT(c.arch, FTK_ARCH_MISTRAL);
+        CHECK_INT(c.tie_word_embeddings, 1);
+        CHECK_INT(c.rope.type, FTK_ROPE_DEFAULT);
+        CHECK_INT(c.sliding_window, 0);
+    }
+    TEST("qwen2 fixture: qkv bias, linear rope") {
+        CHECK_OK(load("qwen2", &c));
+        CHECK_INT(c.qkv_bias, 1); CHECK_INT(c.o_bias, 0);
+        CHECK_INT(c.rope.type, FTK_ROPE_LINEAR);
+        CHECK_NEAR(c.rope.factor, 2.0, 0);
+    }
+    TEST("qwen3 fixture: q/k norm, explicit head_dim") {
+        CHECK_OK(load("qwen3", &c));
+        CHECK_INT(c.qk_norm, 1); CHECK_INT(c.D, 8); CHECK_INT(c.qkv_bias, 0);
+        CHECK_INT(ftk_model_config_n_params(&c), 64 * 16 + 2 * (16 * 32 + 2 * 16 * 16 + 32 * 16 + 2 * 8 + 3 * 16 * 24 + 2 * 16) + 16);
+    }
+    TEST("transformers 4 spelling: rope_theta + rope_scaling {type}, eos list, defaults") {
+        CHECK_OK(parse("{\"model_type\":\"llama\"," BASE ",\"rope_theta\":1e6,\"rope_scaling\":{\"type\":\"dynamic\",\"factor\":2.0},"
+                       "\"eos_token_id\":[128001,128009],\"torch_dtype\":\"bfloat16\"}", &c));
+        CHECK_INT(c.Hkv, 4); CHECK_INT(c.D, 4);
+        CHECK_INT(c.rope.type, FTK_ROPE_DYNAMIC); CHECK_NEAR(c.rope.theta, 1e6, 0);
+        CHECK_INT(c.n_eos, 2); CHECK_INT(c.eos_token_ids[1], 128009);
+        CHECK_STR(c.torch_dtype, "bfloat16");
+        CHECK_INT(c.bos_token_id, -1);
+    }
+    TEST("llama attention_bias and mlp_bias; mistral sliding window kept") {
+        CHECK_OK(parse("{\"model_type\":\"llama\"," BASE ",\"attention_bias\":true,\"mlp_bias\":true}", &c));
+        CHECK_INT(c.qkv_bias, 1); CHECK_INT(c.o_bias, 1); CHECK_INT(c.mlp_bias, 1);
+        CHECK_OK(parse("{\"model_type\":\"mistral\"," BASE ",\"sliding_window\":4096}", &c));
+        CHECK_INT(c.sliding_window, 4096);
+        CHECK_OK(parse("{\"model_type\":\"qwen2\"," BASE ",\"sliding_window\":4096,\"use_sliding_window\":false}", &c));
+        CHECK_INT(c.sliding_window, 0);
+    }
+    TEST("refused: what would change the math, and malformed values") {
+        CHECK_ERR(parse("{\"model_type\":\"gpt2\"," BASE "}", &c), FTK_E_UNSUPPORTED, "model_type \"gpt2\"");
+        CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"hidden_act\":\"gelu\"}", &c), FTK_E_UNSUPPORTED, "hidden_act \"gelu\"");
+        CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4}}", &c),
+                  FTK_E_UNSUPPORTED, "rope type \"yarn\"");
+        CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"attention_dropout\":0.1}", &c), FTK_E_UNSUPPORTED, "attention_dropout");
+        CHECK_ERR(parse("{\"model_type\":\"qwen2\"," BASE ",\"layer_types\":[\"sliding_attention\"]}", &c), FTK_E_UNSUPPORTED, "layer_types");
+        CHECK_ERR(parse("{\"model_type\":\"llama\",\"vocab_size\":64}", &c), FTK_E_FORMAT, "\"hidden_size\" missing");
+        CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"num_key_value_heads\":3}", &c), FTK_E_FORMAT, "not a multiple");
+        CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"rms_norm_eps\":\"x\"}", &c), FTK_E_FORMAT, "rms_norm_eps");
+        CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"rope_scaling\":{\"rope_type\":\"linear\",\"factor\":0}}", &c),
+                  FTK_E_FORMAT, "rope factor");
+        CHECK_ERR(parse("{not json", &c), FTK_E_FORMAT, "config.json: not valid JSON");
+    }
+    return check_summary();
+}
