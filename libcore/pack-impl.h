@@ -77,8 +77,9 @@ ftk_status ftk_pack_build_padded(struct ftk_pack_example *const *ex, int64_t n,
                                  const struct ftk_pack_params *p, struct ftk_pack_batch *b);
 
 /* Appends n tokens of one example to row `r` (0 <= r < b->B) of a packed batch at column
- * `*used`, as segment `seg` (1-based). Positions restart at 0 when p->neat, else continue from
- * *used (one causal sequence per row). The caller checks *used + n <= b->T. */
+ * `*used`, as segment `seg` (1-based). Positions restart at 0 when p->neat (and the segment's
+ * first label becomes FTK_IGNORE_INDEX), else continue from *used (one causal sequence per
+ * row). The caller checks *used + n <= b->T. */
 void ftk_pack_row_append(struct ftk_pack_batch *b, int64_t r, int64_t *used, int32_t seg,
                          const int32_t *ids, const int32_t *labels, int64_t n,
                          const struct ftk_pack_params *p);

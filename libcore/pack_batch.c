@@ -180,6 +180,12 @@ void ftk_pack_row_append(struct ftk_pack_batch *b, int64_t r, int64_t *used, int
         b->position_ids[at + t] = (int32_t)(p->neat ? t : *used + t);
         b->segment_ids[at + t] = p->neat ? seg : 1;
     }
+    /* Neat packing: the segment's first label goes to -100, as transformers'
+     * DataCollatorWithFlattening does (separator_id). The model's shift would otherwise train
+     * the previous example's last token to predict it across the boundary; unpacked, that label
+     * is never a target either (nothing precedes it). */
+    if (p->neat && n > 0)
+        b->labels[at] = FTK_IGNORE_INDEX;
     *used += n;
     b->tokens += n;
 }

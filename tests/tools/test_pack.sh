@@ -78,6 +78,10 @@ check_eq "neat packing: every example once" "$(jq '. as $t | range(0; .input_ids
 check_eq "neat packing: padding has segment 0 and no label" "$(jq '[. as $t | range(0; .input_ids | length) as $r
     | range(0; .input_ids[0] | length) as $c | select($t.segment_ids[$r][$c] == 0 and $t.labels[$r][$c] != -100)]
     | length' "$T/n.jsonl" | sort -u)" "0"
+check_eq "neat packing: no label at a segment start (the shifted loss stays inside examples)" "$(jq '[. as $t
+    | range(0; .input_ids | length) as $r | range(0; .input_ids[0] | length) as $c
+    | select($t.segment_ids[$r][$c] != 0 and $t.position_ids[$r][$c] == 0 and $t.labels[$r][$c] != -100)]
+    | length' "$T/n.jsonl" | sort -u)" "0"
 check_eq "neat packing: header records the mode" "$(ftk dump "$T/n.fts" | head -n 1 | jq -r '.meta.pack_mode + " " + .meta.seq_len')" "neat_packing 64"
 
 # ---- preference batches --------------------------------------------------------------------------
