@@ -1,100 +1,159 @@
 /* kernels/cpu/attention.c: causal scaled-dot-product self-attention with GQA and packed segments,
  * forward saving the log-sum-exp per query row, and backward in the FlashAttention manner
- * (probabilities recomputed from lse, never stored as a (T,T) matrix).
+ * (probabilities recomputed from lse, never a (T,T) matrix in memory).
  *
  * Letters: B batch rows, T sequence length, H query heads, Hkv key/value heads (H % Hkv == 0;
- * query head h reads kv head h / (H/Hkv), as transformers' repeat_kv), D head dim.
- * Mask: query t sees key t' iff t' <= t and seg[t'] == seg[t] (seg NULL: plain causal). The
- * key t' = t always qualifies, so every row has at least one key and no row is NaN; padding
+ * query head h reads kv head h / (H/Hkv), as transformers' repeat_kv), D head dim,
+ * BQ/BK rows in a query/key block, L keys (or queries) a block spans.
+ * Mask: query t sees key t' iff t' <= t and seg[t'] == seg[t] (seg NULL: plain causal). The key
+ * t' = t always qualifies, so every row has at least one key and no row is NaN; padding
  * (segment 0) rows are finite and meaningless.
  *
- * Row r = (b*T + t)*H + h indexes a query row; lse is (B,T,H) in that order. */
+ * Work is cut into blocks of BQ query rows of one head (forward, dq) or BK key rows of one kv head
+ * (dk, dv), each a task on the thread pool doing its matmuls with single-threaded cblas_sgemm
+ * (OpenBLAS is set to one thread for the op and restored after). A task owns the output rows it
+ * writes, so no two threads write one row and results do not depend on the thread count.
+ * A block only spans the keys its rows can see: from the first position of the earliest row's
+ * segment to the block's end (forward), which keeps packed short documents cheap. */
 #include "cpu.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
-static inline float dotf(const float *a, const float *b, int64_t n)
-{
-    /* four partial sums: shorter dependency chains, and the compiler can keep them in registers */
-    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        s0 += a[i] * b[i];
-        s1 += a[i + 1] * b[i + 1];
-        s2 += a[i + 2] * b[i + 2];
-        s3 += a[i + 3] * b[i + 3];
-    }
-    for (; i < n; i++)
-        s0 += a[i] * b[i];
-    return (s0 + s1) + (s2 + s3);
-}
+#define ATT_BQ 64   /* query rows per task */
+#define ATT_BK 64   /* key rows per task (backward dk/dv) */
 
-static inline void axpyf(float *y, float a, const float *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        y[i] += a * x[i];
-}
-
-struct attn_args {
-    float *o, *lse, *dq, *dk, *dv;
+struct att {
+    float *o, *lse, *dq, *dk, *dv, *di;
     const float *q, *k, *v, *dout, *o_in, *lse_in;
     const int32_t *seg;
-    float *scratch;          /* forward: (threads, T) scores; backward: Di (B*T*H) then (threads, 2D) */
-    float *di;
-    int64_t B, T, H, Hkv, D;
+    const int32_t *first, *last;  /* (B,T): first/last position of t's segment in its row */
+    float *work;                  /* (threads, 2, BQ or BK, T) */
+    int64_t B, T, H, Hkv, D, nqb, nkb;
     float scale;
 };
 
-static inline int visible(const int32_t *seg_row, int64_t t, int64_t j)
+/* Row-major sgemm, C (M,N) = alpha op(A) op(B) + beta C, in the calling thread. */
+static void mm(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+               int64_t lda, const float *Bm, int64_t ldb, float beta, float *C, int64_t ldc)
 {
-    return !seg_row || seg_row[j] == seg_row[t];
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                (int)M, (int)N, (int)K, alpha, A, (int)lda, Bm, (int)ldb, beta, C, (int)ldc);
 }
 
-/* ---- forward: one query row at a time ------------------------------------------------------- */
-static void attn_fwd_rows(void *arg, int64_t r0, int64_t r1, int tid)
+static inline int visible(const struct att *a, int64_t b, int64_t t, int64_t j)
 {
-    const struct attn_args *a = arg;
-    const int64_t T = a->T, H = a->H, Hkv = a->Hkv, D = a->D, G = H / Hkv;
-    float *s = a->scratch + (int64_t)tid * T;
-    for (int64_t r = r0; r < r1; r++) {
-        const int64_t h = r % H, bt = r / H, t = bt % T, b = bt / T, g = h / G;
-        const int32_t *seg = a->seg ? a->seg + b * T : NULL;
-        const float *q = a->q + r * D;
-        const float *kb = a->k + (b * T * Hkv + g) * D, *vb = a->v + (b * T * Hkv + g) * D;
-        float mx = -INFINITY;
-        for (int64_t j = 0; j <= t; j++) {
-            if (!visible(seg, t, j)) {
-                s[j] = -INFINITY;
-                continue;
-            }
-            s[j] = a->scale * dotf(q, kb + j * Hkv * D, D);
-            if (s[j] > mx)
-                mx = s[j];
+    return j <= t && (!a->seg || a->seg[b * a->T + j] == a->seg[b * a->T + t]);
+}
+
+/* first[b,t] / last[b,t]: the first and last position in row b whose segment id equals seg[b,t]
+ * (0 and T-1 without seg, or when ids are outside [0,T] and no small table fits). */
+static void segment_bounds(const int32_t *seg, int64_t B, int64_t T, int32_t *first, int32_t *last,
+                           int32_t *tab /* (T+1) */)
+{
+    for (int64_t b = 0; b < B; b++) {
+        const int32_t *s = seg ? seg + b * T : NULL;
+        int small = s != NULL;
+        for (int64_t t = 0; s && t < T; t++)
+            small &= s[t] >= 0 && s[t] <= T;
+        for (int64_t t = 0; t < T; t++) {
+            first[b * T + t] = 0;
+            last[b * T + t] = (int32_t)(T - 1);
         }
-        float sum = 0.0f;
-        float *o = a->o + r * D;
-        memset(o, 0, (size_t)D * sizeof(float));
-        for (int64_t j = 0; j <= t; j++) {
-            if (s[j] == -INFINITY)
-                continue;
-            float p = expf(s[j] - mx);
-            sum += p;
-            axpyf(o, p, vb + j * Hkv * D, D);
-        }
-        float inv = 1.0f / sum;
-        for (int64_t d = 0; d < D; d++)
-            o[d] *= inv;
-        if (a->lse)
-            a->lse[r] = mx + logf(sum);
+        if (!small)
+            continue;
+        for (int64_t i = 0; i <= T; i++)
+            tab[i] = -1;
+        for (int64_t t = 0; t < T; t++)
+            if (tab[s[t]] < 0)
+                tab[s[t]] = (int32_t)t;
+        for (int64_t t = 0; t < T; t++)
+            first[b * T + t] = tab[s[t]];
+        for (int64_t i = 0; i <= T; i++)
+            tab[i] = -1;
+        for (int64_t t = T - 1; t >= 0; t--)
+            if (tab[s[t]] < 0)
+                tab[s[t]] = (int32_t)t;
+        for (int64_t t = 0; t < T; t++)
+            last[b * T + t] = tab[s[t]];
     }
 }
 
-static ftk_status check_heads(int64_t H, int64_t Hkv)
+/* task index -> (b, head, block) with the block fastest */
+static inline void split3(int64_t task, int64_t nblk, int64_t heads, int64_t *b, int64_t *h, int64_t *blk)
 {
-    FTK_FAIL_IF(H <= 0 || Hkv <= 0 || H % Hkv != 0, FTK_E_INVALID,
+    *blk = task % nblk;
+    *h = (task / nblk) % heads;
+    *b = task / (nblk * heads);
+}
+
+/* ---- forward --------------------------------------------------------------------------------
+ * S (m,L) = scale Q_blk K^T; masked softmax per row (lse saved); O_blk = P V. */
+static void att_fwd_tasks(void *arg, int64_t t0, int64_t t1, int tid)
+{
+    const struct att *a = arg;
+    const int64_t T = a->T, H = a->H, Hkv = a->Hkv, D = a->D, G = H / Hkv;
+    float *S = a->work + (int64_t)tid * 2 * ATT_BQ * T;
+    for (int64_t task = t0; task < t1; task++) {
+        int64_t b, h, qb;
+        split3(task, a->nqb, H, &b, &h, &qb);
+        const int64_t i0 = qb * ATT_BQ, i1 = i0 + ATT_BQ < T ? i0 + ATT_BQ : T, m = i1 - i0;
+        int64_t klo = i0;
+        for (int64_t t = i0; t < i1; t++)
+            klo = a->first[b * T + t] < klo ? a->first[b * T + t] : klo;
+        const int64_t L = i1 - klo, g = h / G;
+        const float *Q = a->q + ((b * T + i0) * H + h) * D;
+        const float *K = a->k + ((b * T + klo) * Hkv + g) * D, *V = a->v + ((b * T + klo) * Hkv + g) * D;
+        mm(0, 1, m, L, D, a->scale, Q, H * D, K, Hkv * D, 0.0f, S, L);
+        for (int64_t r = 0; r < m; r++) {
+            const int64_t t = i0 + r;
+            float *s = S + r * L, mx = -INFINITY;
+            for (int64_t j = 0; j < L; j++) {
+                if (!visible(a, b, t, klo + j))
+                    s[j] = -INFINITY;
+                else if (s[j] > mx)
+                    mx = s[j];
+            }
+            double sum = 0.0;
+            for (int64_t j = 0; j < L; j++) {
+                float p = s[j] == -INFINITY ? 0.0f : expf(s[j] - mx);
+                s[j] = p;
+                sum += p;
+            }
+            const float inv = (float)(1.0 / sum);
+            for (int64_t j = 0; j < L; j++)
+                s[j] *= inv;
+            if (a->lse)
+                a->lse[(b * T + t) * H + h] = mx + (float)log(sum);
+        }
+        mm(0, 0, m, D, L, 1.0f, S, L, V, Hkv * D, 0.0f, a->o + ((b * T + i0) * H + h) * D, H * D);
+    }
+}
+
+static ftk_status att_setup(struct cpu_ctx *c, struct att *a, int backward)
+{
+    FTK_FAIL_IF(a->H <= 0 || a->Hkv <= 0 || a->H % a->Hkv != 0, FTK_E_INVALID,
                 "attention: %lld query heads are not a multiple of %lld kv heads",
-                (long long)H, (long long)Hkv);
+                (long long)a->H, (long long)a->Hkv);
+    FTK_FAIL_IF(a->T > INT32_MAX / 2 || a->D > INT32_MAX / 2, FTK_E_UNSUPPORTED, "attention: T or D too large");
+    const int64_t B = a->B, T = a->T;
+    a->nqb = (T + ATT_BQ - 1) / ATT_BQ;
+    a->nkb = (T + ATT_BK - 1) / ATT_BK;
+    const int64_t blk = ATT_BQ > ATT_BK ? ATT_BQ : ATT_BK;
+    size_t n_int = (size_t)(2 * B * T + T + 1);
+    size_t n_di = backward ? (size_t)(B * T * a->H) : 0;
+    size_t n_work = (size_t)c->nthreads * 2 * (size_t)blk * (size_t)T;
+    char *s = cpu_scratch(c, n_int * sizeof(int32_t) + 64 + (n_di + n_work) * sizeof(float));
+    if (!s)
+        return FTK_E_NOMEM;
+    int32_t *first = (int32_t *)s, *last = first + B * T, *tab = last + B * T;
+    float *f = (float *)(s + (n_int * sizeof(int32_t) + 63) / 64 * 64);
+    segment_bounds(a->seg, B, T, first, last, tab);
+    a->first = first;
+    a->last = last;
+    a->di = backward ? f : NULL;
+    a->work = f + n_di;
     return FTK_OK;
 }
 
@@ -104,78 +163,101 @@ ftk_status cpu_attention_forward(void *ctx, float *o, float *lse, const float *q
                                  int64_t H, int64_t Hkv, int64_t D, float scale)
 {
     struct cpu_ctx *c = ctx;
-    FTK_TRY(check_heads(H, Hkv));
+    struct att a = { .o = o, .lse = lse, .q = q, .k = k, .v = v, .seg = seg,
+                     .B = B, .T = T, .H = H, .Hkv = Hkv, .D = D, .scale = scale };
+    FTK_TRY(att_setup(c, &a, 0));
     if (B * T == 0)
         return FTK_OK;
-    float *s = cpu_scratch(c, (size_t)c->nthreads * (size_t)T * sizeof(float));
-    if (!s)
-        return FTK_E_NOMEM;
-    struct attn_args a = { .o = o, .lse = lse, .q = q, .k = k, .v = v, .seg = seg, .scratch = s,
-                           .B = B, .T = T, .H = H, .Hkv = Hkv, .D = D, .scale = scale };
-    cpu_for(c, B * T * H, 0, attn_fwd_rows, &a);
+    openblas_set_num_threads(1);
+    cpu_for(c, B * H * a.nqb, 1, att_fwd_tasks, &a);
+    openblas_set_num_threads(c->nthreads);
     return FTK_OK;
 }
 
 /* ---- backward ---------------------------------------------------------------------------------
- * With P_ij = exp(scale q_i.k_j - lse_i), dP_ij = dO_i.v_j, Di = dO_i.O_i (= sum_j P_ij dP_ij),
- * dS_ij = P_ij (dP_ij - Di):
- *   dq_i = scale sum_j dS_ij k_j,  dk_j = scale sum_i dS_ij q_i,  dv_j = sum_i P_ij dO_i.
- * Pass 1 runs over query rows (dq, and Di saved); pass 2 over key rows (b, j, kv head g), which
- * own dk_j and dv_j, summing over the G query heads of the group: no two threads write one row. */
-static void attn_bwd_q_rows(void *arg, int64_t r0, int64_t r1, int tid)
+ * With P = exp(scale Q K^T - lse) (masked), dP = dO V^T, Di = dO_i . O_i, dS = P (dP - Di):
+ *   dQ = scale dS K,  dK = scale dS^T Q,  dV = P^T dO.
+ * Pass 1 over query blocks of one head: Di and dQ. Pass 2 over key blocks of one kv head: the
+ * transposed products S^T = K Q^T, dP^T = V dO^T for each of the G query heads of the group,
+ * then dV += P^T dO and dK += scale dS^T Q. Each pass's tasks own the rows they write. */
+static void att_bwd_q_tasks(void *arg, int64_t t0, int64_t t1, int tid)
 {
-    (void)tid;
-    const struct attn_args *a = arg;
+    const struct att *a = arg;
     const int64_t T = a->T, H = a->H, Hkv = a->Hkv, D = a->D, G = H / Hkv;
-    for (int64_t r = r0; r < r1; r++) {
-        const int64_t h = r % H, bt = r / H, t = bt % T, b = bt / T, g = h / G;
-        const int32_t *seg = a->seg ? a->seg + b * T : NULL;
-        const float *q = a->q + r * D, *dout = a->dout + r * D;
-        const float *kb = a->k + (b * T * Hkv + g) * D, *vb = a->v + (b * T * Hkv + g) * D;
-        const float di = dotf(dout, a->o_in + r * D, D), lse = a->lse_in[r];
-        a->di[r] = di;
+    float *S = a->work + (int64_t)tid * 2 * ATT_BQ * T, *dP = S + ATT_BQ * T;
+    for (int64_t task = t0; task < t1; task++) {
+        int64_t b, h, qb;
+        split3(task, a->nqb, H, &b, &h, &qb);
+        const int64_t i0 = qb * ATT_BQ, i1 = i0 + ATT_BQ < T ? i0 + ATT_BQ : T, m = i1 - i0;
+        int64_t klo = i0;
+        for (int64_t t = i0; t < i1; t++)
+            klo = a->first[b * T + t] < klo ? a->first[b * T + t] : klo;
+        const int64_t L = i1 - klo, g = h / G;
+        const int64_t row0 = (b * T + i0) * H + h;   /* row index of (b, i0, h) */
+        const float *Q = a->q + row0 * D, *dO = a->dout + row0 * D;
+        const float *K = a->k + ((b * T + klo) * Hkv + g) * D, *V = a->v + ((b * T + klo) * Hkv + g) * D;
+        for (int64_t r = 0; r < m; r++) {
+            const float *dor = dO + r * H * D, *orow = a->o_in + (row0 + r * H) * D;
+            float di = 0.0f;
+            for (int64_t d = 0; d < D; d++)
+                di += dor[d] * orow[d];
+            a->di[row0 + r * H] = di;
+        }
         if (!a->dq)
             continue;
-        float *dq = a->dq + r * D;
-        for (int64_t j = 0; j <= t; j++) {
-            if (!visible(seg, t, j))
-                continue;
-            const float *kj = kb + j * Hkv * D;
-            float p = expf(a->scale * dotf(q, kj, D) - lse);
-            float ds = p * (dotf(dout, vb + j * Hkv * D, D) - di);
-            axpyf(dq, a->scale * ds, kj, D);
+        mm(0, 1, m, L, D, a->scale, Q, H * D, K, Hkv * D, 0.0f, S, L);
+        mm(0, 1, m, L, D, 1.0f, dO, H * D, V, Hkv * D, 0.0f, dP, L);
+        for (int64_t r = 0; r < m; r++) {
+            const int64_t t = i0 + r;
+            const float lse = a->lse_in[row0 + r * H], di = a->di[row0 + r * H];
+            float *s = S + r * L, *dp = dP + r * L;
+            for (int64_t j = 0; j < L; j++)
+                s[j] = visible(a, b, t, klo + j) ? expf(s[j] - lse) * (dp[j] - di) : 0.0f;
         }
+        mm(0, 0, m, D, L, a->scale, S, L, K, Hkv * D, 1.0f, a->dq + row0 * D, H * D);
     }
 }
 
-static void attn_bwd_kv_rows(void *arg, int64_t r0, int64_t r1, int tid)
+static void att_bwd_kv_tasks(void *arg, int64_t t0, int64_t t1, int tid)
 {
-    const struct attn_args *a = arg;
+    const struct att *a = arg;
     const int64_t T = a->T, H = a->H, Hkv = a->Hkv, D = a->D, G = H / Hkv;
-    float *dk = a->scratch + (int64_t)tid * 2 * D, *dv = dk + D;
-    for (int64_t r = r0; r < r1; r++) {   /* r = (b*T + j)*Hkv + g */
-        const int64_t g = r % Hkv, bj = r / Hkv, j = bj % T, b = bj / T;
-        const int32_t *seg = a->seg ? a->seg + b * T : NULL;
-        const float *kj = a->k + r * D, *vj = a->v + r * D;
-        memset(dk, 0, (size_t)2 * D * sizeof(float));
+    float *S = a->work + (int64_t)tid * 2 * ATT_BK * T, *dP = S + ATT_BK * T;
+    for (int64_t task = t0; task < t1; task++) {
+        int64_t b, g, kb;
+        split3(task, a->nkb, Hkv, &b, &g, &kb);
+        const int64_t j0 = kb * ATT_BK, j1 = j0 + ATT_BK < T ? j0 + ATT_BK : T, n = j1 - j0;
+        int64_t qhi = j1;   /* queries that can see these keys: [j0, max last position of their segments] */
+        for (int64_t j = j0; j < j1; j++)
+            qhi = a->last[b * T + j] + 1 > qhi ? a->last[b * T + j] + 1 : qhi;
+        const int64_t L = qhi - j0;
+        const int64_t krow0 = (b * T + j0) * Hkv + g;
+        const float *K = a->k + krow0 * D, *V = a->v + krow0 * D;
         for (int64_t h = g * G; h < (g + 1) * G; h++) {
-            for (int64_t i = j; i < T; i++) {
-                if (!visible(seg, i, j))
-                    continue;
-                const int64_t ri = (b * T + i) * H + h;
-                const float *qi = a->q + ri * D, *doi = a->dout + ri * D;
-                float p = expf(a->scale * dotf(qi, kj, D) - a->lse_in[ri]);
-                axpyf(dv, p, doi, D);
-                float ds = p * (dotf(doi, vj, D) - a->di[ri]);
-                axpyf(dk, a->scale * ds, qi, D);
+            const int64_t qrow0 = (b * T + j0) * H + h;
+            const float *Q = a->q + qrow0 * D, *dO = a->dout + qrow0 * D;
+            mm(0, 1, n, L, D, a->scale, K, Hkv * D, Q, H * D, 0.0f, S, L);     /* S^T (n,L) */
+            mm(0, 1, n, L, D, 1.0f, V, Hkv * D, dO, H * D, 0.0f, dP, L);       /* dP^T (n,L) */
+            for (int64_t r = 0; r < n; r++) {
+                const int64_t j = j0 + r;
+                float *s = S + r * L, *dp = dP + r * L;
+                for (int64_t c = 0; c < L; c++) {
+                    const int64_t i = j0 + c, ri = qrow0 + c * H;
+                    if (!visible(a, b, i, j)) {
+                        s[c] = 0.0f;
+                        dp[c] = 0.0f;
+                        continue;
+                    }
+                    float p = expf(s[c] - a->lse_in[ri]);
+                    s[c] = p;                          /* P^T */
+                    dp[c] = p * (dp[c] - a->di[ri]);   /* dS^T */
+                }
             }
+            if (a->dv)
+                mm(0, 0, n, D, L, 1.0f, S, L, dO, H * D, 1.0f, a->dv + krow0 * D, Hkv * D);
+            if (a->dk)
+                mm(0, 0, n, D, L, a->scale, dP, L, Q, H * D, 1.0f, a->dk + krow0 * D, Hkv * D);
         }
-        if (a->dk)
-            for (int64_t d = 0; d < D; d++)
-                a->dk[r * D + d] += dk[d];
-        if (a->dv)
-            for (int64_t d = 0; d < D; d++)
-                a->dv[r * D + d] += dv[d];
     }
 }
 
@@ -187,18 +269,16 @@ ftk_status cpu_attention_backward(void *ctx, float *dq, float *dk, float *dv, co
                                   int64_t H, int64_t Hkv, int64_t D, float scale)
 {
     struct cpu_ctx *c = ctx;
-    FTK_TRY(check_heads(H, Hkv));
+    struct att a = { .dq = dq, .dk = dk, .dv = dv, .q = q, .k = k, .v = v, .dout = dout,
+                     .o_in = o, .lse_in = lse, .seg = seg,
+                     .B = B, .T = T, .H = H, .Hkv = Hkv, .D = D, .scale = scale };
+    FTK_TRY(att_setup(c, &a, 1));
     if (B * T == 0)
         return FTK_OK;
-    size_t n_di = (size_t)(B * T * H), n_kv = (size_t)c->nthreads * 2 * (size_t)D;
-    float *s = cpu_scratch(c, (n_di + n_kv) * sizeof(float));
-    if (!s)
-        return FTK_E_NOMEM;
-    struct attn_args a = { .dq = dq, .dk = dk, .dv = dv, .q = q, .k = k, .v = v, .dout = dout,
-                           .o_in = o, .lse_in = lse, .seg = seg, .di = s, .scratch = s + n_di,
-                           .B = B, .T = T, .H = H, .Hkv = Hkv, .D = D, .scale = scale };
-    cpu_for(c, B * T * H, 0, attn_bwd_q_rows, &a);
+    openblas_set_num_threads(1);
+    cpu_for(c, B * H * a.nqb, 1, att_bwd_q_tasks, &a);
     if (dk || dv)
-        cpu_for(c, B * T * Hkv, 0, attn_bwd_kv_rows, &a);
+        cpu_for(c, B * Hkv * a.nkb, 1, att_bwd_kv_tasks, &a);
+    openblas_set_num_threads(c->nthreads);
     return FTK_OK;
 }

@@ -48,6 +48,55 @@ static void att_ref(const struct att *a, double *o, double *lse)
     free(s);
 }
 
+/* f64 analytic backward of the reference (for sizes where finite differences are too slow):
+ * P = softmax, dP = dO V^T, dS = P (dP - rowsum(P dP)), dq = scale dS K, dk = scale dS^T Q, dv = P^T dO */
+static void att_ref_bwd(const struct att *a, double *dq, double *dk, double *dv)
+{
+    const int64_t T = a->T, H = a->H, Hkv = a->Hkv, D = a->D, G = H / Hkv;
+    double *p = malloc((size_t)T * sizeof(double)), *dp = malloc((size_t)T * sizeof(double));
+    for (int64_t b = 0; b < a->B; b++)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < H; h++) {
+                const double *q = a->q + ((b * T + t) * H + h) * D, *go = a->gout + ((b * T + t) * H + h) * D;
+                double mx = -INFINITY, sum = 0, di = 0;
+                for (int64_t j = 0; j < T; j++) {
+                    p[j] = -INFINITY;
+                    if (j > t || (a->seg && a->seg[b * T + j] != a->seg[b * T + t]))
+                        continue;
+                    const double *k = a->k + ((b * T + j) * Hkv + h / G) * D;
+                    double d = 0;
+                    for (int64_t e = 0; e < D; e++)
+                        d += q[e] * k[e];
+                    p[j] = a->scale * d;
+                    if (p[j] > mx) mx = p[j];
+                }
+                for (int64_t j = 0; j < T; j++)
+                    sum += p[j] == -INFINITY ? 0 : exp(p[j] - mx);
+                for (int64_t j = 0; j < T; j++) {
+                    p[j] = p[j] == -INFINITY ? 0 : exp(p[j] - mx) / sum;
+                    const double *v = a->v + ((b * T + j) * Hkv + h / G) * D;
+                    double d = 0;
+                    for (int64_t e = 0; e < D; e++)
+                        d += go[e] * v[e];
+                    dp[j] = d;
+                    di += p[j] * d;
+                }
+                for (int64_t j = 0; j < T; j++) {
+                    if (p[j] == 0)
+                        continue;
+                    double ds = p[j] * (dp[j] - di);
+                    const int64_t kr = ((b * T + j) * Hkv + h / G) * D, qr = ((b * T + t) * H + h) * D;
+                    for (int64_t e = 0; e < D; e++) {
+                        dq[qr + e] += a->scale * ds * a->k[kr + e];
+                        dk[kr + e] += a->scale * ds * a->q[qr + e];
+                        dv[kr + e] += p[j] * a->gout[qr + e];
+                    }
+                }
+            }
+    free(p);
+    free(dp);
+}
+
 static double att_loss(void *arg)
 {
     const struct att *a = arg;
@@ -95,6 +144,13 @@ static void run_att(const struct ftk_backend *be, void *ctx, int64_t B, int64_t 
         ops_fd_grad(att_loss, &a, a.v, nk, g, OPS_FD_H);
         CHECK_CLOSE("attention dv", dv, g, nk, OPS_GRAD_TOL);
         free(g);
+    } else {
+        double *rq = calloc((size_t)nq, 8), *rk = calloc((size_t)nk, 8), *rv = calloc((size_t)nk, 8);
+        att_ref_bwd(&a, rq, rk, rv);
+        CHECK_CLOSE("attention dq (analytic ref)", dq, rq, nq, OPS_GRAD_TOL);
+        CHECK_CLOSE("attention dk (analytic ref)", dk, rk, nk, OPS_GRAD_TOL);
+        CHECK_CLOSE("attention dv (analytic ref)", dv, rv, nk, OPS_GRAD_TOL);
+        free(rq); free(rk); free(rv);
     }
     free(q); free(k); free(v); free(gout); free(o); free(lse); free(dq); free(dk); free(dv);
     free(a.q); free(a.k); free(a.v); free(a.gout); free(wo); free(wl);
@@ -181,7 +237,7 @@ int main(void)
         int32_t seg[2 * 45];
         for (int i = 0; i < 90; i++)
             seg[i] = i < 45 ? 1 + i / 13 : (i - 45 < 40 ? 1 : 0);
-        TEST("attention T45 GQA 6:2 D16 forward") run_att(be, ctx, 2, 45, 6, 2, 16, seg, 0);
+        TEST("attention T45 GQA 6:2 D16, analytic backward") run_att(be, ctx, 2, 45, 6, 2, 16, seg, 0);
         TEST("attention backward: 1 and 2 threads agree") {
             const struct ftk_backend *b1;
             void *c1 = ops_ctx(&b1, 1);
@@ -199,6 +255,38 @@ int main(void)
             b1->destroy(c1);
             free(q); free(k); free(v); free(go); free(o); free(lse);
             for (int i = 0; i < 3; i++) { free(g1[i]); free(g2[i]); }
+        }
+    }
+    {
+        /* several 64-row blocks: segments crossing block boundaries, a long document spanning
+         * three blocks, right padding; and the same without segments */
+        static int32_t seg[2 * 150];
+        for (int i = 0; i < 150; i++) {
+            seg[i] = i < 30 ? 1 : i < 100 ? 2 : i < 101 ? 3 : i < 140 ? 4 : 0;
+            seg[150 + i] = i < 145 ? 9 : 0;
+        }
+        TEST("attention T150 GQA 4:2 D6, blocks and segments, analytic backward") run_att(be, ctx, 2, 150, 4, 2, 6, seg, 0);
+        TEST("attention T130 MQA 2:1 D5 no segments, analytic backward") run_att(be, ctx, 1, 130, 2, 1, 5, NULL, 0);
+        /* and the analytic reference agrees with finite differences at a small size */
+        TEST("attention analytic reference vs finite differences (T9)") {
+            static const int32_t s9[9] = { 1, 1, 1, 2, 2, 2, 2, 0, 0 };
+            const int64_t B = 1, T = 9, H = 2, Hkv = 1, D = 3, nq = 54, nk = 27;
+            struct att a = { B, T, H, Hkv, D, 0.5, s9, malloc(nq * 8), malloc(nk * 8), malloc(nk * 8), malloc(nq * 8) };
+            for (int i = 0; i < nq; i++) { a.q[i] = ops_uniform() - 0.5; a.gout[i] = ops_uniform() - 0.5; }
+            for (int i = 0; i < nk; i++) { a.k[i] = ops_uniform() - 0.5; a.v[i] = ops_uniform() - 0.5; }
+            double *rq = calloc(nq, 8), *rk = calloc(nk, 8), *rv = calloc(nk, 8), *g = malloc(nq * 8);
+            float *f = malloc(nq * 4);
+            att_ref_bwd(&a, rq, rk, rv);
+            ops_fd_grad(att_loss, &a, a.q, nq, g, OPS_FD_H);
+            for (int i = 0; i < nq; i++) f[i] = (float)rq[i];
+            CHECK_CLOSE("ref dq", f, g, nq, 1e-6);
+            ops_fd_grad(att_loss, &a, a.k, nk, g, OPS_FD_H);
+            for (int i = 0; i < nk; i++) f[i] = (float)rk[i];
+            CHECK_CLOSE("ref dk", f, g, nk, 1e-6);
+            ops_fd_grad(att_loss, &a, a.v, nk, g, OPS_FD_H);
+            for (int i = 0; i < nk; i++) f[i] = (float)rv[i];
+            CHECK_CLOSE("ref dv", f, g, nk, 1e-6);
+            free(a.q); free(a.k); free(a.v); free(a.gout); free(rq); free(rk); free(rv); free(g); free(f);
         }
     }
     TEST("attention against transformers eager attention (fixtures/ops/attention.json)") check_fixture(be, ctx);
