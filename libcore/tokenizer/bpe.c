@@ -28,10 +28,28 @@ static ftk_status add_sym(struct tk_bpe_work *w, int32_t id, size_t len)
     return FTK_OK;
 }
 
-/* min-heap on (rank, pos) */
+/* min-heap on (rank, pos): HF's Merge ordering, lowest rank first, then leftmost */
 static inline int merge_less(const struct tk_merge *a, const struct tk_merge *b)
 {
-    return a->rank < b->rank || (a->rank == b->rank && a->pos < b->pos);
+    return a->key < b->key;
+}
+#define MERGE_KEY(rank, pos) ((uint64_t)(rank) << 32 | (uint32_t)(pos))
+
+static void sift_down(struct tk_merge *h, size_t n, size_t i)
+{
+    struct tk_merge x = h[i];
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n)
+            break;
+        if (c + 1 < n && merge_less(&h[c + 1], &h[c]))
+            c++;
+        if (!merge_less(&h[c], &x))
+            break;
+        h[i] = h[c];
+        i = c;
+    }
+    h[i] = x;
 }
 
 static ftk_status heap_push(struct tk_bpe_work *w, struct tk_merge m)
@@ -51,21 +69,12 @@ static ftk_status heap_push(struct tk_bpe_work *w, struct tk_merge m)
 
 static struct tk_merge heap_pop(struct tk_bpe_work *w)
 {
-    struct tk_merge top = w->heap[0], last = w->heap[--w->nheap];
-    size_t i = 0, n = w->nheap;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= n)
-            break;
-        if (c + 1 < n && merge_less(&w->heap[c + 1], &w->heap[c]))
-            c++;
-        if (!merge_less(&w->heap[c], &last))
-            break;
-        w->heap[i] = w->heap[c];
-        i = c;
+    struct tk_merge top = w->heap[0];
+    w->nheap--;
+    if (w->nheap) {
+        w->heap[0] = w->heap[w->nheap];
+        sift_down(w->heap, w->nheap, 0);
     }
-    if (n)
-        w->heap[i] = last;
     return top;
 }
 
@@ -80,40 +89,48 @@ static ftk_status merge_all(const struct tk_bpe *m, struct tk_bpe_work *w)
     struct tk_sym *sym = w->sym;
     size_t n = w->nsym;
     w->nheap = 0;
+    FTK_TRY(grow((void **)&w->heap, &w->capheap, n, sizeof *w->heap));
     for (size_t i = 0; i + 1 < n; i++) {
         const struct tk_u64map_entry *e = merge_get(m, sym[i].id, sym[i + 1].id);
         if (e)
-            FTK_TRY(heap_push(w, (struct tk_merge){e->a, (uint32_t)i, e->b}));
+            w->heap[w->nheap++] = (struct tk_merge){MERGE_KEY(e->a, i), e->b, sym[i].id, sym[i + 1].id};
     }
-    sym = w->sym;
+    for (size_t i = w->nheap / 2; i-- > 0;) /* heapify */
+        sift_down(w->heap, w->nheap, i);
     while (w->nheap) {
         struct tk_merge top = heap_pop(w);
-        struct tk_sym *cur = &w->sym[top.pos];
+        uint32_t pos = (uint32_t)top.key;
+        struct tk_sym *cur = &w->sym[pos];
         if (cur->len == 0 || cur->next >= (int32_t)n)
             continue;
         int32_t next = cur->next;
         struct tk_sym right = w->sym[next];
-        const struct tk_u64map_entry *e = merge_get(m, cur->id, right.id);
-        if (!e || e->b != top.id)
-            continue; /* stale entry */
+        if (cur->id != top.left || right.id != top.right) {
+            /* the pair changed since the push: HF still merges when the new pair's merge makes
+             * the same token (Word::merge_all compares new ids only) */
+            const struct tk_u64map_entry *e = merge_get(m, cur->id, right.id);
+            if (!e || e->b != top.id)
+                continue; /* stale entry */
+        }
         cur->id = top.id;
         cur->len += right.len;
         cur->next = right.next;
         w->sym[next].len = 0;
         if (right.next < (int32_t)n)
-            w->sym[right.next].prev = (int32_t)top.pos;
+            w->sym[right.next].prev = (int32_t)pos;
         if (cur->prev >= 0) {
             const struct tk_u64map_entry *pe = merge_get(m, w->sym[cur->prev].id, cur->id);
             if (pe) {
                 int32_t prev = cur->prev;
-                FTK_TRY(heap_push(w, (struct tk_merge){pe->a, (uint32_t)prev, pe->b}));
-                cur = &w->sym[top.pos];
+                FTK_TRY(heap_push(w, (struct tk_merge){MERGE_KEY(pe->a, prev), pe->b,
+                                                        w->sym[prev].id, cur->id}));
             }
         }
         if (cur->next < (int32_t)n) {
             const struct tk_u64map_entry *ne = merge_get(m, cur->id, w->sym[cur->next].id);
             if (ne)
-                FTK_TRY(heap_push(w, (struct tk_merge){ne->a, top.pos, ne->b}));
+                FTK_TRY(heap_push(w, (struct tk_merge){MERGE_KEY(ne->a, pos), ne->b, cur->id,
+                                                        w->sym[cur->next].id}));
         }
     }
     return FTK_OK;
@@ -168,9 +185,10 @@ ftk_status tk_bpe_tokenize(const struct tk_bpe *m, struct tk_bpe_work *w, const 
     while (i < n) {
         uint32_t cp;
         size_t clen = (size_t)tk_utf8_dec((const unsigned char *)s + i, n - i, &cp);
-        const char *sp;
-        size_t slen;
-        int32_t id = char_id(m, w, s + i, clen, i == 0, i + clen == n, &slen, &sp);
+        const char *sp = s + i;
+        size_t slen = clen;
+        int32_t id = m->bmp_id && cp < 0x10000 ? m->bmp_id[cp]
+                     : char_id(m, w, s + i, clen, i == 0, i + clen == n, &slen, &sp);
         FTK_FAIL_IF(id == -2, FTK_E_NOMEM, "tokenizer: out of memory");
         if (id >= 0) {
             if (unk >= 0) {
@@ -240,5 +258,6 @@ void tk_bpe_free(struct tk_bpe *m)
     tk_u64map_free(&m->merges);
     free(m->prefix);
     free(m->suffix);
+    free(m->bmp_id);
     memset(m, 0, sizeof *m);
 }

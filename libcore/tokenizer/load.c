@@ -464,6 +464,15 @@ static ftk_status parse_model(struct ld *ld, const cJSON *m, struct tk_bpe *b, i
     }
     FTK_FAIL_IF((pre && *pre && !b->prefix) || (suf && *suf && !b->suffix), FTK_E_NOMEM,
                 "tokenizer: out of memory");
+    if (!b->prefix && !b->suffix) {
+        b->bmp_id = malloc(0x10000 * sizeof *b->bmp_id);
+        FTK_FAIL_IF(!b->bmp_id, FTK_E_NOMEM, "tokenizer: out of memory");
+        for (uint32_t c = 0; c < 0x10000; c++) {
+            char u[4];
+            int k = tk_utf8_enc(c, u);
+            b->bmp_id[c] = c >= 0xD800 && c < 0xE000 ? -1 : tk_strmap_get(&b->vocab, u, (size_t)k);
+        }
+    }
     b->fuse_unk = jbool(m, "fuse_unk", 0);
     b->byte_fallback = jbool(m, "byte_fallback", 0);
     b->ignore_merges = jbool(m, "ignore_merges", 0);

@@ -215,12 +215,14 @@ struct tk_bpe {
     size_t prefix_len, suffix_len;
     int fuse_unk, byte_fallback, ignore_merges;
     int32_t byte_ids[256];   /* byte_fallback: id of "<0xAB>", -1 when absent */
+    int32_t *bmp_id;         /* code point < 0x10000 -> id of that one-character token, -1; NULL
+                              * with a prefix or suffix (then the characters vary) */
 };
 /* Per-call scratch for merging. */
 struct tk_bpe_work {
     struct tk_sym { int32_t id; int32_t prev, next; uint32_t len; } *sym;
     size_t nsym, capsym;
-    struct tk_merge { uint32_t rank; uint32_t pos; int32_t id; } *heap;
+    struct tk_merge { uint64_t key; /* rank << 32 | pos */ int32_t id, left, right; } *heap;
     size_t nheap, capheap;
     char *tmp;
     size_t tmpcap;
