@@ -184,7 +184,7 @@ static ftk_status pack_open(struct packer *k)
 /* Whole examples (SFT): best fit over the rows of the current batch: the row with the least
  * room that still takes the example; when none does, the batch goes out and a new one starts.
  * A streaming stand-in for LLaMA-Factory's greedy_knapsack, which needs the whole dataset;
- * with --sort-by-length it becomes best-fit-decreasing per window. */
+ * with --sort-by-length, pack_window_bfd packs each window best-fit-decreasing instead. */
 static ftk_status pack_whole(struct packer *k, const struct ftk_pack_example *e)
 {
     int64_t n = e->n[0], T = k->c->seq_len;
@@ -265,6 +265,80 @@ static int by_len_desc(const void *a, const void *b)
     return x->index < y->index ? -1 : x->index > y->index;
 }
 
+/* Sorted window, whole examples: best-fit-decreasing over the window (LLaMA-Factory's
+ * greedy_knapsack, per window instead of per dataset), then the rows go out in the order they
+ * were opened, pack_rows per batch. The streaming best fit of pack_whole would close a batch as
+ * soon as a long example finds no room, before the short ones that fill the gaps arrive.
+ * Rows are found by their room: heads[r] lists the open rows with r tokens free, so each
+ * example costs at most T steps. k->win[0..n) is sorted longest first; the caller frees it. */
+static ftk_status pack_window_bfd(struct packer *k, int64_t n)
+{
+    int64_t T = k->c->seq_len, nbins = 0;
+    int64_t *heads = malloc((size_t)(T + 1) * sizeof *heads);
+    int64_t *next = malloc((size_t)n * sizeof *next);      /* (bins) list link */
+    int64_t *room = malloc((size_t)n * sizeof *room);      /* (bins) free tokens */
+    int64_t *bin_of = malloc((size_t)n * sizeof *bin_of);  /* (n) row of each example */
+    int64_t *first = malloc((size_t)(n + 1) * sizeof *first);
+    int64_t *order = malloc((size_t)n * sizeof *order);
+    ftk_status st = FTK_OK;
+    if (!heads || !next || !room || !bin_of || !first || !order) {
+        st = ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "pack: out of memory for the sort window");
+        goto done;
+    }
+    for (int64_t r = 0; r <= T; r++)
+        heads[r] = -1;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t len = k->win[i]->n[0], r = len, b;
+        while (r < T && heads[r] < 0)
+            r++;
+        if (r < T) {            /* best fit: the open row with the least room that takes it */
+            b = heads[r];
+            heads[r] = next[b];
+        } else {                /* none: open a row */
+            b = nbins++;
+            room[b] = T;
+        }
+        room[b] -= len;
+        bin_of[i] = b;
+        next[b] = heads[room[b]];
+        heads[room[b]] = b;
+    }
+    /* examples grouped by row, rows in opening order, examples in window order */
+    memset(first, 0, (size_t)(nbins + 1) * sizeof *first);
+    for (int64_t i = 0; i < n; i++)
+        first[bin_of[i] + 1]++;
+    for (int64_t b = 0; b < nbins; b++)
+        first[b + 1] += first[b];
+    for (int64_t i = 0; i < n; i++)
+        order[first[bin_of[i]]++] = i;   /* first[b] now ends bin b */
+    for (int64_t b = 0, i = 0; b < nbins && st == FTK_OK; b++) {
+        int64_t r = 0;
+        if (k->pb_open)
+            while (r < k->pack_rows && k->row_used[r] > 0)
+                r++;
+        if (!k->pb_open || r == k->pack_rows) {
+            st = pack_flush(k);
+            if (st == FTK_OK)
+                st = pack_open(k);
+            r = 0;
+        }
+        for (; st == FTK_OK && i < first[b]; i++) {
+            const struct ftk_pack_example *e = k->win[order[i]];
+            ftk_pack_row_append(&k->pb, r, &k->row_used[r], ++k->row_segs[r], e->ids[0],
+                                e->labels[0], e->n[0], &k->p);
+            k->pb_examples++;
+        }
+    }
+done:
+    free(heads);
+    free(next);
+    free(room);
+    free(bin_of);
+    free(first);
+    free(order);
+    return st;
+}
+
 static ftk_status window_flush(struct packer *k)
 {
     int64_t n = k->nwin;
@@ -273,6 +347,12 @@ static ftk_status window_flush(struct packer *k)
     k->nwin = 0;
     qsort(k->win, (size_t)n, sizeof *k->win, by_len_desc);
     ftk_status st = FTK_OK;
+    if (k->c->mode != FTK_PACK_PAD && !k->split) {
+        st = pack_window_bfd(k, n);
+        for (int64_t i = 0; i < n; i++)
+            free(k->win[i]);
+        return st;
+    }
     if (k->c->mode != FTK_PACK_PAD) {
         for (int64_t i = 0; i < n; i++)
             if (st == FTK_OK)
