@@ -74,6 +74,41 @@ def attention_case(name, B, T, H, Hkv, D, seg):
             "v": f32list(v.transpose(1, 2)), "o": f32list(o)}
 
 
+def logprob_case(name, N, C, V, labels):
+    """log_softmax(h w^T) gathered at the labels (ignore_index -100 -> 0), and the gradients of
+    L = sum_n dlogp[n] * logp[n] w.r.t. h and w; plus the SFT loss = F.cross_entropy (mean)."""
+    h = torch.randn(N, C, requires_grad=True)
+    w = torch.randn(V, C, requires_grad=True)
+    y = torch.tensor(labels)
+    dlogp = torch.randn(N)
+    logits = h @ w.T
+    lp = torch.log_softmax(logits, -1)
+    scored = y != -100
+    logp = torch.where(scored, lp.gather(1, y.clamp(min=0)[:, None])[:, 0], torch.zeros(N))
+    (dlogp * logp).sum().backward()
+    ce = torch.nn.functional.cross_entropy(logits.detach(), y, ignore_index=-100)
+    return {"name": name, "N": N, "C": C, "V": V, "labels": labels, "h": f32list(h), "w": f32list(w),
+            "dlogp": f32list(dlogp), "logp": f32list(logp), "dh": f32list(h.grad), "dw": f32list(w.grad),
+            "sft_loss": float(ce)}
+
+
+def adamw_case():
+    """Three torch.optim.AdamW steps on two tensors with clip_grad_norm_(max_norm=1) each step."""
+    a = torch.nn.Parameter(torch.randn(7))
+    b = torch.nn.Parameter(torch.randn(3, 2))
+    init = [f32list(a), f32list(b)]
+    opt = torch.optim.AdamW([a, b], lr=0.05, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    grads, norms = [], []
+    for step in range(3):
+        ga, gb = torch.randn(7) * 2, torch.randn(3, 2) * 2
+        grads.append([f32list(ga), f32list(gb)])
+        a.grad, b.grad = ga.clone(), gb.clone()
+        norms.append(float(torch.nn.utils.clip_grad_norm_([a, b], 1.0)))
+        opt.step()
+    return {"lr": 0.05, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "weight_decay": 0.1, "max_norm": 1.0,
+            "init": init, "grads": grads, "grad_norms": norms, "final": [f32list(a), f32list(b)]}
+
+
 def main():
     torch.manual_seed(SEED)
     os.makedirs(OUT, exist_ok=True)
@@ -98,6 +133,14 @@ def main():
     ]
     with open(os.path.join(OUT, "attention.json"), "w") as f:
         json.dump({"meta": meta, "cases": atts}, f)
+    lps = [
+        logprob_case("all scored", 5, 6, 11, [3, 0, 10, 7, 7]),
+        logprob_case("prompt and padding ignored", 7, 4, 9, [-100, -100, 2, 8, 0, -100, -100]),
+    ]
+    with open(os.path.join(OUT, "logprob.json"), "w") as f:
+        json.dump({"meta": meta, "cases": lps}, f)
+    with open(os.path.join(OUT, "adamw.json"), "w") as f:
+        json.dump({"meta": meta, "case": adamw_case()}, f)
     print("wrote", OUT, meta, file=sys.stderr)
 
 

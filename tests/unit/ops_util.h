@@ -10,6 +10,7 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <cjson/cJSON.h>
 #include "ftk/backend.h"
 
 /* xorshift64*: reproducible inputs without libc's rand state */
@@ -74,6 +75,42 @@ static inline void ops_fd_grad(ops_loss_fn L, void *arg, double *x, int64_t n, d
         x[j] = s;
         g[j] = (lp - lm) / (2 * h);
     }
+}
+
+/* A fixture file parsed (NULL if missing or malformed); cJSON_Delete it. */
+static inline cJSON *ops_json(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = malloc((size_t)n + 1);
+    size_t got = fread(s, 1, (size_t)n, f);
+    s[got] = 0;
+    fclose(f);
+    cJSON *j = cJSON_Parse(s);
+    free(s);
+    return j;
+}
+/* Number array o[key] into f (float) or i (int32), at most cap; returns the array's length. */
+static inline int64_t ops_jarr(const cJSON *o, const char *key, float *f, int32_t *i, int64_t cap)
+{
+    const cJSON *e;
+    int64_t n = 0;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(o, key)) {
+        if (n < cap) {
+            if (f) f[n] = (float)cJSON_GetNumberValue(e);
+            if (i) i[n] = (int32_t)cJSON_GetNumberValue(e);
+        }
+        n++;
+    }
+    return n;
+}
+static inline double ops_jnum(const cJSON *o, const char *key)
+{
+    return cJSON_GetNumberValue(cJSON_GetObjectItem(o, key));
 }
 
 /* The CPU backend and a context with `threads` threads. */

@@ -35,6 +35,52 @@ static void nested_range(void *arg, int64_t b, int64_t e, int tid)
         ftk_threads_for(n->t, 10, 1, count_range, n->hits + i * 10);
 }
 
+/* three torch.optim.AdamW steps with clip_grad_norm_(1.0) on two tensors
+ * (tests/fixtures/ops/adamw.json from tests/oracle/ops.py) */
+static void check_fixture(const struct ftk_backend *be, void *ctx)
+{
+    cJSON *root = ops_json(FIXTURE("ops/adamw.json"));
+    CHECK(root != NULL);
+    const cJSON *c = cJSON_GetObjectItem(root, "case");
+    float p[2][8], m[2][8] = { { 0 } }, v[2][8] = { { 0 } }, g[2][8], want[2][8];
+    const int64_t n[2] = { 7, 6 };
+    for (int t = 0; t < 2; t++) {
+        const cJSON *e;
+        int64_t i = 0;
+        cJSON_ArrayForEach(e, cJSON_GetArrayItem(cJSON_GetObjectItem(c, "init"), t))
+            p[t][i++] = (float)cJSON_GetNumberValue(e);
+        i = 0;
+        cJSON_ArrayForEach(e, cJSON_GetArrayItem(cJSON_GetObjectItem(c, "final"), t))
+            want[t][i++] = (float)cJSON_GetNumberValue(e);
+    }
+    struct ftk_adamw_params h = { .lr = (float)ops_jnum(c, "lr"), .beta1 = (float)ops_jnum(c, "beta1"),
+                                  .beta2 = (float)ops_jnum(c, "beta2"), .eps = (float)ops_jnum(c, "eps"),
+                                  .weight_decay = (float)ops_jnum(c, "weight_decay") };
+    for (int s = 0; s < 3; s++) {
+        const cJSON *gs = cJSON_GetArrayItem(cJSON_GetObjectItem(c, "grads"), s);
+        float ss[2], total, coef;
+        for (int t = 0; t < 2; t++) {
+            const cJSON *e;
+            int64_t i = 0;
+            cJSON_ArrayForEach(e, cJSON_GetArrayItem(gs, t))
+                g[t][i++] = (float)cJSON_GetNumberValue(e);
+            CHECK_OK(be->sumsq(ctx, &ss[t], g[t], n[t]));
+        }
+        CHECK_OK(ftk_clip_grad_norm_coef(ss, 2, (float)ops_jnum(c, "max_norm"), &total, &coef));
+        CHECK_NEAR(total, cJSON_GetNumberValue(cJSON_GetArrayItem(cJSON_GetObjectItem(c, "grad_norms"), s)), 1e-6);
+        h.step = s + 1;
+        h.grad_scale = coef;
+        for (int t = 0; t < 2; t++)
+            CHECK_OK(be->adamw_step(ctx, p[t], m[t], v[t], g[t], n[t], &h));
+    }
+    for (int t = 0; t < 2; t++) {
+        double *w = ops_to_f64(want[t], n[t]);
+        CHECK_CLOSE("torch AdamW params after 3 clipped steps", p[t], w, n[t], 1e-6);
+        free(w);
+    }
+    cJSON_Delete(root);
+}
+
 int main(void)
 {
     const struct ftk_backend *be;
@@ -71,6 +117,7 @@ int main(void)
         CHECK_CLOSE("adamw v", v, vd, n, 1e-6);
         free(p); free(m); free(v); free(g); free(pd); free(md); free(vd);
     }
+    TEST("adamw + clipping against torch (fixtures/ops/adamw.json)") check_fixture(be, ctx);
     TEST("adamw rejects step 0") {
         float x = 0;
         struct ftk_adamw_params h = { .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .step = 0,

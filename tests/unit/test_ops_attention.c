@@ -5,7 +5,6 @@
 #include "check.h"
 #include "ops_util.h"
 
-#include <cjson/cJSON.h>
 
 struct att { int64_t B, T, H, Hkv, D; double scale; const int32_t *seg; double *q, *k, *v, *gout; };
 
@@ -156,48 +155,26 @@ static void run_att(const struct ftk_backend *be, void *ctx, int64_t B, int64_t 
     free(a.q); free(a.k); free(a.v); free(a.gout); free(wo); free(wl);
 }
 
-static int64_t jarr(const cJSON *o, const char *k, float *f, int32_t *i, int64_t cap)
-{
-    const cJSON *e;
-    int64_t n = 0;
-    cJSON_ArrayForEach(e, cJSON_GetObjectItem(o, k)) {
-        if (n < cap) {
-            if (f) f[n] = (float)cJSON_GetNumberValue(e);
-            if (i) i[n] = (int32_t)cJSON_GetNumberValue(e);
-        }
-        n++;
-    }
-    return n;
-}
-
 /* transformers' eager_attention_forward with the packing mask (tests/oracle/ops.py) */
 static void check_fixture(const struct ftk_backend *be, void *ctx)
 {
-    FILE *f = fopen(FIXTURE("ops/attention.json"), "rb");
-    CHECK(f != NULL);
-    if (!f)
-        return;
-    static char txt[1 << 16];
-    size_t len = fread(txt, 1, sizeof txt - 1, f);
-    fclose(f);
-    txt[len] = 0;
-    cJSON *root = cJSON_Parse(txt);
+    cJSON *root = ops_json(FIXTURE("ops/attention.json"));
     CHECK(root != NULL);
-    const cJSON *c;
+    const cJSON *c, *cases = cJSON_GetObjectItem(root, "cases");
     int ncases = 0;
-    cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases")) {
+    cJSON_ArrayForEach(c, cases) {
         static float q[1024], k[1024], v[1024], o[1024], want[1024], lse[256];
         static int32_t seg[256];
-        int64_t B = (int64_t)cJSON_GetNumberValue(cJSON_GetObjectItem(c, "B"));
-        int64_t T = (int64_t)cJSON_GetNumberValue(cJSON_GetObjectItem(c, "T"));
-        int64_t H = (int64_t)cJSON_GetNumberValue(cJSON_GetObjectItem(c, "H"));
-        int64_t Hkv = (int64_t)cJSON_GetNumberValue(cJSON_GetObjectItem(c, "Hkv"));
-        int64_t D = (int64_t)cJSON_GetNumberValue(cJSON_GetObjectItem(c, "D"));
-        jarr(c, "q", q, NULL, 1024);
-        jarr(c, "k", k, NULL, 1024);
-        jarr(c, "v", v, NULL, 1024);
-        int64_t n = jarr(c, "o", want, NULL, 1024);
-        jarr(c, "seg", NULL, seg, 256);
+        int64_t B = (int64_t)ops_jnum(c, "B");
+        int64_t T = (int64_t)ops_jnum(c, "T");
+        int64_t H = (int64_t)ops_jnum(c, "H");
+        int64_t Hkv = (int64_t)ops_jnum(c, "Hkv");
+        int64_t D = (int64_t)ops_jnum(c, "D");
+        ops_jarr(c, "q", q, NULL, 1024);
+        ops_jarr(c, "k", k, NULL, 1024);
+        ops_jarr(c, "v", v, NULL, 1024);
+        int64_t n = ops_jarr(c, "o", want, NULL, 1024);
+        ops_jarr(c, "seg", NULL, seg, 256);
         CHECK_INT(n, B * T * H * D);
         CHECK_OK(be->attention_forward(ctx, o, lse, q, k, v, seg, B, T, H, Hkv, D, 1.0f / sqrtf((float)D)));
         double *w = ops_to_f64(want, n);

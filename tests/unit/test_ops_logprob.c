@@ -74,6 +74,51 @@ static void run_lp(const struct ftk_backend *be, void *ctx, int64_t N, int64_t C
     free(h); free(w); free(dlogp); free(a.h); free(a.w); free(a.dlogp); free(want); free(gh); free(gw);
 }
 
+/* transformers-side reference: torch log_softmax + gather, autograd gradients
+ * (tests/fixtures/ops/logprob.json from tests/oracle/ops.py) */
+static void check_fixture(const struct ftk_backend *be, void *ctx)
+{
+    cJSON *root = ops_json(FIXTURE("ops/logprob.json"));
+    CHECK(root != NULL);
+    const cJSON *c, *cases = cJSON_GetObjectItem(root, "cases");
+    int ncases = 0;
+    cJSON_ArrayForEach(c, cases) {
+        static float h[256], w[256], dl[64], want_lp[64], want_dh[256], want_dw[256];
+        static float logp[64], dh[256], dw[256];
+        static int32_t labels[64];
+        const int64_t N = (int64_t)ops_jnum(c, "N"), C = (int64_t)ops_jnum(c, "C"), V = (int64_t)ops_jnum(c, "V");
+        ops_jarr(c, "h", h, NULL, 256);
+        ops_jarr(c, "w", w, NULL, 256);
+        ops_jarr(c, "dlogp", dl, NULL, 64);
+        ops_jarr(c, "labels", NULL, labels, 64);
+        ops_jarr(c, "logp", want_lp, NULL, 64);
+        ops_jarr(c, "dh", want_dh, NULL, 256);
+        ops_jarr(c, "dw", want_dw, NULL, 256);
+        memset(dh, 0, sizeof dh);
+        memset(dw, 0, sizeof dw);
+        CHECK_OK(be->logprob_fused(ctx, logp, dh, dw, dl, h, w, labels, N, C, V, 2));
+        double *a = ops_to_f64(want_lp, N), *b = ops_to_f64(want_dh, N * C), *d = ops_to_f64(want_dw, V * C);
+        CHECK_CLOSE("torch logp", logp, a, N, 1e-5);
+        CHECK_CLOSE("torch dh", dh, b, N * C, 1e-5);
+        CHECK_CLOSE("torch dw", dw, d, V * C, 1e-5);
+        /* SFT: dlogp = -1/n_scored gives F.cross_entropy's mean */
+        int64_t ns = 0;
+        for (int64_t n = 0; n < N; n++)
+            ns += labels[n] != FTK_IGNORE_INDEX;
+        for (int64_t n = 0; n < N; n++)
+            dl[n] = -1.0f / (float)ns;
+        CHECK_OK(be->logprob_fused(ctx, logp, NULL, NULL, dl, h, w, labels, N, C, V, 0));
+        double loss = 0;
+        for (int64_t n = 0; n < N; n++)
+            loss += dl[n] * logp[n];
+        CHECK_NEAR(loss, ops_jnum(c, "sft_loss"), 1e-5);
+        free(a); free(b); free(d);
+        ncases++;
+    }
+    CHECK_INT(ncases, 2);
+    cJSON_Delete(root);
+}
+
 int main(void)
 {
     const struct ftk_backend *be;
@@ -113,6 +158,7 @@ int main(void)
         double loss = -0.5 * (logp[0] + logp[1]);
         CHECK_NEAR(loss, 150.0, 1e-6);
     }
+    TEST("logprob against torch (fixtures/ops/logprob.json)") check_fixture(be, ctx);
     TEST("logprob rejects labels outside the vocabulary") {
         static const int32_t bad[2] = { 1, 7 };
         float h[2] = { 0 }, w[7] = { 0 }, logp[2];

@@ -7,8 +7,6 @@
 #include "ops_util.h"
 #include "ftk/rope.h"
 
-#include <cjson/cJSON.h>
-
 #define PI 3.14159265358979323846
 
 /* _compute_default_rope_parameters: 1 / base^(2i/dim) */
@@ -90,53 +88,23 @@ static void run_rope_op(const struct ftk_backend *be, void *ctx, int64_t N, int6
     free(x); free(gout); free(a.x); free(a.gout); free(want); free(g); free(dx);
 }
 
-static double jnum(const cJSON *o, const char *k) { return cJSON_GetNumberValue(cJSON_GetObjectItem(o, k)); }
-static int64_t jfloats(const cJSON *o, const char *k, float *dst, int64_t cap)
-{
-    const cJSON *arr = cJSON_GetObjectItem(o, k), *e;
-    int64_t i = 0;
-    cJSON_ArrayForEach(e, arr) {
-        if (i < cap)
-            dst[i] = (float)cJSON_GetNumberValue(e);
-        i++;
-    }
-    return i;
-}
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    size_t got = fread(s, 1, (size_t)n, f);
-    s[got] = 0;
-    fclose(f);
-    return s;
-}
-
 static void check_fixture(const struct ftk_backend *be, void *ctx)
 {
-    char *txt = slurp(FIXTURE("ops/rope.json"));
-    CHECK(txt != NULL);
-    cJSON *root = txt ? cJSON_Parse(txt) : NULL;
+    cJSON *root = ops_json(FIXTURE("ops/rope.json"));
     CHECK(root != NULL);
-    const cJSON *c;
+    const cJSON *c, *cases = cJSON_GetObjectItem(root, "cases");
     int ncases = 0;
-    cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases")) {
+    cJSON_ArrayForEach(c, cases) {
         const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(c, "name"));
         const char *type = cJSON_GetStringValue(cJSON_GetObjectItem(c, "type"));
         struct ftk_rope_config cfg = {
             .type = !strcmp(type, "linear") ? FTK_ROPE_LINEAR : !strcmp(type, "dynamic") ? FTK_ROPE_DYNAMIC
                   : !strcmp(type, "llama3") ? FTK_ROPE_LLAMA3 : FTK_ROPE_DEFAULT,
-            .theta = jnum(c, "theta"), .head_dim = (int64_t)jnum(c, "head_dim"), .partial_rotary_factor = 1.0,
-            .factor = jnum(c, "factor"), .low_freq_factor = jnum(c, "low_freq_factor"),
-            .high_freq_factor = jnum(c, "high_freq_factor"),
-            .original_max_position_embeddings = (int64_t)jnum(c, "original_max_position_embeddings"),
-            .max_position_embeddings = (int64_t)jnum(c, "max_position_embeddings"),
+            .theta = ops_jnum(c, "theta"), .head_dim = (int64_t)ops_jnum(c, "head_dim"), .partial_rotary_factor = 1.0,
+            .factor = ops_jnum(c, "factor"), .low_freq_factor = ops_jnum(c, "low_freq_factor"),
+            .high_freq_factor = ops_jnum(c, "high_freq_factor"),
+            .original_max_position_embeddings = (int64_t)ops_jnum(c, "original_max_position_embeddings"),
+            .max_position_embeddings = (int64_t)ops_jnum(c, "max_position_embeddings"),
         };
         int32_t pos[16];
         int64_t T = 0, maxpos = 0;
@@ -147,7 +115,7 @@ static void check_fixture(const struct ftk_backend *be, void *ctx)
             T++;
         }
         float want_inv[128], inv[128], q[4096], want_q[4096];
-        int64_t half = jfloats(c, "inv_freq", want_inv, 128), R = 0;
+        int64_t half = ops_jarr(c, "inv_freq", want_inv, NULL, 128), R = 0;
         float sc = 0;
         CHECK_OK(ftk_rope_inv_freq(&cfg, maxpos + 1, inv, &R, &sc));
         double wd[128];
@@ -159,9 +127,9 @@ static void check_fixture(const struct ftk_backend *be, void *ctx)
         if (!(err <= 3e-7))
             CHECK_FAIL_("%s: inv_freq error %.3g at [%lld]: %.9g, transformers %.9g", name, err,
                         (long long)w, inv[w], want_inv[w]);
-        CHECK(fabs(sc - jnum(c, "attention_scaling")) < 1e-7);
-        int64_t n = jfloats(c, "q", q, 4096);
-        jfloats(c, "q_rot", want_q, 4096);
+        CHECK(fabs(sc - ops_jnum(c, "attention_scaling")) < 1e-7);
+        int64_t n = ops_jarr(c, "q", q, NULL, 4096);
+        ops_jarr(c, "q_rot", want_q, NULL, 4096);
         int64_t D = cfg.head_dim, H = n / (T * D);
         CHECK_OK(be->rope_forward(ctx, q, pos, inv, sc, T, H, D, R));
         double *wq = ops_to_f64(want_q, n);
@@ -171,7 +139,6 @@ static void check_fixture(const struct ftk_backend *be, void *ctx)
     }
     CHECK_INT(ncases, 6);
     cJSON_Delete(root);
-    free(txt);
 }
 
 int main(void)
