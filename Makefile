@@ -136,6 +136,12 @@ $(BUILD)/share/ftk/templates/%: tools/templates/%
 	$(call say,CP,$@)
 	$(Q)cp $< $@
 
+# Tests that load plugins link libftk.so, as the plugins do (one copy of libftk in the process).
+$(BUILD)/tests/test_plugin_%: tests/unit/test_plugin_%.c tests/unit/check.h $(LIBSO) | $(PLUGINS)
+	@mkdir -p $(@D)
+	$(call say,LD,$@)
+	$(Q)$(CC) $(CFLAGS) $(DEPF) $(LDFLAGS) -Itests/unit -o $@ $< -L$(BUILD)/lib -lftk -Wl,-rpath,'$$ORIGIN/../lib' $(LDLIBS)
+
 # Unit tests link the static library so they can reach libcore's internal functions.
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/check.h $(LIBA)
 	@mkdir -p $(@D)

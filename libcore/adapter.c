@@ -1,0 +1,129 @@
+/* libcore/adapter.c: loading a PEFT adapter directory (ftk's or peft's) onto a model:
+ * adapter_config.json names the method (peft_type) and its options; the plugin of that name
+ * reads the weights. */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cjson/cJSON.h>
+#include "ftk/model.h"
+
+/* peft_type -> plugin name ("LORA" -> "lora") */
+static void plugin_name(const char *peft_type, char *out, size_t n)
+{
+    size_t i = 0;
+    for (; peft_type[i] && i + 1 < n; i++)
+        out[i] = (char)tolower((unsigned char)peft_type[i]);
+    out[i] = '\0';
+}
+
+/* adapter_config.json as plugin options: numbers, booleans ("true"/"false"), strings, string
+ * lists (comma-joined); nulls are left out; objects as JSON text ("{}" when empty). */
+static ftk_status config_to_kv(const cJSON *root, const char *where, struct ftk_kv **out, char ***strs, size_t *n_strs)
+{
+    int n = cJSON_GetArraySize(root);
+    struct ftk_kv *kv = calloc((size_t)n + 1, sizeof *kv);
+    char **s = calloc((size_t)n + 1, sizeof *s);
+    FTK_FAIL_IF(!kv || !s, FTK_E_NOMEM, "out of memory");
+    *out = kv;
+    *strs = s;
+    size_t k = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, root) {
+        char *v = NULL;
+        if (cJSON_IsNull(e))
+            continue;
+        if (cJSON_IsBool(e))
+            v = strdup(cJSON_IsTrue(e) ? "true" : "false");
+        else if (cJSON_IsNumber(e)) {
+            char b[64];
+            snprintf(b, sizeof b, "%.17g", e->valuedouble);
+            v = strdup(b);
+        } else if (cJSON_IsString(e)) {
+            if (!strcmp(e->string, "target_modules") && strcmp(e->valuestring, "all-linear"))
+                FTK_FAIL(FTK_E_UNSUPPORTED, "%s: target_modules as a regular expression (\"%s\") is not supported; use a list",
+                         where, e->valuestring);
+            v = strdup(e->valuestring);
+        } else if (cJSON_IsArray(e)) {
+            size_t len = 1;
+            const cJSON *x;
+            cJSON_ArrayForEach(x, e) {
+                FTK_FAIL_IF(!cJSON_IsString(x), FTK_E_UNSUPPORTED, "%s: \"%s\" holds a non-string", where, e->string);
+                len += strlen(x->valuestring) + 1;
+            }
+            v = calloc(1, len);
+            if (v)
+                cJSON_ArrayForEach(x, e) {
+                    if (v[0])
+                        strcat(v, ",");
+                    strcat(v, x->valuestring);
+                }
+        } else {
+            v = cJSON_PrintUnformatted(e);
+        }
+        FTK_FAIL_IF(!v, FTK_E_NOMEM, "out of memory");
+        s[k] = v;
+        kv[k].key = e->string;
+        kv[k].value = v;
+        *n_strs = ++k;
+    }
+    return FTK_OK;
+}
+
+/* What peft can express that ftk's plugins would silently get wrong: refuse it. */
+static ftk_status check_supported(const struct ftk_kv *kv, const char *where)
+{
+    static const struct { const char *key, *ok; } fixed[] = {
+        {"bias", "none"}, {"fan_in_fan_out", "false"}, {"rank_pattern", "{}"}, {"alpha_pattern", "{}"},
+        {"use_dora", "false"}, {"layer_replication", ""}, {"layers_to_transform", ""},
+    };
+    for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++) {
+        const char *v = ftk_kv_get(kv, fixed[i].key);
+        FTK_FAIL_IF(v && strcmp(v, fixed[i].ok), FTK_E_UNSUPPORTED, "%s: %s = %s is not supported", where, fixed[i].key, v);
+    }
+    return FTK_OK;
+}
+
+ftk_status ftk_model_load_adapter(struct ftk_model *m, const char *path, uint64_t seed)
+{
+    struct ftk_source *src;
+    FTK_TRY(ftk_source_open(path, &src));
+    char *text = NULL, where[1100], **strs = NULL;
+    size_t len, n_strs = 0;
+    struct ftk_kv *kv = NULL;
+    cJSON *root = NULL;
+    snprintf(where, sizeof where, "%s/adapter_config.json", path);
+    ftk_status s = ftk_source_read(src, "adapter_config.json", &text, &len);
+    if (s == FTK_OK && !(root = cJSON_ParseWithLength(text, len)))
+        s = ftk_error_set(FTK_E_FORMAT, __FILE__, __LINE__, "%s: not valid JSON", where);
+    const cJSON *pt = root ? cJSON_GetObjectItemCaseSensitive(root, "peft_type") : NULL;
+    if (s == FTK_OK && !cJSON_IsString(pt))
+        s = ftk_error_set(FTK_E_FORMAT, __FILE__, __LINE__, "%s: \"peft_type\" missing", where);
+    const struct ftk_peft_plugin *pl = NULL;
+    if (s == FTK_OK) {
+        char name[64];
+        plugin_name(pt->valuestring, name, sizeof name);
+        if ((s = ftk_plugin_load_peft(name, &pl)) != FTK_OK)
+            s = ftk_error_wrap(s, "%s: peft_type %s", where, pt->valuestring);
+    }
+    if (s == FTK_OK)
+        s = config_to_kv(root, where, &kv, &strs, &n_strs);
+    if (s == FTK_OK)
+        s = check_supported(kv, where);
+    if (s == FTK_OK)
+        s = ftk_model_set_peft(m, pl, kv, seed, NULL);
+    if (s == FTK_OK) {
+        if (!FTK_PLUGIN_SLOT(pl, load))
+            s = ftk_error_set(FTK_E_UNSUPPORTED, __FILE__, __LINE__, "peft plugin \"%s\" cannot load adapters", pl->name);
+        else
+            s = pl->load(ftk_model_peft(m), src);
+    }
+    for (size_t i = 0; strs && i < n_strs; i++)
+        free(strs[i]);
+    free(strs);
+    free(kv);
+    cJSON_Delete(root);
+    free(text);
+    ftk_source_close(src);
+    return s;
+}

@@ -1,0 +1,86 @@
+/* ftk/model.h: a Llama-family causal LM on a backend, with a PEFT plugin attached, forward to
+ * per-row label log-probs and hand-written backward (DESIGN.md section 5).
+ *
+ * Numerics follow transformers: F32 compute; labels are shifted inside (hidden t predicts
+ * labels[t+1] of the same row, the last position predicts nothing), so a batch's labels are
+ * aligned with input_ids exactly as HF's `model(input_ids, labels=labels)` takes them.
+ * Attention honours segment_ids (a token sees earlier tokens of its own segment only) and RoPE
+ * uses position_ids, so neat-packed rows equal their documents run alone.
+ *
+ * Ownership: ftk_model_load makes the model, ftk_model_free frees it with its PEFT instance.
+ * The backend and its context stay the caller's and must outlive the model. */
+#ifndef FTK_MODEL_H
+#define FTK_MODEL_H
+
+#include <stdint.h>
+#include "backend.h"
+#include "model_config.h"
+#include "plugin.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct ftk_model;
+
+/* A parameter: a base weight (HF name) or a plugin's (its saved name). */
+struct ftk_param {
+    char *name;
+    int ndim;
+    int64_t shape[2];
+    int64_t numel;
+    float *w;          /* backend memory */
+    float *g;          /* gradient, backend memory; NULL when frozen */
+    int decay;         /* 1: weight decay applies */
+    int base;          /* 1: a weight of the base model */
+};
+
+/* One batch as the model reads it (host memory, I32 (B,T) each; segment_ids may be NULL). */
+struct ftk_batch_view {
+    int64_t B, T;
+    const int32_t *input_ids, *labels, *position_ids, *segment_ids;
+};
+
+/* Loads config.json and the safetensors weights (BF16/F16/F32, converted to F32) from a
+ * directory or archive. */
+FTK_API ftk_status ftk_model_load(const char *path, const struct ftk_backend *be, void *ctx,
+                                  struct ftk_model **out);
+FTK_API void ftk_model_free(struct ftk_model *m);
+FTK_API const struct ftk_model_config *ftk_model_get_config(const struct ftk_model *m);
+
+/* Attaches a PEFT method (replacing none: call once). Without one, nothing trains. */
+FTK_API ftk_status ftk_model_set_peft(struct ftk_model *m, const struct ftk_peft_plugin *pl,
+                                      const struct ftk_kv *opts, uint64_t seed, struct ftk_peft **out);
+FTK_API struct ftk_peft *ftk_model_peft(struct ftk_model *m);
+/* Attaches the PEFT method an adapter directory or archive names (adapter_config.json's
+ * peft_type: "LORA" -> the lora plugin) with its options, and loads its weights. */
+FTK_API ftk_status ftk_model_load_adapter(struct ftk_model *m, const char *path, uint64_t seed);
+/* The PEFT method's deltas on (1, default) or off (0: the base model, LLaMA-Factory's reference
+ * when no ref model is given). */
+FTK_API void ftk_model_enable_adapter(struct ftk_model *m, int on);
+/* Tells plugins which optimizer step comes next (dropout masks). */
+FTK_API void ftk_model_set_step(struct ftk_model *m, int64_t step);
+
+/* Trainable parameters, base first, then the plugin's in registration order. */
+FTK_API size_t ftk_model_n_trainable(const struct ftk_model *m);
+FTK_API struct ftk_param *ftk_model_trainable(struct ftk_model *m, size_t i);
+/* Any parameter by name (base HF name or plugin name), NULL if none. */
+FTK_API struct ftk_param *ftk_model_find_param(struct ftk_model *m, const char *name);
+FTK_API ftk_status ftk_model_zero_grad(struct ftk_model *m);
+
+/* Forward: logps (B) = per row, sum of log p(labels[t+1] | tokens <= t) over labelled t;
+ * n_tokens (B) their count (host memory, may be NULL). train = 1 keeps the activations for
+ * ftk_model_backward and applies dropout. A token id outside the vocab, or a row longer than a
+ * sliding window, is an error naming it. */
+FTK_API ftk_status ftk_model_forward(struct ftk_model *m, const struct ftk_batch_view *b, int train,
+                                     float *logps, int64_t *n_tokens);
+/* Backward of the last train forward from dlogps (B) = d loss / d logps (host): gradients of
+ * the trainable parameters +=. */
+FTK_API ftk_status ftk_model_backward(struct ftk_model *m, const float *dlogps);
+/* Full logits (B,T,V) into host memory (tests and small evals; training never makes these). */
+FTK_API ftk_status ftk_model_logits(struct ftk_model *m, const struct ftk_batch_view *b, float *logits);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,170 @@
+/* ftk/plugin.h: the plugin ABI (DESIGN.md section 6, docs/plugins.md).
+ *
+ * A plugin is a shared object exporting ONE const struct: `ftk_peft_plugin` (a PEFT method) or
+ * `ftk_loss_plugin` (a loss). `abi_version` and `struct_size` come first, forever. Appending a
+ * slot grows struct_size; changing one bumps the ABI number. libcore refuses a plugin whose ABI
+ * differs (FTK_E_ABI, naming both numbers), uses a slot only if struct_size covers it and it is
+ * non-NULL, and callocs `priv_size` bytes of private state per instance.
+ *
+ * Plugins are found by name in ftk_plugin_dir()/{peft,loss}/NAME.so, or by a path containing
+ * '/'. They are opened RTLD_NOW | RTLD_LOCAL and never closed (pointers into them may live on).
+ *
+ * Ownership: libcore owns instances, their private state and every parameter a PEFT plugin
+ * registers (ftk_peft_add_param); the plugin never frees them. */
+#ifndef FTK_PLUGIN_H
+#define FTK_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "backend.h"
+#include "message.h"
+#include "model_config.h"
+#include "source.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FTK_PEFT_ABI 1
+#define FTK_LOSS_ABI 1
+
+/* Options: key/value strings, from the tool's --peft-opt/--loss-opt K=V flags or an adapter's
+ * config. A NULL-key entry ends the list. */
+struct ftk_kv {
+    const char *key;
+    const char *value;
+};
+FTK_API const char *ftk_kv_get(const struct ftk_kv *kv, const char *key);
+/* Typed getters: the default when absent; FTK_E_INVALID naming the key when malformed. */
+FTK_API ftk_status ftk_kv_double(const struct ftk_kv *kv, const char *key, double def, double *out);
+FTK_API ftk_status ftk_kv_int(const struct ftk_kv *kv, const char *key, int64_t def, int64_t *out);
+FTK_API ftk_status ftk_kv_bool(const struct ftk_kv *kv, const char *key, int def, int *out);
+
+/* Is `slot` of plugin table `pl` usable: covered by its struct_size and non-NULL. */
+#define FTK_PLUGIN_SLOT(pl, slot) \
+    ((pl)->struct_size >= offsetof(__typeof__(*(pl)), slot) + sizeof((pl)->slot) && (pl)->slot != NULL)
+
+/* ---- PEFT plugins -------------------------------------------------------------------------- */
+
+/* The linear layers of the model, HF module names. Values fixed, appended only. */
+enum ftk_linear {
+    FTK_LIN_Q = 0, FTK_LIN_K = 1, FTK_LIN_V = 2, FTK_LIN_O = 3,
+    FTK_LIN_GATE = 4, FTK_LIN_UP = 5, FTK_LIN_DOWN = 6, FTK_LIN_LM_HEAD = 7,
+    FTK_LIN_COUNT
+};
+/* "q_proj", ..., "lm_head" */
+FTK_API const char *ftk_linear_name(enum ftk_linear k);
+
+/* One place in the model: linear `kind` of layer `layer` (-1 for lm_head). */
+struct ftk_site {
+    int layer;
+    enum ftk_linear kind;
+    int64_t in, out;           /* I, O of y (N,O) = x (N,I) W^T */
+    const char *module;        /* HF module path, "model.layers.3.self_attn.q_proj", "lm_head" */
+};
+
+struct ftk_peft;   /* an instance: the plugin, its options, the model it is attached to */
+
+struct ftk_peft_plugin {
+    uint32_t abi_version;      /* FTK_PEFT_ABI */
+    uint32_t struct_size;      /* sizeof(struct ftk_peft_plugin) at build time */
+    const char *name;          /* "lora", "full", "freeze" */
+    size_t priv_size;          /* calloc'd per instance, ftk_peft_priv() */
+
+    /* Parses options and creates trainable parameters (ftk_peft_add_param) for the sites it
+     * wants. Called once, after the base model is loaded. */
+    ftk_status (*init)(struct ftk_peft *p, const struct ftk_kv *opts);
+    /* (optional) 1 if the base weight `hf_name` (e.g. "model.layers.0.mlp.up_proj.weight")
+     * trains (full, freeze). Absent: every base weight is frozen. */
+    int (*base_trainable)(struct ftk_peft *p, const char *hf_name);
+    /* (optional) y (N,O) += delta(x (N,I)) at a site; `train` says whether dropout applies. */
+    ftk_status (*linear_forward)(struct ftk_peft *p, const struct ftk_site *s, float *y,
+                                 const float *x, int64_t N, int train);
+    /* (optional) from dy (N,O): dx (N,I) += d delta/dx, and the plugin's own gradients +=. */
+    ftk_status (*linear_backward)(struct ftk_peft *p, const struct ftk_site *s, float *dx,
+                                  const float *dy, const float *x, int64_t N);
+    /* (optional) writes the adapter into directory `dir` (created by the caller) in the
+     * format peft uses for this method; `base_path` goes into the config. */
+    ftk_status (*save)(struct ftk_peft *p, const char *dir, const char *base_path);
+    /* (optional) reads an adapter written by save (or by peft) after init. */
+    ftk_status (*load)(struct ftk_peft *p, struct ftk_source *src);
+    /* (optional) W (O,I) += the site's delta as a dense matrix (merging), F32 host memory. */
+    ftk_status (*merge)(struct ftk_peft *p, const struct ftk_site *s, float *w_host);
+};
+
+/* What a plugin may ask of its instance. */
+FTK_API void *ftk_peft_priv(struct ftk_peft *p);
+FTK_API const struct ftk_model_config *ftk_peft_config(struct ftk_peft *p);
+FTK_API const struct ftk_backend *ftk_peft_backend(struct ftk_peft *p, void **ctx);
+/* The instance's seed (--seed): plugins derive init and dropout randomness from it. */
+FTK_API uint64_t ftk_peft_seed(struct ftk_peft *p);
+/* The optimizer step about to run (0-based); dropout masks depend on it. */
+FTK_API int64_t ftk_peft_step(struct ftk_peft *p);
+/* Registers a trainable parameter of the plugin, zero-filled backend memory, with its saved
+ * name (PEFT's, e.g. "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight").
+ * *w and *g (its gradient) stay valid for the instance's life. `decay` 0 excludes it from
+ * weight decay. */
+FTK_API ftk_status ftk_peft_add_param(struct ftk_peft *p, const char *name, int ndim, const int64_t *shape,
+                                      int decay, float **w, float **g);
+/* Sites of the model, for plugins that pick by name (LoRA's target_modules). */
+FTK_API size_t ftk_peft_n_sites(struct ftk_peft *p);
+FTK_API const struct ftk_site *ftk_peft_site(struct ftk_peft *p, size_t i);
+/* Marks a site as hooked: linear_forward/backward are called there. */
+FTK_API ftk_status ftk_peft_attach(struct ftk_peft *p, const struct ftk_site *s);
+/* A base weight, F32, backend memory (for PiSSA-like inits and merges). NULL if absent. */
+FTK_API float *ftk_peft_base_weight(struct ftk_peft *p, const char *hf_name, int64_t *numel);
+
+/* ---- loss plugins -------------------------------------------------------------------------- */
+
+/* What a loss sees of one batch: per-row sums of label log-probs and counts. Preference
+ * batches (pairwise) hold B/2 chosen rows, then the B/2 rejected rows in the same order. */
+struct ftk_loss_batch {
+    int64_t B;
+    int pairwise;
+    const float *logps;        /* (B) sum over labelled tokens of log p(label) */
+    const float *ref_logps;    /* (B) the same under the reference model, or NULL */
+    const int64_t *n_tokens;   /* (B) labelled tokens per row */
+    int64_t n_tokens_total;    /* labelled tokens of the whole optimizer step (gradient
+                                  accumulation): SFT's token mean divides by this */
+    const struct ftk_message *batch;   /* the batch message (kto_tag, ...) */
+};
+
+#define FTK_MAX_METRICS 16
+struct ftk_metrics {
+    int n;
+    char name[FTK_MAX_METRICS][40];   /* TRL's names: "rewards/chosen", ... */
+    double value[FTK_MAX_METRICS];
+};
+FTK_API void ftk_metrics_add(struct ftk_metrics *m, const char *name, double value);
+
+struct ftk_loss;
+struct ftk_loss_plugin {
+    uint32_t abi_version;      /* FTK_LOSS_ABI */
+    uint32_t struct_size;
+    const char *name;          /* "sft", "dpo", ... */
+    size_t priv_size;
+    ftk_status (*init)(struct ftk_loss *l, const struct ftk_kv *opts);
+    /* (optional) 1 if the loss needs ref_logps. */
+    int (*needs_ref)(struct ftk_loss *l);
+    /* loss, dlogps (B) = d loss / d logps[b], and metrics. */
+    ftk_status (*compute)(struct ftk_loss *l, const struct ftk_loss_batch *b, double *loss,
+                          float *dlogps, struct ftk_metrics *metrics);
+};
+FTK_API void *ftk_loss_priv(struct ftk_loss *l);
+
+/* ---- loading (libcore side) ------------------------------------------------------------- */
+
+/* Finds and checks a plugin by name ("lora") or path ("./my.so"). */
+FTK_API ftk_status ftk_plugin_load_peft(const char *name_or_path, const struct ftk_peft_plugin **out);
+FTK_API ftk_status ftk_plugin_load_loss(const char *name_or_path, const struct ftk_loss_plugin **out);
+
+FTK_API ftk_status ftk_loss_create(const struct ftk_loss_plugin *pl, const struct ftk_kv *opts, struct ftk_loss **out);
+FTK_API void ftk_loss_free(struct ftk_loss *l);
+FTK_API int ftk_loss_needs_ref(struct ftk_loss *l);
+FTK_API ftk_status ftk_loss_compute(struct ftk_loss *l, const struct ftk_loss_batch *b, double *loss,
+                                    float *dlogps, struct ftk_metrics *metrics);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,78 @@
+/* libcore/model-impl.h: the model's internals, shared by model.c (loading, parameters, the
+ * PEFT instance) and model_run.c (forward and backward). Not installed. */
+#ifndef FTK_MODEL_IMPL_H
+#define FTK_MODEL_IMPL_H
+
+#include "ftk/model.h"
+
+/* Pointers into the parameter table for one layer (backend memory; NULL when absent). */
+struct layer_w {
+    struct ftk_param *ln1, *ln2, *qn, *kn;
+    struct ftk_param *lin[FTK_LIN_COUNT - 1];     /* q k v o gate up down weights */
+    struct ftk_param *bias[FTK_LIN_COUNT - 1];    /* their biases, if any */
+};
+
+/* Activations saved by a train forward for backward; shapes per layer (N = B*T tokens). */
+struct layer_act {
+    float *x_in;      /* (N,C) residual stream entering the layer */
+    float *a;         /* (N,C) input_layernorm output */
+    float *rstd1;     /* (N) */
+    float *q, *k, *v; /* (N,H*D), (N,Hkv*D) x2; q, k after norm and RoPE */
+    float *q_pre, *k_pre, *qrstd, *krstd;   /* qk_norm only: before the norm, (N*H), (N*Hkv) */
+    float *o;         /* (N,H*D) attention output */
+    float *lse;       /* (N,H) */
+    float *x_mid;     /* (N,C) residual after attention */
+    float *m;         /* (N,C) post_attention_layernorm output */
+    float *rstd2;     /* (N) */
+    float *gate, *up, *h;   /* (N,F) */
+};
+
+struct ftk_peft {
+    const struct ftk_peft_plugin *pl;
+    struct ftk_model *model;
+    void *priv;
+    uint64_t seed;
+    int attached[64][FTK_LIN_COUNT];   /* per layer, per linear; layer index 63 stands for lm_head */
+};
+
+struct ftk_model {
+    struct ftk_model_config cfg;
+    const struct ftk_backend *be;
+    void *ctx;
+    struct ftk_param *params;      /* base weights, HF order */
+    size_t n_params;
+    struct ftk_param **train;      /* trainable: base ones, then the plugin's */
+    size_t n_train, cap_train;
+    struct ftk_param *extra;       /* the plugin's parameters (owned) */
+    size_t n_extra, cap_extra;
+    struct layer_w *layers;        /* (L) */
+    struct ftk_param *wte, *norm, *lm_head;   /* lm_head == wte when tied */
+    struct ftk_site *sites;        /* every linear: L*7 + lm_head */
+    size_t n_sites;
+    char (*site_names)[96];
+    struct ftk_peft *peft;
+    int adapter_on;
+    int64_t step;
+
+    /* Workspace of the last forward, reused while big enough. */
+    void *act_arena;
+    size_t act_size;
+    int64_t B, T, N;
+    int trained;                   /* the last forward kept activations */
+    int has_seg;                   /* the last batch had segment_ids */
+    struct layer_act *act;         /* (L) */
+    float *x_final, *xf, *rstdf;   /* (N,C), (N,C), (N) */
+    float *logp_tok, *lse_tok;     /* (N) */
+    int32_t *ids, *labels_shift, *pos, *seg;   /* (N) device copies; labels shifted */
+    float *inv_freq;               /* (D/2) */
+    int64_t rot_dim;
+    float rope_scale;
+    float *scratch1, *scratch2;    /* (N, max(C, H*D, F)) gradient buffers */
+    float *dx, *dtmp;              /* (N,C) */
+    float *dq, *dk, *dv, *do_, *dgate, *dup, *dh;   /* backward buffers */
+};
+
+/* peft hook dispatch (model.c) */
+int ftk_peft_hooked(const struct ftk_peft *p, int layer, enum ftk_linear k);
+
+#endif

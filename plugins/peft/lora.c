@@ -1,0 +1,377 @@
+/* plugins/peft/lora.c: LoRA (Hu et al. 2021) as HuggingFace peft implements it:
+ *   y = x W^T + b + scale * (dropout(x) A^T) B^T,  A (r,I), B (O,r), scale = alpha / r
+ * (alpha / sqrt(r) with use_rslora). Init as peft: A kaiming-uniform(a=sqrt(5)), i.e.
+ * U(-1/sqrt(I), 1/sqrt(I)), or N(0, 1/r) with init_lora_weights=gaussian; B = 0. Saved in
+ * peft's layout: adapter_config.json + adapter_model.safetensors with names
+ * base_model.model.<module>.lora_{A,B}.weight. Shapes: N tokens, I in, O out, r rank. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cjson/cJSON.h>
+#include "ftk/fileio.h"
+#include "ftk/plugin.h"
+#include "ftk/safetensors.h"
+
+#define MAX_SITES 4096
+
+struct lora_site {
+    const struct ftk_site *s;
+    float *A, *B, *gA, *gB;    /* backend memory */
+};
+
+struct lora {
+    int64_t r;
+    double alpha, dropout;
+    int rslora, gaussian;
+    float scale;
+    char targets[512];         /* comma list as given, or "all" */
+    struct lora_site sites[MAX_SITES];
+    int n;
+    float *tmp, *tmp2;         /* (N, r) scratch, (N, I) dropout input */
+    size_t tmp_cap, tmp2_cap;
+    float *mask;               /* (N, I) scratch: s u A before the dropout mask */
+    size_t mask_cap;
+};
+
+/* splitmix64: init and dropout draws that depend only on (seed, what, index) */
+static uint64_t mix(uint64_t x)
+{
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+static double uniform01(uint64_t h) { return (double)(h >> 11) * (1.0 / 9007199254740992.0); }
+
+static int targeted(const struct lora *L, const struct ftk_site *s)
+{
+    const char *name = ftk_linear_name(s->kind);
+    if (!strcmp(L->targets, "all") || !strcmp(L->targets, "all-linear"))
+        return s->kind != FTK_LIN_LM_HEAD;   /* LLaMA-Factory's `all`, peft's `all-linear` */
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", L->targets);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        while (*t == ' ')
+            t++;
+        size_t n = strlen(t), m = strlen(s->module);
+        /* peft: the module name equals the target or ends with ".target" */
+        if (!strcmp(t, name) || !strcmp(t, s->module) || (m > n && !strcmp(s->module + m - n, t) && s->module[m - n - 1] == '.'))
+            return 1;
+    }
+    return 0;
+}
+
+static ftk_status grow(float **p, size_t *cap, size_t n, const struct ftk_backend *be, void *ctx)
+{
+    if (n <= *cap)
+        return FTK_OK;
+    if (*p)
+        be->free(ctx, *p);
+    *p = NULL;
+    *cap = 0;
+    FTK_TRY(be->alloc(ctx, n * sizeof(float), (void **)p));
+    *cap = n;
+    return FTK_OK;
+}
+
+static ftk_status lora_init(struct ftk_peft *p, const struct ftk_kv *o)
+{
+    struct lora *L = ftk_peft_priv(p);
+    FTK_TRY(ftk_kv_int(o, "r", 8, &L->r));
+    FTK_TRY(ftk_kv_double(o, "lora_alpha", 2.0 * (double)L->r, &L->alpha));   /* LLaMA-Factory: 2 * rank */
+    FTK_TRY(ftk_kv_double(o, "lora_dropout", 0.0, &L->dropout));
+    FTK_TRY(ftk_kv_bool(o, "use_rslora", 0, &L->rslora));
+    FTK_FAIL_IF(L->r <= 0 || L->r > 65536, FTK_E_INVALID, "r=%lld must be positive", (long long)L->r);
+    FTK_FAIL_IF(L->dropout < 0 || L->dropout >= 1, FTK_E_INVALID, "lora_dropout=%g must be in [0, 1)", L->dropout);
+    const char *init = ftk_kv_get(o, "init_lora_weights");
+    L->gaussian = init && !strcmp(init, "gaussian");
+    FTK_FAIL_IF(init && !L->gaussian && strcmp(init, "true") && strcmp(init, "1"), FTK_E_UNSUPPORTED,
+                "init_lora_weights=%s (supported: true, gaussian)", init);
+    FTK_FAIL_IF(ftk_kv_get(o, "use_dora") && strcmp(ftk_kv_get(o, "use_dora"), "false"), FTK_E_UNSUPPORTED, "use_dora is not supported yet");
+    FTK_FAIL_IF(ftk_kv_get(o, "modules_to_save") && strcmp(ftk_kv_get(o, "modules_to_save"), ""), FTK_E_UNSUPPORTED,
+                "modules_to_save is not supported yet");
+    const char *t = ftk_kv_get(o, "target_modules");
+    snprintf(L->targets, sizeof L->targets, "%s", t ? t : "all");
+    L->scale = (float)(L->rslora ? L->alpha / sqrt((double)L->r) : L->alpha / (double)L->r);
+
+    void *ctx;
+    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
+    uint64_t seed = ftk_peft_seed(p);
+    for (size_t i = 0; i < ftk_peft_n_sites(p); i++) {
+        const struct ftk_site *s = ftk_peft_site(p, i);
+        if (!targeted(L, s))
+            continue;
+        FTK_FAIL_IF(s->kind == FTK_LIN_LM_HEAD, FTK_E_UNSUPPORTED, "LoRA on lm_head is not supported yet");
+        FTK_FAIL_IF(L->n == MAX_SITES, FTK_E_UNSUPPORTED, "more than %d LoRA sites", MAX_SITES);
+        struct lora_site *ls = &L->sites[L->n++];
+        ls->s = s;
+        char name[256];
+        int64_t sa[2] = {L->r, s->in}, sb[2] = {s->out, L->r};
+        snprintf(name, sizeof name, "base_model.model.%s.lora_A.weight", s->module);
+        FTK_TRY(ftk_peft_add_param(p, name, 2, sa, 1, &ls->A, &ls->gA));
+        snprintf(name, sizeof name, "base_model.model.%s.lora_B.weight", s->module);
+        FTK_TRY(ftk_peft_add_param(p, name, 2, sb, 1, &ls->B, &ls->gB));
+        size_t n = (size_t)(L->r * s->in);
+        float *host = malloc(n * sizeof *host);
+        FTK_FAIL_IF(!host, FTK_E_NOMEM, "out of memory");
+        double bound = 1.0 / sqrt((double)s->in), sd = 1.0 / (double)L->r;
+        for (size_t j = 0; j < n; j++) {
+            uint64_t h = mix(seed ^ mix((uint64_t)i * 0x10001 + 1) ^ mix(j));
+            if (L->gaussian) {   /* Box-Muller */
+                double u1 = uniform01(h), u2 = uniform01(mix(h));
+                host[j] = (float)(sd * sqrt(-2.0 * log(u1 > 0 ? u1 : 1e-300)) * cos(2 * M_PI * u2));
+            } else {
+                host[j] = (float)((2 * uniform01(h) - 1) * bound);
+            }
+        }
+        ftk_status st = be->to_device(ctx, ls->A, host, n * sizeof *host);
+        free(host);
+        FTK_TRY(st);
+        FTK_TRY(ftk_peft_attach(p, s));
+    }
+    FTK_FAIL_IF(L->n == 0, FTK_E_INVALID, "target_modules=%s matches no linear layer", L->targets);
+    return FTK_OK;
+}
+
+static struct lora_site *find_site(struct lora *L, const struct ftk_site *s)
+{
+    for (int i = 0; i < L->n; i++)
+        if (L->sites[i].s == s)
+            return &L->sites[i];
+    return NULL;
+}
+
+/* Dropout key of (seed, step, site): forward and backward draw the same mask from it. */
+static uint64_t drop_key(struct ftk_peft *p, const struct lora *L, const struct lora_site *ls)
+{
+    return mix(ftk_peft_seed(p) ^ mix((uint64_t)ftk_peft_step(p) + 7) ^ mix((uint64_t)(ls - L->sites) + 99));
+}
+static int dropped_at(uint64_t key, size_t j, double p) { return uniform01(mix(key ^ mix(j))) < p; }
+
+/* x with dropout applied, into tmp2 (train and p > 0), else x itself. Host arithmetic: the CPU
+ * backend only for now. */
+static ftk_status dropped(struct ftk_peft *p, struct lora *L, const struct lora_site *ls, const float *x, int64_t N,
+                          const float **out)
+{
+    *out = x;
+    if (L->dropout <= 0)
+        return FTK_OK;
+    void *ctx;
+    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
+    FTK_FAIL_IF(strcmp(be->name, "cpu"), FTK_E_UNSUPPORTED, "lora_dropout on the %s backend is not implemented yet", be->name);
+    size_t n = (size_t)(N * ls->s->in);
+    FTK_TRY(grow(&L->tmp2, &L->tmp2_cap, n, be, ctx));
+    uint64_t key = drop_key(p, L, ls);
+    float keep = (float)(1.0 / (1.0 - L->dropout));
+    for (size_t j = 0; j < n; j++)
+        L->tmp2[j] = dropped_at(key, j, L->dropout) ? 0.0f : x[j] * keep;
+    *out = L->tmp2;
+    return FTK_OK;
+}
+
+static ftk_status lora_forward(struct ftk_peft *p, const struct ftk_site *s, float *y, const float *x, int64_t N, int train)
+{
+    struct lora *L = ftk_peft_priv(p);
+    struct lora_site *ls = find_site(L, s);
+    if (!ls)
+        return FTK_OK;
+    void *ctx;
+    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
+    const float *xd = x;
+    if (train)
+        FTK_TRY(dropped(p, L, ls, x, N, &xd));
+    FTK_TRY(grow(&L->tmp, &L->tmp_cap, (size_t)(N * L->r), be, ctx));
+    /* t (N,r) = xd (N,I) A^T ; y (N,O) += scale * t B^T */
+    FTK_TRY(be->gemm(ctx, 0, 1, N, L->r, s->in, 1.0f, xd, s->in, ls->A, s->in, 0.0f, L->tmp, L->r));
+    FTK_TRY(be->gemm(ctx, 0, 1, N, s->out, L->r, L->scale, L->tmp, L->r, ls->B, L->r, 1.0f, y, s->out));
+    return FTK_OK;
+}
+
+static ftk_status lora_backward(struct ftk_peft *p, const struct ftk_site *s, float *dx, const float *dy, const float *x,
+                                int64_t N)
+{
+    struct lora *L = ftk_peft_priv(p);
+    struct lora_site *ls = find_site(L, s);
+    if (!ls)
+        return FTK_OK;
+    void *ctx;
+    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
+    const float *xd;
+    FTK_TRY(dropped(p, L, ls, x, N, &xd));
+    FTK_TRY(grow(&L->tmp, &L->tmp_cap, (size_t)(2 * N * L->r), be, ctx));
+    float *t = L->tmp, *u = L->tmp + N * L->r;
+    int64_t I = s->in, O = s->out, r = L->r;
+    FTK_TRY(be->gemm(ctx, 0, 1, N, r, I, 1.0f, xd, I, ls->A, I, 0.0f, t, r));          /* t = xd A^T      (N,r) */
+    FTK_TRY(be->gemm(ctx, 0, 0, N, r, O, 1.0f, dy, O, ls->B, r, 0.0f, u, r));          /* u = dy B        (N,r) */
+    FTK_TRY(be->gemm(ctx, 1, 0, O, r, N, L->scale, dy, O, t, r, 1.0f, ls->gB, r));     /* dB += s dy^T t  (O,r) */
+    FTK_TRY(be->gemm(ctx, 1, 0, r, I, N, L->scale, u, r, xd, I, 1.0f, ls->gA, I));     /* dA += s u^T xd  (r,I) */
+    if (!dx)
+        return FTK_OK;
+    if (L->dropout <= 0)
+        return be->gemm(ctx, 0, 0, N, I, r, L->scale, u, r, ls->A, I, 1.0f, dx, I);   /* dx += s u A */
+    /* with dropout: dx += (s u A) * mask / (1-p), the forward's mask drawn again */
+    FTK_TRY(grow(&L->mask, &L->mask_cap, (size_t)(N * I), be, ctx));
+    FTK_TRY(be->gemm(ctx, 0, 0, N, I, r, L->scale, u, r, ls->A, I, 0.0f, L->mask, I));
+    uint64_t key = drop_key(p, L, ls);
+    float keep = (float)(1.0 / (1.0 - L->dropout));
+    for (int64_t j = 0; j < N * I; j++)
+        if (!dropped_at(key, (size_t)j, L->dropout))
+            dx[j] += L->mask[j] * keep;
+    return FTK_OK;
+}
+
+/* ---- files -------------------------------------------------------------------------------- */
+
+static ftk_status lora_save(struct ftk_peft *p, const char *dir, const char *base_path)
+{
+    struct lora *L = ftk_peft_priv(p);
+    void *ctx;
+    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
+    struct ftk_message msg;
+    ftk_message_init(&msg);
+    ftk_status st = ftk_message_set_meta(&msg, "format", "pt");
+    for (int i = 0; i < L->n && st == FTK_OK; i++) {
+        const struct lora_site *ls = &L->sites[i];
+        char name[256];
+        int64_t sa[2] = {L->r, ls->s->in}, sb[2] = {ls->s->out, L->r};
+        struct ftk_tensor *t;
+        snprintf(name, sizeof name, "base_model.model.%s.lora_A.weight", ls->s->module);
+        if ((st = ftk_message_add(&msg, name, FTK_DTYPE_F32, 2, sa, NULL, &t)) == FTK_OK)
+            st = be->to_host(ctx, t->data, ls->A, t->nbytes);
+        snprintf(name, sizeof name, "base_model.model.%s.lora_B.weight", ls->s->module);
+        if (st == FTK_OK && (st = ftk_message_add(&msg, name, FTK_DTYPE_F32, 2, sb, NULL, &t)) == FTK_OK)
+            st = be->to_host(ctx, t->data, ls->B, t->nbytes);
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    if (st == FTK_OK)
+        st = ftk_st_write(path, &msg);
+    ftk_message_free(&msg);
+    FTK_TRY(st);
+
+    cJSON *c = cJSON_CreateObject(), *tm = cJSON_CreateArray();
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", L->targets);
+    int all = !strcmp(buf, "all") || !strcmp(buf, "all-linear");
+    static const char *linear[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+    if (all)
+        for (int i = 0; i < 7; i++)
+            cJSON_AddItemToArray(tm, cJSON_CreateString(linear[i]));
+    else
+        for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
+            cJSON_AddItemToArray(tm, cJSON_CreateString(t));
+    cJSON_AddStringToObject(c, "peft_type", "LORA");
+    cJSON_AddStringToObject(c, "task_type", "CAUSAL_LM");
+    if (base_path)
+        cJSON_AddStringToObject(c, "base_model_name_or_path", base_path);
+    else
+        cJSON_AddNullToObject(c, "base_model_name_or_path");
+    cJSON_AddNumberToObject(c, "r", (double)L->r);
+    cJSON_AddNumberToObject(c, "lora_alpha", L->alpha);
+    cJSON_AddNumberToObject(c, "lora_dropout", L->dropout);
+    cJSON_AddItemToObject(c, "target_modules", tm);
+    cJSON_AddBoolToObject(c, "use_rslora", L->rslora);
+    cJSON_AddBoolToObject(c, "use_dora", 0);
+    cJSON_AddStringToObject(c, "bias", "none");
+    cJSON_AddBoolToObject(c, "fan_in_fan_out", 0);
+    if (L->gaussian)
+        cJSON_AddStringToObject(c, "init_lora_weights", "gaussian");
+    else
+        cJSON_AddBoolToObject(c, "init_lora_weights", 1);
+    cJSON_AddBoolToObject(c, "inference_mode", 1);
+    cJSON_AddNullToObject(c, "modules_to_save");
+    cJSON_AddNullToObject(c, "layers_to_transform");
+    cJSON_AddItemToObject(c, "rank_pattern", cJSON_CreateObject());
+    cJSON_AddItemToObject(c, "alpha_pattern", cJSON_CreateObject());
+    cJSON_AddNullToObject(c, "revision");
+    char *text = cJSON_Print(c);
+    cJSON_Delete(c);
+    FTK_FAIL_IF(!text, FTK_E_NOMEM, "out of memory");
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    size_t n = strlen(text);
+    text[n] = '\n';   /* replaces the NUL; written with its length */
+    st = ftk_file_write_atomic(path, text, n + 1);
+    free(text);
+    return st;
+}
+
+static ftk_status lora_load(struct ftk_peft *p, struct ftk_source *src)
+{
+    struct lora *L = ftk_peft_priv(p);
+    void *ctx;
+    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
+    struct ftk_st_model *st;
+    FTK_TRY(ftk_st_model_open(src, "adapter_model", &st));
+    ftk_status s = FTK_OK;
+    size_t seen = 0;
+    for (int i = 0; i < L->n && s == FTK_OK; i++) {
+        struct lora_site *ls = &L->sites[i];
+        for (int ab = 0; ab < 2 && s == FTK_OK; ab++) {
+            char name[256];
+            snprintf(name, sizeof name, "base_model.model.%s.lora_%c.weight", ls->s->module, ab ? 'B' : 'A');
+            const struct ftk_tensor *t = ftk_st_model_find(st, name);
+            int64_t want0 = ab ? ls->s->out : L->r, want1 = ab ? L->r : ls->s->in;
+            if (!t)
+                s = ftk_error_set(FTK_E_NOTFOUND, __FILE__, __LINE__, "%s: adapter lacks %s", ftk_source_path(src), name);
+            else if (t->ndim != 2 || t->shape[0] != want0 || t->shape[1] != want1)
+                s = ftk_error_set(FTK_E_MISMATCH, __FILE__, __LINE__, "%s: %s has shape [%lld,%lld], the model needs [%lld,%lld] (adapter for another base?)",
+                                  ftk_source_path(src), name, (long long)t->shape[0], (long long)(t->ndim > 1 ? t->shape[1] : 0),
+                                  (long long)want0, (long long)want1);
+            else {
+                size_t n = (size_t)(want0 * want1);
+                float *host = malloc(n * sizeof *host);
+                s = host ? ftk_convert_to_f32(host, t->data, t->dtype, n) : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
+                if (s == FTK_OK)
+                    s = be->to_device(ctx, ab ? ls->B : ls->A, host, n * sizeof *host);
+                free(host);
+                seen++;
+            }
+        }
+    }
+    if (s == FTK_OK && seen != ftk_st_model_count(st))
+        s = ftk_error_set(FTK_E_MISMATCH, __FILE__, __LINE__, "%s: adapter has %zu tensors, the model's LoRA sites take %zu",
+                          ftk_source_path(src), ftk_st_model_count(st), seen);
+    ftk_st_model_close(st);
+    return s;
+}
+
+static ftk_status lora_merge(struct ftk_peft *p, const struct ftk_site *s, float *w)
+{
+    struct lora *L = ftk_peft_priv(p);
+    struct lora_site *ls = find_site(L, s);
+    if (!ls)
+        return FTK_OK;
+    void *ctx;
+    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
+    size_t na = (size_t)(L->r * s->in), nb = (size_t)(s->out * L->r);
+    float *A = malloc(na * sizeof *A), *B = malloc(nb * sizeof *B);
+    ftk_status st = A && B ? FTK_OK : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
+    if (st == FTK_OK)
+        st = be->to_host(ctx, A, ls->A, na * sizeof *A);
+    if (st == FTK_OK)
+        st = be->to_host(ctx, B, ls->B, nb * sizeof *B);
+    if (st == FTK_OK)   /* W (O,I) += scale * B (O,r) A (r,I), in F32 */
+        for (int64_t o = 0; o < s->out; o++)
+            for (int64_t k = 0; k < L->r; k++) {
+                float b = L->scale * B[o * L->r + k];
+                for (int64_t i = 0; i < s->in; i++)
+                    w[o * s->in + i] += b * A[k * s->in + i];
+            }
+    free(A);
+    free(B);
+    return st;
+}
+
+FTK_EXPORT const struct ftk_peft_plugin ftk_peft_plugin = {
+    .abi_version = FTK_PEFT_ABI,
+    .struct_size = sizeof(struct ftk_peft_plugin),
+    .name = "lora",
+    .priv_size = sizeof(struct lora),
+    .init = lora_init,
+    .linear_forward = lora_forward,
+    .linear_backward = lora_backward,
+    .save = lora_save,
+    .load = lora_load,
+    .merge = lora_merge,
+};
