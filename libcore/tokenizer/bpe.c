@@ -167,17 +167,10 @@ static int32_t char_id(const struct tk_bpe *m, struct tk_bpe_work *w, const char
     return tk_strmap_get(&m->vocab, w->tmp, k);
 }
 
-ftk_status tk_bpe_tokenize(const struct tk_bpe *m, struct tk_bpe_work *w, const char *s, size_t n,
-                           struct ftk_ids *out)
+/* BPE::merge_word and Word::merge_all over s[0..n). */
+static ftk_status tokenize_word(const struct tk_bpe *m, struct tk_bpe_work *w, const char *s, size_t n,
+                                struct ftk_ids *out)
 {
-    if (n == 0)
-        return FTK_OK;
-    if (m->ignore_merges) {
-        int32_t id = tk_strmap_get(&m->vocab, s, n);
-        if (id >= 0)
-            return ftk_ids_push(out, id);
-    }
-    /* BPE::merge_word */
     w->nsym = 0;
     int32_t unk = -1;
     size_t unk_len = 0;
@@ -239,6 +232,37 @@ ftk_status tk_bpe_tokenize(const struct tk_bpe *m, struct tk_bpe_work *w, const 
         if (w->sym[k].len)
             FTK_TRY(ftk_ids_push(out, w->sym[k].id));
     return FTK_OK;
+}
+
+#define META "\xE2\x96\x81" /* U+2581, SentencePiece's space */
+
+ftk_status tk_bpe_tokenize(const struct tk_bpe *m, struct tk_bpe_work *w, const char *s, size_t n,
+                           struct ftk_ids *out)
+{
+    if (n == 0)
+        return FTK_OK;
+    if (m->ignore_merges) {
+        int32_t id = tk_strmap_get(&m->vocab, s, n);
+        if (id >= 0)
+            return ftk_ids_push(out, id);
+    }
+    if (!m->split_meta || n < 32)
+        return tokenize_word(m, w, s, n, out);
+    /* SentencePiece-style BPE without a pre-tokenizer sees a whole text as one word. When no
+     * token can hold a character followed by U+2581 (split_meta, checked at load), no merge
+     * crosses such a place, so the pieces between them merge independently: same result,
+     * small heaps. */
+    size_t a = 0;
+    for (size_t i = 1; i + 3 <= n; i++) {
+        if (memcmp(s + i, META, 3) != 0)
+            continue;
+        if (i >= 3 && memcmp(s + i - 3, META, 3) == 0)
+            continue;
+        FTK_TRY(tokenize_word(m, w, s + a, i - a, out));
+        a = i;
+        i += 2;
+    }
+    return tokenize_word(m, w, s + a, n - a, out);
 }
 
 void tk_bpe_work_free(struct tk_bpe_work *w)

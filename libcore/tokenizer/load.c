@@ -473,6 +473,19 @@ static ftk_status parse_model(struct ld *ld, const cJSON *m, struct tk_bpe *b, i
             b->bmp_id[c] = c >= 0xD800 && c < 0xE000 ? -1 : tk_strmap_get(&b->vocab, u, (size_t)k);
         }
     }
+    if (!b->prefix && !b->suffix && tk_strmap_get(&b->vocab, "\xE2\x96\x81", 3) >= 0) {
+        b->split_meta = 1;
+        for (size_t id = 0; id < b->nvocab && b->split_meta; id++) {
+            if (b->voff[id] == UINT32_MAX)
+                continue;
+            const char *tok = b->vstore + b->voff[id];
+            for (const char *p = tok + 1; (p = strstr(p, "\xE2\x96\x81")); p += 3)
+                if (p - tok < 3 || memcmp(p - 3, "\xE2\x96\x81", 3) != 0) {
+                    b->split_meta = 0;
+                    break;
+                }
+        }
+    }
     b->fuse_unk = jbool(m, "fuse_unk", 0);
     b->byte_fallback = jbool(m, "byte_fallback", 0);
     b->ignore_merges = jbool(m, "ignore_merges", 0);

@@ -217,6 +217,8 @@ struct tk_bpe {
     int32_t byte_ids[256];   /* byte_fallback: id of "<0xAB>", -1 when absent */
     int32_t *bmp_id;         /* code point < 0x10000 -> id of that one-character token, -1; NULL
                               * with a prefix or suffix (then the characters vary) */
+    int split_meta;          /* no token holds "x\u2581" with x != U+2581: a word can be cut
+                              * before such a "\u2581" without changing the result */
 };
 /* Per-call scratch for merging. */
 struct tk_bpe_work {
