@@ -3,10 +3,6 @@
 
 #include <string.h>
 
-#ifdef FTK_HAVE_CUDA
-/* Weak: a build with nvcc but without kernels/cuda's table yet still links, and says so. */
-const struct ftk_backend *ftk_backend_cuda(void) __attribute__((weak));
-#endif
 
 static ftk_status check_table(const struct ftk_backend *be, const char *name,
                               const struct ftk_backend **out)
@@ -26,10 +22,12 @@ ftk_status ftk_backend_get(const char *name, const struct ftk_backend **out)
         return check_table(ftk_backend_cpu(), name, out);
     if (strcmp(name, "cuda") == 0) {
 #ifdef FTK_HAVE_CUDA
-        FTK_FAIL_IF(!ftk_backend_cuda, FTK_E_UNSUPPORTED,
+        /* kernels/cuda/backend.cu; NULL until its kernels exist */
+        const struct ftk_backend *be = ftk_backend_cuda();
+        FTK_FAIL_IF(!be, FTK_E_UNSUPPORTED,
                     "backend cuda: this libftk was built with nvcc but has no CUDA backend yet "
                     "(kernels/cuda); use --device cpu");
-        return check_table(ftk_backend_cuda(), name, out);
+        return check_table(be, name, out);
 #else
         FTK_FAIL(FTK_E_UNSUPPORTED, "backend cuda: this libftk was built without CUDA (nvcc was "
                  "not found; rebuild with `make CUDA=1`); use --device cpu");

@@ -197,6 +197,13 @@ void ftk_model_free(struct ftk_model *m)
 
 const struct ftk_model_config *ftk_model_get_config(const struct ftk_model *m) { return &m->cfg; }
 struct ftk_peft *ftk_model_peft(struct ftk_model *m) { return m->peft; }
+
+const struct ftk_backend *ftk_model_backend(const struct ftk_model *m, void **ctx)
+{
+    if (ctx)
+        *ctx = m->ctx;
+    return m->be;
+}
 void ftk_model_enable_adapter(struct ftk_model *m, int on) { m->adapter_on = on; }
 void ftk_model_set_step(struct ftk_model *m, int64_t step) { m->step = step; }
 size_t ftk_model_n_trainable(const struct ftk_model *m) { return m->n_train; }
@@ -251,8 +258,10 @@ ftk_status ftk_model_set_peft(struct ftk_model *m, const struct ftk_peft_plugin 
         FTK_FAIL(FTK_E_NOMEM, "out of memory");
     }
     m->peft = p;
-    /* Base weights a plugin wants trained get gradients first, in HF order. */
-    ftk_status s = FTK_OK;
+    ftk_status s = pl->init(p, opts);
+    /* Base weights the plugin wants trained get gradients and go first, in HF order (init has
+     * set up what base_trainable consults). */
+    size_t n_plugin = m->n_train;
     for (size_t i = 0; i < m->n_params && s == FTK_OK; i++) {
         struct ftk_param *bp = &m->params[i];
         if (!(FTK_PLUGIN_SLOT(pl, base_trainable) && pl->base_trainable(p, bp->name)))
@@ -261,8 +270,18 @@ ftk_status ftk_model_set_peft(struct ftk_model *m, const struct ftk_peft_plugin 
         if (s == FTK_OK)
             s = push_train(m, bp);
     }
-    if (s == FTK_OK && pl->init)
-        s = pl->init(p, opts);
+    if (s == FTK_OK && m->n_train > n_plugin) {   /* rotate: base ones before the plugin's */
+        size_t nb = m->n_train - n_plugin;
+        struct ftk_param **tmp = malloc(m->n_train * sizeof *tmp);
+        if (!tmp)
+            s = ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
+        else {
+            memcpy(tmp, m->train + n_plugin, nb * sizeof *tmp);
+            memcpy(tmp + nb, m->train, n_plugin * sizeof *tmp);
+            memcpy(m->train, tmp, m->n_train * sizeof *tmp);
+            free(tmp);
+        }
+    }
     if (s != FTK_OK)
         return ftk_error_wrap(s, "peft \"%s\"", pl->name);
     if (out)
@@ -271,6 +290,7 @@ ftk_status ftk_model_set_peft(struct ftk_model *m, const struct ftk_peft_plugin 
 }
 
 void *ftk_peft_priv(struct ftk_peft *p) { return p->priv; }
+const struct ftk_peft_plugin *ftk_peft_get_plugin(const struct ftk_peft *p) { return p->pl; }
 const struct ftk_model_config *ftk_peft_config(struct ftk_peft *p) { return &p->model->cfg; }
 uint64_t ftk_peft_seed(struct ftk_peft *p) { return p->seed; }
 int64_t ftk_peft_step(struct ftk_peft *p) { return p->model->step; }

@@ -457,37 +457,31 @@ static ftk_status shuffle_flush(struct packer *k)
 
 /* ---- input side -------------------------------------------------------------------------- */
 
+/* The input-side helpers set errors without saying which example: parse_example prefixes
+ * that, and only on failure (formatting it for every example costs more than the parse). */
 static ftk_status get_seq(const struct ftk_message *m, const char *ids_name, const char *lab_name,
-                          struct ftk_tensor **ids, struct ftk_tensor **lab, const char *where)
+                          struct ftk_tensor **ids, struct ftk_tensor **lab)
 {
-    ftk_status st = ftk_message_get(m, ids_name, FTK_DTYPE_I32, 1, ids);
-    if (st != FTK_OK)
-        return ftk_error_wrap(st, "%s", where);
+    FTK_TRY(ftk_message_get(m, ids_name, FTK_DTYPE_I32, 1, ids));
     *lab = NULL;
-    if (lab_name && ftk_message_find(m, lab_name)) {
-        st = ftk_message_get(m, lab_name, FTK_DTYPE_I32, 1, lab);
-        if (st != FTK_OK)
-            return ftk_error_wrap(st, "%s", where);
+    if (ftk_message_find(m, lab_name)) {
+        FTK_TRY(ftk_message_get(m, lab_name, FTK_DTYPE_I32, 1, lab));
         FTK_FAIL_IF((*lab)->shape[0] != (*ids)->shape[0], FTK_E_FORMAT,
-                    "%s: %s has %" PRId64 " tokens but %s has %" PRId64, where, lab_name,
-                    (*lab)->shape[0], ids_name, (*ids)->shape[0]);
+                    "%s has %" PRId64 " tokens but %s has %" PRId64, lab_name, (*lab)->shape[0],
+                    ids_name, (*ids)->shape[0]);
     } else {
         /* Plain text without labels: every token is a target (pre-training). */
-        FTK_FAIL_IF(strcmp(ids_name, "input_ids") != 0, FTK_E_FORMAT, "%s: missing tensor %s",
-                    where, lab_name);
+        FTK_FAIL_IF(strcmp(ids_name, "input_ids") != 0, FTK_E_FORMAT, "missing tensor %s", lab_name);
     }
-    FTK_FAIL_IF((*ids)->shape[0] == 0, FTK_E_FORMAT, "%s: %s is empty", where, ids_name);
+    FTK_FAIL_IF((*ids)->shape[0] == 0, FTK_E_FORMAT, "%s is empty", ids_name);
     return FTK_OK;
 }
 
-static ftk_status get_scalar(const struct ftk_message *m, const char *name, int32_t *out,
-                             const char *where)
+static ftk_status get_scalar(const struct ftk_message *m, const char *name, int32_t *out)
 {
     struct ftk_tensor *t;
-    ftk_status st = ftk_message_get(m, name, FTK_DTYPE_I32, -1, &t);
-    if (st != FTK_OK)
-        return ftk_error_wrap(st, "%s", where);
-    FTK_FAIL_IF(ftk_tensor_numel(t) != 1, FTK_E_FORMAT, "%s: %s must hold one value", where, name);
+    FTK_TRY(ftk_message_get(m, name, FTK_DTYPE_I32, -1, &t));
+    FTK_FAIL_IF(ftk_tensor_numel(t) != 1, FTK_E_FORMAT, "%s must hold one value", name);
     *out = *(const int32_t *)t->data;
     return FTK_OK;
 }
@@ -499,41 +493,34 @@ static void copy_seq(struct ftk_pack_example *e, int s, const struct ftk_tensor 
     memcpy(e->labels[s], (lab ? lab : ids)->data, (size_t)e->n[s] * sizeof(int32_t));
 }
 
-/* An `example` message as an ftk_pack_example. Unknown tensors and metadata of examples do not
- * survive: a batch has no place for per-example extras (docs/tools/pack.md). */
-static ftk_status parse_example(struct packer *k, const struct ftk_message *m,
-                                struct ftk_pack_example **out)
+static ftk_status read_example(struct packer *k, const struct ftk_message *m,
+                               struct ftk_pack_example **out)
 {
-    char where[96];
-    const char *src = ftk_message_get_meta(m, "index");   /* record number in the dataset */
-    snprintf(where, sizeof where, "example %" PRId64 " (message %zu%s%.24s)", k->st.examples,
-             k->msg_index, src ? ", record " : "", src ? src : "");
     struct ftk_tensor *ids[2], *lab[2];
     int64_t n[2];
     int nseq = 1;
     if (k->kind == EX_PAIRWISE) {
-        FTK_TRY(get_seq(m, "chosen_input_ids", "chosen_labels", &ids[0], &lab[0], where));
-        FTK_TRY(get_seq(m, "rejected_input_ids", "rejected_labels", &ids[1], &lab[1], where));
+        FTK_TRY(get_seq(m, "chosen_input_ids", "chosen_labels", &ids[0], &lab[0]));
+        FTK_TRY(get_seq(m, "rejected_input_ids", "rejected_labels", &ids[1], &lab[1]));
         nseq = 2;
     } else {
         FTK_FAIL_IF(ftk_message_find(m, "chosen_input_ids") && !ftk_message_find(m, "input_ids"),
-                    FTK_E_FORMAT, "%s: a pairwise example, but the stream header's example_kind "
-                    "is not \"pairwise\"", where);
-        FTK_TRY(get_seq(m, "input_ids", "labels", &ids[0], &lab[0], where));
+                    FTK_E_FORMAT, "a pairwise example, but the stream header's example_kind "
+                    "is not \"pairwise\"");
+        FTK_TRY(get_seq(m, "input_ids", "labels", &ids[0], &lab[0]));
     }
     int32_t tag = 0, plen = 0;
     if (k->kind == EX_KTO) {
-        FTK_TRY(get_scalar(m, "kto_tag", &tag, where));
-        FTK_TRY(get_scalar(m, "prompt_len", &plen, where));
-        FTK_FAIL_IF(tag != 0 && tag != 1, FTK_E_FORMAT, "%s: kto_tag is %d, expected 0 or 1",
-                    where, (int)tag);
+        FTK_TRY(get_scalar(m, "kto_tag", &tag));
+        FTK_TRY(get_scalar(m, "prompt_len", &plen));
+        FTK_FAIL_IF(tag != 0 && tag != 1, FTK_E_FORMAT, "kto_tag is %d, expected 0 or 1", (int)tag);
         FTK_FAIL_IF(plen < 0 || plen > ids[0]->shape[0], FTK_E_FORMAT,
-                    "%s: prompt_len %d outside [0, %" PRId64 "]", where, (int)plen, ids[0]->shape[0]);
+                    "prompt_len %d outside [0, %" PRId64 "]", (int)plen, ids[0]->shape[0]);
     }
     for (int s = 0; s < nseq; s++)
         n[s] = ids[s]->shape[0];
     struct ftk_pack_example *e = ftk_pack_example_new(nseq, n);
-    FTK_FAIL_IF(!e, FTK_E_NOMEM, "%s: out of memory", where);
+    FTK_FAIL_IF(!e, FTK_E_NOMEM, "out of memory");
     for (int s = 0; s < nseq; s++)
         copy_seq(e, s, ids[s], lab[s]);
     e->index = k->st.examples;
@@ -541,6 +528,20 @@ static ftk_status parse_example(struct packer *k, const struct ftk_message *m,
     e->prompt_len = plen;
     *out = e;
     return FTK_OK;
+}
+
+/* An `example` message as an ftk_pack_example. Unknown tensors and metadata of examples do not
+ * survive: a batch has no place for per-example extras (docs/tools/pack.md). Errors name the
+ * example: its number among the examples, the message index and the dataset record (`index`). */
+static ftk_status parse_example(struct packer *k, const struct ftk_message *m,
+                                struct ftk_pack_example **out)
+{
+    ftk_status st = read_example(k, m, out);
+    if (st == FTK_OK)
+        return FTK_OK;
+    const char *src = ftk_message_get_meta(m, "index");
+    return ftk_error_wrap(st, "example %" PRId64 " (message %zu%s%.24s)", k->st.examples,
+                          k->msg_index, src ? ", record " : "", src ? src : "");
 }
 
 /* The over-long policy. Returns FTK_OK with *e set to NULL when the example is dropped. */

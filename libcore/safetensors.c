@@ -214,3 +214,82 @@ ftk_status ftk_st_write(const char *path, const struct ftk_message *m)
     free(blob);
     return st;
 }
+
+ftk_status ftk_st_write_streaming(const char *path, const struct ftk_message *meta, const struct ftk_st_entry *e, size_t n,
+                                  ftk_st_fill_fn fill, void *arg)
+{
+    /* The header is what ftk_message_encode writes for empty tensors of these shapes, with the
+     * offsets of the real sizes in the given order. */
+    struct ftk_message h;
+    ftk_message_init(&h);
+    ftk_status s = FTK_OK;
+    for (size_t i = 0; meta && i < meta->n_meta && s == FTK_OK; i++)
+        s = ftk_message_set_meta(&h, meta->meta[i].key, meta->meta[i].value);
+    char *json = NULL;
+    size_t jl = 0, cap = 0;
+    FILE *js = s == FTK_OK ? open_memstream(&json, &cap) : NULL;
+    if (s == FTK_OK && !js)
+        s = ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
+    size_t biggest = 0;
+    if (s == FTK_OK) {
+        fputc('{', js);
+        int first = 1;
+        if (h.n_meta) {
+            fputs("\"__metadata__\":{", js);
+            for (size_t i = 0; i < h.n_meta; i++)
+                fprintf(js, "%s\"%s\":\"%s\"", i ? "," : "", h.meta[i].key, h.meta[i].value);
+            fputc('}', js);
+            first = 0;
+        }
+        uint64_t off = 0;
+        for (size_t i = 0; i < n; i++) {
+            int64_t numel = ftk_shape_numel(e[i].ndim, e[i].shape);
+            size_t nb = (size_t)numel * ftk_dtype_size(e[i].dtype);
+            if (nb > biggest)
+                biggest = nb;
+            fprintf(js, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", first ? "" : ",", e[i].name, ftk_dtype_name(e[i].dtype));
+            for (int d = 0; d < e[i].ndim; d++)
+                fprintf(js, "%s%lld", d ? "," : "", (long long)e[i].shape[d]);
+            fprintf(js, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off, (unsigned long long)(off + nb));
+            off += nb;
+            first = 0;
+        }
+        fputc('}', js);
+        fclose(js);
+        jl = strlen(json);
+    }
+    ftk_message_free(&h);
+    struct ftk_atomic_file af;
+    void *buf = NULL;
+    if (s == FTK_OK)
+        s = ftk_atomic_open(&af, path);
+    if (s != FTK_OK) {
+        free(json);
+        return s;
+    }
+    size_t pad = (8 - (8 + jl) % 8) % 8;
+    uint64_t hl = jl + pad;
+    uint8_t lenb[8];
+    for (int i = 0; i < 8; i++)
+        lenb[i] = (uint8_t)(hl >> (8 * i));
+    int bad = fwrite(lenb, 1, 8, af.fp) != 8 || fwrite(json, 1, jl, af.fp) != jl;
+    for (size_t i = 0; i < pad && !bad; i++)
+        bad = fputc(' ', af.fp) == EOF;
+    free(json);
+    buf = malloc(biggest ? biggest : 1);
+    if (!buf)
+        s = ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
+    for (size_t i = 0; i < n && s == FTK_OK && !bad; i++) {
+        size_t nb = (size_t)ftk_shape_numel(e[i].ndim, e[i].shape) * ftk_dtype_size(e[i].dtype);
+        if ((s = fill(arg, i, buf, nb)) == FTK_OK)
+            bad = fwrite(buf, 1, nb, af.fp) != nb;
+    }
+    free(buf);
+    if (s == FTK_OK && bad)
+        s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: write failed", path);
+    if (s != FTK_OK) {
+        ftk_atomic_abort(&af);
+        return s;
+    }
+    return ftk_atomic_commit(&af);
+}

@@ -78,9 +78,61 @@ static struct tk_merge heap_pop(struct tk_bpe_work *w)
     return top;
 }
 
-static inline const struct tk_u64map_entry *merge_get(const struct tk_bpe *m, int32_t a, int32_t b)
+/* (a, b) -> rank and merged id; 0 when the pair does not merge. */
+static inline int merge_get(const struct tk_bpe *m, int32_t a, int32_t b, uint32_t *rank, int32_t *id)
 {
-    return tk_u64map_get(&m->merges, (uint64_t)(uint32_t)a << 32 | (uint32_t)b);
+    if (m->pm) {
+        uint64_t p = (uint64_t)(uint32_t)a << 18 | (uint32_t)b;
+        size_t i = (size_t)((p * 0x9E3779B97F4A7C15ull) >> 32) & m->pm_mask;
+        for (;;) {
+            uint64_t e = m->pm[i];
+            if (e == UINT64_MAX)
+                return 0;
+            if (e >> 20 == p) {
+                *rank = (uint32_t)(e & 0xFFFFF);
+                *id = m->merge_new[*rank];
+                return 1;
+            }
+            i = (i + 1) & m->pm_mask;
+        }
+    }
+    const struct tk_u64map_entry *e = tk_u64map_get(&m->merges, (uint64_t)(uint32_t)a << 32 | (uint32_t)b);
+    if (!e)
+        return 0;
+    *rank = e->a;
+    *id = e->b;
+    return 1;
+}
+
+ftk_status tk_bpe_pack_merges(struct tk_bpe *m)
+{
+    size_t nm = 0;
+    for (size_t i = 0; i < m->merges.cap; i++)
+        if (m->merges.e[i].k != UINT64_MAX && m->merges.e[i].a + 1 > nm)
+            nm = m->merges.e[i].a + 1;
+    if (m->nvocab > (1u << 18) || nm > (1u << 20))
+        return FTK_OK; /* stay with the general map */
+    size_t cap = 16;
+    while (cap < m->merges.n + m->merges.n / 2 + 1)
+        cap *= 2;
+    m->pm = malloc(cap * sizeof *m->pm);
+    m->merge_new = malloc((nm ? nm : 1) * sizeof *m->merge_new);
+    FTK_FAIL_IF(!m->pm || !m->merge_new, FTK_E_NOMEM, "tokenizer: out of memory (merges)");
+    memset(m->pm, 0xFF, cap * sizeof *m->pm);
+    m->pm_mask = cap - 1;
+    for (size_t i = 0; i < m->merges.cap; i++) {
+        const struct tk_u64map_entry *e = &m->merges.e[i];
+        if (e->k == UINT64_MAX)
+            continue;
+        uint64_t p = (e->k >> 32) << 18 | (e->k & 0xFFFFFFFFu);
+        size_t j = (size_t)((p * 0x9E3779B97F4A7C15ull) >> 32) & m->pm_mask;
+        while (m->pm[j] != UINT64_MAX)
+            j = (j + 1) & m->pm_mask;
+        m->pm[j] = p << 20 | e->a;
+        m->merge_new[e->a] = e->b;
+    }
+    tk_u64map_free(&m->merges);
+    return FTK_OK;
 }
 
 /* Word::merge_all (no dropout). */
@@ -91,9 +143,10 @@ static ftk_status merge_all(const struct tk_bpe *m, struct tk_bpe_work *w)
     w->nheap = 0;
     FTK_TRY(grow((void **)&w->heap, &w->capheap, n, sizeof *w->heap));
     for (size_t i = 0; i + 1 < n; i++) {
-        const struct tk_u64map_entry *e = merge_get(m, sym[i].id, sym[i + 1].id);
-        if (e)
-            w->heap[w->nheap++] = (struct tk_merge){MERGE_KEY(e->a, i), e->b, sym[i].id, sym[i + 1].id};
+        uint32_t rank;
+        int32_t id;
+        if (merge_get(m, sym[i].id, sym[i + 1].id, &rank, &id))
+            w->heap[w->nheap++] = (struct tk_merge){MERGE_KEY(rank, i), id, sym[i].id, sym[i + 1].id};
     }
     for (size_t i = w->nheap / 2; i-- > 0;) /* heapify */
         sift_down(w->heap, w->nheap, i);
@@ -108,8 +161,9 @@ static ftk_status merge_all(const struct tk_bpe *m, struct tk_bpe_work *w)
         if (cur->id != top.left || right.id != top.right) {
             /* the pair changed since the push: HF still merges when the new pair's merge makes
              * the same token (Word::merge_all compares new ids only) */
-            const struct tk_u64map_entry *e = merge_get(m, cur->id, right.id);
-            if (!e || e->b != top.id)
+            uint32_t rank;
+            int32_t id;
+            if (!merge_get(m, cur->id, right.id, &rank, &id) || id != top.id)
                 continue; /* stale entry */
         }
         cur->id = top.id;
@@ -118,18 +172,18 @@ static ftk_status merge_all(const struct tk_bpe *m, struct tk_bpe_work *w)
         w->sym[next].len = 0;
         if (right.next < (int32_t)n)
             w->sym[right.next].prev = (int32_t)pos;
+        uint32_t rank;
+        int32_t id;
         if (cur->prev >= 0) {
-            const struct tk_u64map_entry *pe = merge_get(m, w->sym[cur->prev].id, cur->id);
-            if (pe) {
+            if (merge_get(m, w->sym[cur->prev].id, cur->id, &rank, &id)) {
                 int32_t prev = cur->prev;
-                FTK_TRY(heap_push(w, (struct tk_merge){MERGE_KEY(pe->a, prev), pe->b,
+                FTK_TRY(heap_push(w, (struct tk_merge){MERGE_KEY(rank, prev), id,
                                                         w->sym[prev].id, cur->id}));
             }
         }
         if (cur->next < (int32_t)n) {
-            const struct tk_u64map_entry *ne = merge_get(m, cur->id, w->sym[cur->next].id);
-            if (ne)
-                FTK_TRY(heap_push(w, (struct tk_merge){MERGE_KEY(ne->a, pos), ne->b, cur->id,
+            if (merge_get(m, cur->id, w->sym[cur->next].id, &rank, &id))
+                FTK_TRY(heap_push(w, (struct tk_merge){MERGE_KEY(rank, pos), id, cur->id,
                                                         w->sym[cur->next].id}));
         }
     }
@@ -283,5 +337,7 @@ void tk_bpe_free(struct tk_bpe *m)
     free(m->prefix);
     free(m->suffix);
     free(m->bmp_id);
+    free(m->pm);
+    free(m->merge_new);
     memset(m, 0, sizeof *m);
 }

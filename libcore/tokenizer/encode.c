@@ -34,6 +34,7 @@ struct enc_work {
     struct tk_runs runs;
     struct tk_added_splits raw, nsplit;
     struct tk_bpe_work bpe;
+    struct tk_cache *cache; /* this thread's, or NULL */
 };
 
 static void work_free(struct enc_work *w)
@@ -59,9 +60,21 @@ static ftk_status encode_piece(const struct ftk_tokenizer *t, struct enc_work *w
     tk_list_clear(&w->pieces);
     FTK_TRY(tk_list_push(&w->pieces, s, n, first));
     FTK_TRY(tk_pretokenize(t->pretok, &w->mc, &w->pieces, &w->tmp, &w->runs));
-    for (size_t i = 0; i < w->pieces.n; i++)
-        FTK_TRY(tk_bpe_tokenize(&t->bpe, &w->bpe, w->pieces.b + w->pieces.s[i].off,
-                                w->pieces.s[i].len, out));
+    for (size_t i = 0; i < w->pieces.n; i++) {
+        const char *p = w->pieces.b + w->pieces.s[i].off;
+        size_t len = w->pieces.s[i].len;
+        if (!w->cache || len > TK_CACHE_MAX_WORD) {
+            FTK_TRY(tk_bpe_tokenize(&t->bpe, &w->bpe, p, len, out));
+            continue;
+        }
+        int hit = tk_cache_lookup(w->cache, p, len, out);
+        FTK_FAIL_IF(hit < 0, FTK_E_NOMEM, "tokenizer: out of memory");
+        if (hit)
+            continue;
+        size_t n0 = out->n;
+        FTK_TRY(tk_bpe_tokenize(&t->bpe, &w->bpe, p, len, out));
+        tk_cache_store(w->cache, p, len, out->ids + n0, out->n - n0);
+    }
     return FTK_OK;
 }
 
@@ -113,6 +126,8 @@ ftk_status ftk_tokenizer_encode(const struct ftk_tokenizer *t, const char *text,
         for (size_t i = 0; i < t->post.prefix.n; i++)
             FTK_TRY(ftk_ids_push(out, t->post.prefix.ids[i]));
     struct enc_work w = {0};
+    if (t->pretok) /* words are short and repeat; without a pre-tokenizer a text is one word */
+        w.cache = tk_cache_get((struct tk_caches *)&t->caches);
     ftk_status st = encode(t, &w, text, len, out);
     work_free(&w);
     if (st == FTK_OK && add_special)

@@ -555,6 +555,8 @@ static ftk_status parse_model(struct ld *ld, const cJSON *m, struct tk_bpe *b, i
         rank++;
     }
     free(buf);
+    if (st == FTK_OK)
+        st = tk_bpe_pack_merges(b);
     return st;
 }
 
@@ -698,6 +700,7 @@ ftk_status tk_tokenizer_from_json(const char *json, size_t len, const char *conf
     struct ld ld = {.file = what ? what : "tokenizer.json"};
     struct ftk_tokenizer *t = calloc(1, sizeof *t);
     FTK_FAIL_IF(!t, FTK_E_NOMEM, "tokenizer: out of memory");
+    (void)tk_caches_init(&t->caches); /* without caches encoding is slower, still right */
     ftk_sha256_hex(json, len, t->hash);
     ftk_status st = FTK_OK;
     cJSON *root = cJSON_ParseWithLength(json, len);
@@ -799,6 +802,7 @@ void ftk_tokenizer_free(struct ftk_tokenizer *t)
 {
     if (!t)
         return;
+    tk_caches_free(&t->caches);
     tk_bpe_free(&t->bpe);
     tk_normalizer_free(t->normalizer);
     free(t->normalizer);

@@ -13,6 +13,7 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "ftk/tokenizer.h"
@@ -217,6 +218,11 @@ struct tk_bpe {
     int32_t byte_ids[256];   /* byte_fallback: id of "<0xAB>", -1 when absent */
     int32_t *bmp_id;         /* code point < 0x10000 -> id of that one-character token, -1; NULL
                               * with a prefix or suffix (then the characters vary) */
+    /* The merges again, packed for cache locality when ids < 2^18 and ranks < 2^20: one uint64
+     * per slot, (left << 18 | right) << 20 | rank, UINT64_MAX empty; rank -> merged id. */
+    uint64_t *pm;
+    size_t pm_mask;
+    int32_t *merge_new;
     int split_meta;          /* no token holds "x\u2581" with x != U+2581: a word can be cut
                               * before such a "\u2581" without changing the result */
 };
@@ -233,6 +239,8 @@ struct tk_bpe_work {
 ftk_status tk_bpe_tokenize(const struct tk_bpe *m, struct tk_bpe_work *w, const char *s, size_t n,
                            struct ftk_ids *out);
 void tk_bpe_work_free(struct tk_bpe_work *w);
+/* After loading: packs the merges into the compact table when ids and ranks fit. */
+ftk_status tk_bpe_pack_merges(struct tk_bpe *m);
 void tk_bpe_free(struct tk_bpe *m);
 static inline const char *tk_bpe_token(const struct tk_bpe *m, int32_t id, size_t *len)
 {
@@ -297,6 +305,25 @@ ftk_status tk_decode_chain(const struct tk_decoder *d, struct tk_match_ctx *mc, 
                            struct tk_list *tmp, struct tk_runs *runs);
 void tk_decoder_free(struct tk_decoder *d);
 
+/* ---- cache.c: per-thread cache of pre-token -> ids ---------------------------------------------- */
+
+struct tk_cache;
+struct tk_caches {
+    pthread_key_t key;
+    pthread_mutex_t mu;     /* guards the list */
+    struct tk_cache *head;
+    int ok;
+};
+int tk_caches_init(struct tk_caches *cs);
+void tk_caches_free(struct tk_caches *cs);
+/* The calling thread's cache (made on first use); NULL when none can be had. */
+struct tk_cache *tk_cache_get(struct tk_caches *cs);
+/* 1 and the ids appended on a hit, 0 on a miss, -1 when out of memory. */
+int tk_cache_lookup(const struct tk_cache *c, const char *s, size_t n, struct ftk_ids *out);
+void tk_cache_store(struct tk_cache *c, const char *s, size_t n, const int32_t *ids, size_t nids);
+/* Pre-tokens up to this many bytes are cached. */
+#define TK_CACHE_MAX_WORD 64
+
 /* ---- the tokenizer --------------------------------------------------------------------------- */
 
 struct ftk_tokenizer {
@@ -316,6 +343,9 @@ struct ftk_tokenizer {
     char *chat_template;
     int clean_up;
     char hash[65];
+    /* Per-thread caches. Encoding takes a const tokenizer; the caches are its one mutable part
+     * (each thread touches only its own; the list is under the mutex). */
+    struct tk_caches caches;
 };
 
 /* load.c helpers shared with the unit tests: builds from tokenizer.json text (config may be NULL). */

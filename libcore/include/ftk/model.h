@@ -47,6 +47,7 @@ FTK_API ftk_status ftk_model_load(const char *path, const struct ftk_backend *be
                                   struct ftk_model **out);
 FTK_API void ftk_model_free(struct ftk_model *m);
 FTK_API const struct ftk_model_config *ftk_model_get_config(const struct ftk_model *m);
+FTK_API const struct ftk_backend *ftk_model_backend(const struct ftk_model *m, void **ctx);
 
 /* Attaches a PEFT method (replacing none: call once). Without one, nothing trains. */
 FTK_API ftk_status ftk_model_set_peft(struct ftk_model *m, const struct ftk_peft_plugin *pl,
@@ -77,6 +78,11 @@ FTK_API ftk_status ftk_model_forward(struct ftk_model *m, const struct ftk_batch
 /* Backward of the last train forward from dlogps (B) = d loss / d logps (host): gradients of
  * the trainable parameters +=. */
 FTK_API ftk_status ftk_model_backward(struct ftk_model *m, const float *dlogps);
+/* Writes the model in HF layout into `dir` (created): model.safetensors in `dtype` (F32, BF16,
+ * F16), one tensor at a time, and config/generation/tokenizer files copied from `src_path`.
+ * merge = 1 folds the PEFT method's deltas into the weights (merge-lora). */
+FTK_API ftk_status ftk_model_save(struct ftk_model *m, const char *src_path, const char *dir, enum ftk_dtype dtype,
+                                  int merge);
 /* Full logits (B,T,V) into host memory (tests and small evals; training never makes these). */
 FTK_API ftk_status ftk_model_logits(struct ftk_model *m, const struct ftk_batch_view *b, float *logits);
 

@@ -94,6 +94,7 @@ struct ftk_peft_plugin {
 
 /* What a plugin may ask of its instance. */
 FTK_API void *ftk_peft_priv(struct ftk_peft *p);
+FTK_API const struct ftk_peft_plugin *ftk_peft_get_plugin(const struct ftk_peft *p);
 FTK_API const struct ftk_model_config *ftk_peft_config(struct ftk_peft *p);
 FTK_API const struct ftk_backend *ftk_peft_backend(struct ftk_peft *p, void **ctx);
 /* The instance's seed (--seed): plugins derive init and dropout randomness from it. */
@@ -127,6 +128,9 @@ struct ftk_loss_batch {
     int64_t n_tokens_total;    /* labelled tokens of the whole optimizer step (gradient
                                   accumulation): SFT's token mean divides by this */
     const struct ftk_message *batch;   /* the batch message (kto_tag, ...) */
+    int64_t accum;             /* micro-batches in the optimizer step: a loss that averages over
+                                  its batch divides by this (HF Trainer's loss / GA); the token
+                                  mean uses n_tokens_total instead */
 };
 
 #define FTK_MAX_METRICS 16

@@ -32,6 +32,20 @@ FTK_API ftk_status ftk_st_model_read_f32(const struct ftk_st_model *m, const cha
 /* The file-level __metadata__ of the first shard (NULL if none). */
 FTK_API const char *ftk_st_model_meta(const struct ftk_st_model *m, const char *key);
 
+/* Writes a safetensors file one tensor at a time (memory: one tensor), crash-safely: `fill`
+ * is called for tensor i with a buffer of its nbytes to fill, in order. Tensors are stored in
+ * the order given. */
+struct ftk_st_entry {
+    const char *name;
+    enum ftk_dtype dtype;
+    int ndim;
+    int64_t shape[FTK_MAX_DIMS];
+};
+typedef ftk_status (*ftk_st_fill_fn)(void *arg, size_t i, void *dst, size_t nbytes);
+FTK_API ftk_status ftk_st_write_streaming(const char *path, const struct ftk_message *meta_only,
+                                          const struct ftk_st_entry *entries, size_t n,
+                                          ftk_st_fill_fn fill, void *arg);
+
 /* Writes a message's tensors and metadata as one safetensors file, crash-safely. */
 FTK_API ftk_status ftk_st_write(const char *path, const struct ftk_message *m);
 

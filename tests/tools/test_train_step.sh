@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# tests/tools/test_train_step.sh: ftk train-step end to end on the tiny HF fixtures:
+# the loss curve of transformers+peft reproduced, resume bit-identical, full and freeze
+# checkpoints in HF layout, a fresh LoRA that learns, and the errors.
+. "$(dirname "$0")/lib.sh"
+FIX="$ROOT/tests/fixtures/hf_tiny"
+
+# The fixture batch of expected.safetensors (tests/oracle/hf_tiny_models.py) as a batch
+# message: the I32 tensors read with od at the offsets its JSON header gives.
+fixture_batch() {
+    local f="$FIX/$1/expected.safetensors" hl hdr out='{"kind":"batch","tensors":{' sep=''
+    hl=$(od -An -t u8 -N 8 "$f" | tr -d ' ')
+    hdr=$(dd if="$f" bs=1 skip=8 count="$hl" 2>/dev/null)
+    for t in input_ids labels position_ids; do
+        local b e shape vals
+        b=$(jq -r ".${t}.data_offsets[0]" <<<"$hdr"); e=$(jq -r ".${t}.data_offsets[1]" <<<"$hdr")
+        shape=$(jq -c ".${t}.shape" <<<"$hdr")
+        vals=$(od -An -t d4 -v -j $((8 + hl + b)) -N $((e - b)) "$f" | tr -s ' \n' ' ' | sed 's/^ //; s/ $//; s/ /,/g')
+        out+="$sep\"$t\":{\"dtype\":\"I32\",\"shape\":$shape,\"data\":$(jq -c --argjson s "$shape" \
+            '[range(0; $s[0]) as $r | .[$r*$s[1]:($r+1)*$s[1]]]' <<<"[$vals]")}"
+        sep=','
+    done
+    echo "$out}}"
+}
+batches() {   # ARCH N: a stream of N copies of the fixture batch
+    local b; b=$(fixture_batch "$1")
+    { printf '{"kind":"stream","meta":{"producer":"test","batches":"%s"}}\n' "$2"
+      for _ in $(seq "$2"); do echo "$b"; done; } | ftk dump --from-json
+}
+
+batches llama 3 > "$T/b3.fts"
+check "3 steps from the peft adapter" ftk train-step --model "$FIX/llama" --adapter "$FIX/llama/adapter" --lr 1e-2 \
+    --weight-decay 0.01 --warmup-steps 1 --output "$T/a3" --metrics "$T/m3.jsonl" "$T/b3.fts"
+# transformers+peft: lora.loss1..3 = 4.790599, 4.790599, 4.380144 (tests/fixtures/hf_tiny/llama)
+check_eq "loss curve equals transformers+peft" "$(jq -r '.loss * 1e5 | round' "$T/m3.jsonl" | tr '\n' ' ')" "479060 479060 438014 "
+check_eq "lr follows the linear schedule with 1 warmup step" "$(jq -c '.lr' "$T/m3.jsonl" | tr '\n' ' ')" "0 0.01 0.005 "
+check "adapter in peft layout" test -f "$T/a3/adapter_config.json" -a -f "$T/a3/adapter_model.safetensors" -a -f "$T/a3/trainer_state.safetensors"
+check_eq "adapter config says LORA" "$(jq -r '.peft_type + " r=" + (.r|tostring)' "$T/a3/adapter_config.json")" "LORA r=4"
+
+# resume: 4 steps straight == 2 steps, checkpoint, then resume for the rest (bit-identical)
+batches qwen3 4 > "$T/b4.fts"
+opts=(--model "$FIX/qwen3" --lora-rank 4 --lora-dropout 0.1 --lr 5e-3 --lr-scheduler cosine --warmup-ratio 0.25 --seed 7)
+check "straight run" ftk train-step "${opts[@]}" --output "$T/straight" --metrics "$T/ms.jsonl" "$T/b4.fts"
+check "interrupted run (checkpoint at step 2)" ftk train-step "${opts[@]}" --max-steps 4 --save-steps 2 --output "$T/part" --metrics /dev/null "$T/b4.fts"
+check "checkpoint-2 written" test -f "$T/part/checkpoint-2/trainer_state.safetensors"
+check "resume from checkpoint-2" ftk train-step "${opts[@]}" --resume "$T/part/checkpoint-2" --output "$T/resumed" --metrics "$T/mr.jsonl" "$T/b4.fts"
+check "resumed adapter is bit-identical" cmp "$T/straight/adapter_model.safetensors" "$T/resumed/adapter_model.safetensors"
+check "and so are the optimizer moments" cmp "$T/straight/trainer_state.safetensors" "$T/resumed/trainer_state.safetensors"
+check_eq "resumed run logs steps 3 and 4" "$(jq -c .step "$T/mr.jsonl" | tr '\n' ' ')" "3 4 "
+
+# a fresh LoRA (random init, B = 0) learns the batch
+batches mistral 30 > "$T/b30.fts"
+check "fresh LoRA, 30 steps" ftk train-step --model "$FIX/mistral" --lora-rank 8 --lr 2e-2 --lr-scheduler constant \
+    --output "$T/fresh" --metrics "$T/mf.jsonl" "$T/b30.fts"
+check "loss falls by more than half" jq -se '(.[0].loss) > 2 * (.[-1].loss)' "$T/mf.jsonl"
+
+# full and freeze write HF model directories that load again
+check "full fine-tuning" ftk train-step --model "$FIX/qwen2" --finetuning-type full --lr 1e-3 --output "$T/full" --metrics /dev/null "$T/b3.fts"
+check "full: HF layout" test -f "$T/full/model.safetensors" -a -f "$T/full/config.json"
+check "full: the result loads and trains" ftk train-step --model "$T/full" --lr 1e-3 --max-steps 1 --metrics /dev/null "$T/b3.fts"
+check "freeze (last layer)" ftk train-step --model "$FIX/llama" --finetuning-type freeze --freeze-trainable-layers 1 \
+    --lr 1e-3 --output "$T/frz" --metrics "$T/mz.jsonl" "$T/b3.fts"
+check_eq "freeze: 3 steps" "$(wc -l < "$T/mz.jsonl")" "3"
+
+# errors
+check_fail "no --model" 2 "--model is required" ftk train-step "$T/b3.fts"
+check_fail "bad --lr" 2 "--lr wants a number" ftk train-step --model "$FIX/llama" --lr abc
+check_fail "unknown plugin" 1 "peft plugin \"nosuch\" not found" ftk train-step --model "$FIX/llama" --finetuning-type nosuch "$T/b3.fts"
+check_fail "unknown loss" 1 "loss plugin \"nope\" not found" ftk train-step --model "$FIX/llama" --loss nope "$T/b3.fts"
+check_fail "bad LoRA option" 1 "lora_dropout=2" ftk train-step --model "$FIX/llama" --lora-dropout 2 "$T/b3.fts"
+printf '{"kind":"stream","meta":{"producer":"t"}}\n{"kind":"batch","tensors":{"input_ids":[[1,2,999]],"labels":[[1,2,3]],"position_ids":[[0,1,2]]}}\n' \
+    | ftk dump --from-json > "$T/badid.fts"
+check_fail "token id outside the vocab" 1 "token id 999 outside the vocabulary" ftk train-step --model "$FIX/llama" --max-steps 1 "$T/badid.fts"
+check_fail "no batch count and no --max-steps" 1 "give --max-steps" ftk train-step --model "$FIX/llama" "$T/badid.fts"
+printf '{"kind":"stream","meta":{"producer":"t","vocab_size":"100000"}}\n' | ftk dump --from-json > "$T/vocab.fts"
+check_fail "tokenizer larger than the model's vocab" 1 "100000 tokens" ftk train-step --model "$FIX/llama" --max-steps 1 "$T/vocab.fts"
+mkdir -p "$T/withtok" && cp "$FIX/llama/"*.json "$FIX/llama/model.safetensors" "$T/withtok/" && echo '{"model":{}}' > "$T/withtok/tokenizer.json"
+printf '{"kind":"stream","meta":{"producer":"t","tokenizer_hash":"abcdef0123456789"}}\n' | ftk dump --from-json > "$T/hash.fts"
+check_fail "tokenizer hash mismatch" 1 "tokenized with tokenizer abcdef012345" ftk train-step --model "$T/withtok" --max-steps 1 "$T/hash.fts"
+printf '{"kind":"stream","meta":{"producer":"t"}}\n{"kind":"example","tensors":{"input_ids":[1,2]}}\n' | ftk dump --from-json > "$T/ex.fts"
+check_fail "an example stream" 1 "batch the stream with \`ftk pack\` first" ftk train-step --model "$FIX/llama" --max-steps 1 "$T/ex.fts"
+check_fail "adapter for another model" 1 "adapter for another base" ftk train-step --model "$FIX/llama" --adapter "$FIX/qwen3/adapter" --max-steps 1 "$T/b3.fts"
+check "no partial output after a failed run" test ! -e "$T/failed"
+ftk train-step --model "$FIX/llama" --max-steps 1 --output "$T/failed" "$T/badid.fts" 2>/dev/null
+check "still none" bash -c "! ls -d '$T'/failed* 2>/dev/null"
+summary
