@@ -3,7 +3,6 @@
 
 #include <string.h>
 
-
 static ftk_status check_table(const struct ftk_backend *be, const char *name,
                               const struct ftk_backend **out)
 {
