@@ -154,7 +154,7 @@ fi
 if [ -x /usr/bin/time ]; then
     gen --kind sft --count 1000000 --min-len 1 --max-len 32 --level 1 \
         | /usr/bin/time -v -o "$T/time" ftk-pack --batch-size 8 --shuffle --shuffle-buffer 10000 \
-            --sort-by-length --level 1 | ftk dump | tail -n 1 > "$T/end1m.json"
+            --sort-by-length --level 1 | ftk dump --shapes | tail -n 1 > "$T/end1m.json"
     rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$T/time")
     check_eq "1M examples: all packed" "$(jq -r '.meta.examples + " " + .meta.batches' "$T/end1m.json")" "1000000 125000"
     check_eq "1M examples: max RSS ${rss:-?} kB below 48 MB" "$([ -n "$rss" ] && [ "$rss" -lt 49152 ] && echo yes)" "yes"
