@@ -722,6 +722,36 @@ static void test_pipeline(void)
         free_all(&M);
         fclose(out);
     }
+    TEST("header batches equals the end count wherever it is written") {
+        int64_t counts[3] = {10, 17, 64}, bss[3] = {1, 3, 8}, wins[3] = {0, 4, 7};
+        int written = 0, agree = 1;
+        for (int a = 0; a < 3; a++)
+            for (int b = 0; b < 3; b++)
+                for (int w = 0; w < 3; w++) {
+                    char cnt[24];
+                    snprintf(cnt, sizeof cnt, "%lld", (long long)counts[a]);
+                    struct gen g = {.kind = w == 2 ? "pairwise" : "sft", .count = counts[a],
+                                    .lo = 1, .hi = 30, .examples = cnt};
+                    ftk_pack_config_init(&c);
+                    c.batch_size = bss[b];
+                    c.sort_by_length = wins[w] > 0;
+                    c.sort_buffer = wins[w] > 0 ? wins[w] : 1;
+                    c.shuffle = w == 2;
+                    c.shuffle_buffer = 5;
+                    CHECK_OK(pack(&c, &g, &out));
+                    CHECK_OK(read_all(out, &M));
+                    const char *hb = ftk_message_get_meta(&M.m[0], "batches");
+                    const char *eb = ftk_message_get_meta(&M.m[M.n - 1], "batches");
+                    if (hb) {
+                        written++;
+                        agree &= eb && strcmp(hb, eb) == 0;
+                    }
+                    free_all(&M);
+                    fclose(out);
+                }
+        CHECK_INT(written, 27);
+        CHECK(agree);
+    }
     TEST("a pairwise example in a stream not marked pairwise is named; no example_kind = sft") {
         struct gen g = {.kind = "pairwise", .header_kind = "sft", .count = 2, .lo = 2, .hi = 3};
         ftk_pack_config_init(&c);
