@@ -5,6 +5,7 @@
  * - normalizers, pre-tokenizers, decoders and added-token options on small hand-written
  *   tokenizer.json snippets (expected values from HF tokenizers, see each comment);
  * - error cases. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,6 +159,78 @@ static void fixture_tests(void)
             CHECK(ftk_tokenizer_id_to_token(t, -1) == NULL);
             CHECK(ftk_tokenizer_id_to_token(t, (int32_t)ftk_tokenizer_vocab_size(t)) == NULL);
         }
+        ftk_source_close(src);
+        ftk_tokenizer_free(t);
+    }
+}
+
+/* ---- threads: one const tokenizer, several encoding threads (each with its own cache) ---- */
+
+struct thr_case { char *text; int32_t *ids; size_t n; };
+struct thr_arg { const struct ftk_tokenizer *t; const struct thr_case *c; size_t nc; int start, bad; };
+
+static void *thr_main(void *p)
+{
+    struct thr_arg *a = p;
+    struct ftk_ids ids = {0};
+    for (int round = 0; round < 3; round++) /* later rounds hit the thread's cache */
+        for (size_t k = 0; k < a->nc; k++) {
+            const struct thr_case *c = &a->c[(k + (size_t)a->start) % a->nc];
+            ids.n = 0;
+            if (ftk_tokenizer_encode(a->t, c->text, strlen(c->text), 0, &ids) != FTK_OK ||
+                ids.n != c->n || memcmp(ids.ids, c->ids, c->n * sizeof *c->ids) != 0)
+                a->bad++;
+        }
+    ftk_ids_free(&ids);
+    return NULL;
+}
+
+static void thread_tests(void)
+{
+    TEST("threads: 4 threads encode the oracle cases at once") {
+        struct ftk_tokenizer *t = NULL;
+        struct ftk_source *src = NULL;
+        char *text = NULL;
+        size_t len = 0;
+        CHECK_OK(ftk_tokenizer_load_path("tests/fixtures/tokenizers/llama3-128k", &t));
+        CHECK_OK(ftk_source_open("tests/fixtures/tokenizers/llama3-128k", &src));
+        if (!t || !src || ftk_source_read(src, "oracle.jsonl", &text, &len) != FTK_OK) {
+            CHECK(0);
+        } else {
+            struct thr_case *cs = calloc(2000, sizeof *cs);
+            size_t nc = 0;
+            for (char *line = strtok(text, "\n"); line && nc < 2000; line = strtok(NULL, "\n")) {
+                cJSON *o = cJSON_Parse(line);
+                const cJSON *ids = cJSON_GetObjectItem(o, "ids");
+                const cJSON *tx = cJSON_GetObjectItem(o, "text");
+                if (cJSON_IsString(tx) && cJSON_IsArray(ids)) {
+                    cs[nc].text = strdup(tx->valuestring);
+                    cs[nc].n = (size_t)cJSON_GetArraySize(ids);
+                    cs[nc].ids = malloc((cs[nc].n + 1) * sizeof *cs[nc].ids);
+                    for (size_t i = 0; i < cs[nc].n; i++)
+                        cs[nc].ids[i] = (int32_t)cJSON_GetArrayItem(ids, (int)i)->valuedouble;
+                    nc++;
+                }
+                cJSON_Delete(o);
+            }
+            pthread_t th[4];
+            struct thr_arg args[4];
+            for (int i = 0; i < 4; i++) {
+                args[i] = (struct thr_arg){t, cs, nc, i * 97, 0};
+                pthread_create(&th[i], NULL, thr_main, &args[i]);
+            }
+            for (int i = 0; i < 4; i++) {
+                pthread_join(th[i], NULL);
+                CHECK_INT(args[i].bad, 0);
+            }
+            CHECK(nc > 100);
+            for (size_t i = 0; i < nc; i++) {
+                free(cs[i].text);
+                free(cs[i].ids);
+            }
+            free(cs);
+        }
+        free(text);
         ftk_source_close(src);
         ftk_tokenizer_free(t);
     }
@@ -478,6 +551,7 @@ static void error_tests(void)
 int main(void)
 {
     fixture_tests();
+    thread_tests();
     snippet_tests();
     error_tests();
     return check_summary();
