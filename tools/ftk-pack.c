@@ -9,6 +9,7 @@
 
 #include "ftk/fileio.h"
 #include "ftk/pack.h"
+#include "ftk/tokenizer.h"
 
 static const char usage[] =
     "usage: ftk-pack [options] [EXAMPLES.fts|-] > BATCHES.fts\n"
@@ -27,6 +28,8 @@ static const char usage[] =
     "  --sort-buffer N         examples per sort window (default 1024)\n"
     "  --truncate | --drop     what to do with examples longer than a row (default: error)\n"
     "  --expect-tokenizer H    fail unless the stream's tokenizer_hash is H\n"
+    "  --tokenizer PATH        the model's tokenizer: its hash is expected, its pad (or eos) is\n"
+    "                          the pad id\n"
     "  --level L               zstd level of the output, 0 = uncompressed (default 3)\n"
     "  -o, --output FILE       write there (atomically) instead of stdout\n"
     "  -h, --help, --version\n"
@@ -36,6 +39,7 @@ struct pack_opts {
     struct ftk_pack_config cfg;
     const char *input;    /* NULL or "-": stdin */
     const char *output;   /* NULL: stdout */
+    const char *tokenizer;
 };
 
 static int bad(const char *fmt, const char *arg)
@@ -64,7 +68,7 @@ static int num(const char *s, const char *opt, int64_t lo, int64_t *out)
 static int parse_args(int argc, char **argv, struct pack_opts *o)
 {
     enum { O_BS = 256, O_MT, O_MULT, O_SEQ, O_PAD, O_PACK, O_NEAT, O_SHUF, O_SEED, O_SBUF,
-           O_SORT, O_SORTBUF, O_TRUNC, O_DROP, O_EXPECT, O_LEVEL, O_VERSION };
+           O_SORT, O_SORTBUF, O_TRUNC, O_DROP, O_EXPECT, O_LEVEL, O_VERSION, O_TOK };
     static const struct option longs[] = {
         {"batch-size", 1, 0, O_BS}, {"max-tokens", 1, 0, O_MT}, {"pad-to-multiple-of", 1, 0, O_MULT},
         {"seq-len", 1, 0, O_SEQ}, {"pad-id", 1, 0, O_PAD}, {"packing", 0, 0, O_PACK},
@@ -72,6 +76,7 @@ static int parse_args(int argc, char **argv, struct pack_opts *o)
         {"shuffle-buffer", 1, 0, O_SBUF}, {"sort-by-length", 0, 0, O_SORT},
         {"sort-buffer", 1, 0, O_SORTBUF}, {"truncate", 0, 0, O_TRUNC}, {"drop", 0, 0, O_DROP},
         {"expect-tokenizer", 1, 0, O_EXPECT}, {"level", 1, 0, O_LEVEL}, {"output", 1, 0, 'o'},
+        {"tokenizer", 1, 0, O_TOK},
         {"help", 0, 0, 'h'}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0},
     };
     memset(o, 0, sizeof *o);
@@ -100,6 +105,7 @@ static int parse_args(int argc, char **argv, struct pack_opts *o)
         case O_EXPECT: c->expect_tokenizer = optarg; break;
         case O_LEVEL: rc = num(optarg, "--level", 0, &v); c->zstd_level = (int)v; break;
         case 'o': o->output = optarg; break;
+        case O_TOK: o->tokenizer = optarg; break;
         case 'h': fputs(usage, stdout); return 1;
         case O_VERSION: printf("ftk-pack %s\n", FTK_VERSION); return 1;
         default: return bad("unknown or incomplete option '%s'", argv[optind - 1]);
@@ -125,6 +131,20 @@ int main(int argc, char **argv)
     int rc = parse_args(argc, argv, &o);
     if (rc != 0)
         return rc > 0 ? 0 : 2;
+    /* --tokenizer: the stream must come from it; its pad token (else eos) pads, unless --pad-id */
+    struct ftk_tokenizer *tok = NULL;
+    if (o.tokenizer) {
+        if (ftk_tokenizer_load_path(o.tokenizer, &tok) != FTK_OK) {
+            fprintf(stderr, "ftk-pack: error: %s\n", ftk_last_error());
+            return 1;
+        }
+        if (!o.cfg.expect_tokenizer)
+            o.cfg.expect_tokenizer = ftk_tokenizer_hash(tok);
+        if (o.cfg.pad_id < 0)
+            o.cfg.pad_id = ftk_tokenizer_special_id(tok, "pad_token");
+        if (o.cfg.pad_id < 0)
+            o.cfg.pad_id = ftk_tokenizer_special_id(tok, "eos_token");
+    }
     int from_stdin = !o.input || strcmp(o.input, "-") == 0;
     FILE *in = from_stdin ? stdin : fopen(o.input, "rb");
     if (!in) {
@@ -145,9 +165,8 @@ int main(int argc, char **argv)
         st = st == FTK_OK ? ftk_atomic_commit(&af) : (ftk_atomic_abort(&af), st);
     else if (fflush(out) != 0 && st == FTK_OK)
         st = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "writing stdout: %s", strerror(errno));
-    if (st != FTK_OK) {
+    if (st != FTK_OK)
         fprintf(stderr, "ftk-pack: error: %s\n", ftk_last_error());
-        return 1;
-    }
-    return 0;
+    ftk_tokenizer_free(tok);
+    return st == FTK_OK ? 0 : 1;
 }

@@ -128,15 +128,17 @@ DATA=/work/shared/fixtures/data/llamafactory
 [ -d "$ROOT/../shared" ] && TOK=$ROOT/../shared/fixtures/tokenizers/qwen3-151k DATA=$ROOT/../shared/fixtures/data/llamafactory
 if [ -x "$FTK/ftk-tokenize" ] && [ -f "$TOK/tokenizer.json" ] && [ -f "$DATA/dpo_en_demo.json" ]; then
     hash=$(sha256sum "$TOK/tokenizer.json" | cut -c1-64)
-    ftk tokenize --tokenizer "$TOK" --template qwen3 "$DATA/alpaca_en_demo.json" > "$T/alpaca.fts" 2>/dev/null
+    check "ftk tokenize alpaca_en_demo (input of the next checks)" \
+        sh -c "ftk tokenize --tokenizer '$TOK' --template qwen3 '$DATA/alpaca_en_demo.json' > '$T/alpaca.fts'"
     ftk-pack --expect-tokenizer "$hash" --neat-packing --seq-len 1024 --batch-size 8 --truncate \
         --sort-by-length "$T/alpaca.fts" > "$T/ap.fts"
     check_eq "tokenize | pack: every example packed, little padding" \
         "$(ftk dump "$T/ap.fts" | tail -n 1 | jq -r '[.meta.examples, (.meta.padding_fraction | tonumber < 0.02)] | map(tostring) | join(" ")')" "999 true"
     check_eq "tokenize | pack: pad id and tokenizer from the header" \
         "$(ftk dump "$T/ap.fts" | head -n 1 | jq -r '.meta.pad_token_id + " " + .meta.tokenizer_hash')" "151643 $hash"
-    ftk tokenize --tokenizer "$TOK" --template qwen3 --dataset-info "$DATA/dataset_info.json" --dataset dpo_en_demo \
-        > "$T/dpo.fts" 2>/dev/null
+    check "ftk tokenize dpo_en_demo (input of the next checks)" \
+        sh -c "ftk tokenize --tokenizer '$TOK' --template qwen3 --dataset-info '$DATA/dataset_info.json' \
+               --dataset dpo_en_demo > '$T/dpo.fts'"
     ftk-pack --batch-size 4 "$T/dpo.fts" | ftk dump | jq -c 'select(.kind == "batch") | .tensors' > "$T/dpo.jsonl"
     # chosen and rejected of a pair share their prompt: rows i and i+B/2 agree up to the first label
     check_eq "tokenize | pack: pairwise rows i and i+B/2 share the prompt" "$(jq '(.input_ids | length) as $B
@@ -144,6 +146,9 @@ if [ -x "$FTK/ftk-tokenize" ] && [ -f "$TOK/tokenizer.json" ] && [ -f "$DATA/dpo
            | select(.input_ids[$i][0:$p] != .input_ids[$i + $B / 2][0:$p])] | length' "$T/dpo.jsonl" | sort -u)" "0"
     check_fail "tokenize | pack: another tokenizer's stream is refused" 1 "tokenizer hash mismatch" \
         ftk-pack --expect-tokenizer "$(printf '0%.0s' $(seq 64))" "$T/dpo.fts"
+    check "tokenize | pack: --tokenizer accepts its own stream" ftk-pack --tokenizer "$TOK" "$T/dpo.fts"
+    check_fail "tokenize | pack: --tokenizer refuses another's" 1 "tokenizer hash mismatch" \
+        ftk-pack --tokenizer "$TOK/../llama3-128k" "$T/dpo.fts"
 else
     echo "skip: ftk tokenize or the fixtures are missing (tokenize | pack checks)"
 fi
