@@ -7,7 +7,6 @@
  * Example i (lengths drawn from splitmix64(seed, i) in [A, B]): token 0 is 10 + i % 30000 (the
  * pair's id for pairwise: chosen and rejected share it), token 1 is 1 for chosen/plain and 2
  * for rejected, then 100 + t; sft/kto: the first third is prompt (label -100). */
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
