@@ -21,12 +21,9 @@ ftk_status ftk_backend_get(const char *name, const struct ftk_backend **out)
         return check_table(ftk_backend_cpu(), name, out);
     if (strcmp(name, "cuda") == 0) {
 #ifdef FTK_HAVE_CUDA
-        /* kernels/cuda/backend.cu; NULL until its kernels exist */
-        const struct ftk_backend *be = ftk_backend_cuda();
-        FTK_FAIL_IF(!be, FTK_E_UNSUPPORTED,
-                    "backend cuda: this libftk was built with nvcc but has no CUDA backend yet "
-                    "(kernels/cuda); use --device cpu");
-        return check_table(be, name, out);
+        /* kernels/cuda has device discovery only; the op kernels come with issue 10 */
+        FTK_FAIL(FTK_E_UNSUPPORTED, "backend cuda: this libftk was built with nvcc, but the CUDA ops are "
+                 "not implemented yet; use --device cpu");
 #else
         FTK_FAIL(FTK_E_UNSUPPORTED, "backend cuda: this libftk was built without CUDA (nvcc was "
                  "not found; rebuild with `make CUDA=1`); use --device cpu");

@@ -182,6 +182,8 @@ void ftk_model_free(struct ftk_model *m)
     }
     if (m->act_arena)
         m->be->free(m->ctx, m->act_arena);
+    if (m->peft && FTK_PLUGIN_SLOT(m->peft->pl, release))
+        m->peft->pl->release(m->peft);
     if (m->peft)
         free(m->peft->priv);
     free(m->peft);

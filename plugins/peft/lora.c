@@ -363,6 +363,16 @@ static ftk_status lora_merge(struct ftk_peft *p, const struct ftk_site *s, float
     return st;
 }
 
+static void lora_release(struct ftk_peft *p)
+{
+    struct lora *L = ftk_peft_priv(p);
+    void *ctx;
+    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
+    be->free(ctx, L->tmp);
+    be->free(ctx, L->tmp2);
+    be->free(ctx, L->mask);
+}
+
 FTK_EXPORT const struct ftk_peft_plugin ftk_peft_plugin = {
     .abi_version = FTK_PEFT_ABI,
     .struct_size = sizeof(struct ftk_peft_plugin),
@@ -374,4 +384,5 @@ FTK_EXPORT const struct ftk_peft_plugin ftk_peft_plugin = {
     .save = lora_save,
     .load = lora_load,
     .merge = lora_merge,
+    .release = lora_release,
 };

@@ -189,10 +189,6 @@ FTK_API const struct ftk_backend *ftk_backend_cpu(void);
  * fix; FTK_E_NOTFOUND for an unknown name; FTK_E_ABI if the table's api_version differs. */
 FTK_API ftk_status ftk_backend_get(const char *name, const struct ftk_backend **out);
 
-#ifdef FTK_HAVE_CUDA
-/* kernels/cuda: the CUDA backend (built when nvcc is found). */
-FTK_API const struct ftk_backend *ftk_backend_cuda(void);
-#endif
 
 #ifdef __cplusplus
 }

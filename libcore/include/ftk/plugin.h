@@ -90,6 +90,8 @@ struct ftk_peft_plugin {
     ftk_status (*load)(struct ftk_peft *p, struct ftk_source *src);
     /* (optional) W (O,I) += the site's delta as a dense matrix (merging), F32 host memory. */
     ftk_status (*merge)(struct ftk_peft *p, const struct ftk_site *s, float *w_host);
+    /* (optional) frees what the plugin allocated itself (scratch); its parameters are libcore's. */
+    void (*release)(struct ftk_peft *p);
 };
 
 /* What a plugin may ask of its instance. */
