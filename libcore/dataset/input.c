@@ -215,9 +215,10 @@ ftk_status ds_records_begin(struct ds_records *r, const char *name, const char *
         if (!r->array)
             FTK_FAIL(FTK_E_FORMAT, "%s: line %zu: malformed JSON", name, line_of(data, end ? end : data + len));
         for (const char *p = end; p && p < data + len; p++)
-            FTK_FAIL_IF(*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n', FTK_E_FORMAT,
-                        "%s: line %zu: text after the JSON array", name, line_of(data, p));
-        FTK_FAIL_IF(!cJSON_IsArray(r->array), FTK_E_FORMAT, "%s: expected a JSON array", name);
+            if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') {
+                ds_records_end(r);
+                FTK_FAIL(FTK_E_FORMAT, "%s: line %zu: text after the JSON array", name, line_of(data, p));
+            }
         r->layout = DS_JSON_ARRAY;
         return FTK_OK;
     }
