@@ -111,8 +111,10 @@ static ftk_status from_json(FILE *in, const char *name, struct ftk_stream_writer
 int main(int argc, char **argv)
 {
     struct dump_opts o;
-    if (parse_args(argc, argv, &o) != 0)
+    if (parse_args(argc, argv, &o) != 0) {
+        free(o.files);
         return 2;
+    }
     ftk_status st = FTK_OK;
     struct ftk_stream_writer *w = NULL;
     size_t line_no = 0;
