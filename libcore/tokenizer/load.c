@@ -136,6 +136,7 @@ static ftk_status parse_normalizer(struct ld *ld, const cJSON *o, const char *wh
     else if (strcmp(type, "NFKD") == 0) nz->type = TK_NORM_NFKD;
     else if (strcmp(type, "Lowercase") == 0) nz->type = TK_NORM_LOWERCASE;
     else if (strcmp(type, "StripAccents") == 0) nz->type = TK_NORM_STRIP_ACCENTS;
+    else if (strcmp(type, "ByteLevel") == 0) nz->type = TK_NORM_BYTELEVEL;
     else if (strcmp(type, "Strip") == 0) {
         nz->type = TK_NORM_STRIP;
         nz->left = jbool(o, "strip_left", 1);

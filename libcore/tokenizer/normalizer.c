@@ -1,5 +1,5 @@
 /* libcore/tokenizer/normalizer.c: HF normalizers (tokenizers/src/normalizers/): NFC, NFD, NFKC,
- * NFKD (utf8proc), Lowercase, Strip, StripAccents, Prepend, Replace and Sequence. */
+ * NFKD (utf8proc), Lowercase, Strip, StripAccents, Prepend, Replace, ByteLevel and Sequence. */
 #include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h>
@@ -99,6 +99,17 @@ static ftk_status strip_accents(const char *s, size_t n, struct tk_list *out)
     return FTK_OK;
 }
 
+/* HF ByteLevel normalizer: every byte becomes its GPT-2 byte-alphabet character. */
+static ftk_status bytelevel(const char *s, size_t n, struct tk_list *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        char u[4];
+        int k = tk_utf8_enc(tk_byte_to_cp[(unsigned char)s[i]], u);
+        FTK_TRY(tk_list_bytes(out, u, (size_t)k));
+    }
+    return FTK_OK;
+}
+
 static ftk_status apply_one(const struct tk_normalizer *nz, struct tk_match_ctx *mc, const char *s,
                             size_t n, struct tk_list *out, struct tk_runs *runs)
 {
@@ -111,6 +122,8 @@ static ftk_status apply_one(const struct tk_normalizer *nz, struct tk_match_ctx 
         return strip(s, n, nz->left, nz->right, out);
     case TK_NORM_STRIP_ACCENTS:
         return strip_accents(s, n, out);
+    case TK_NORM_BYTELEVEL:
+        return bytelevel(s, n, out);
     case TK_NORM_PREPEND:
         if (n)
             FTK_TRY(tk_list_bytes(out, nz->str, nz->str_len));

@@ -155,7 +155,7 @@ ftk_status tk_pattern_replace(const struct tk_pattern *p, struct tk_match_ctx *m
 
 enum tk_norm_type {
     TK_NORM_SEQUENCE = 0, TK_NORM_NFC, TK_NORM_NFD, TK_NORM_NFKC, TK_NORM_NFKD, TK_NORM_LOWERCASE,
-    TK_NORM_STRIP, TK_NORM_PREPEND, TK_NORM_REPLACE, TK_NORM_STRIP_ACCENTS,
+    TK_NORM_STRIP, TK_NORM_PREPEND, TK_NORM_REPLACE, TK_NORM_STRIP_ACCENTS, TK_NORM_BYTELEVEL,
 };
 struct tk_normalizer {
     int type;

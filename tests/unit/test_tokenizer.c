@@ -372,6 +372,17 @@ static void snippet_tests(void)
         CHECK_STR(enc(t, "\xEF\xBD\x81\xC3\xA1", 0), "1 1 0");
         ftk_tokenizer_free(t);
     }
+    TEST("normalizer: ByteLevel, StripAccents") {
+        /* byte alphabet: ' ' -> U+0120; "é" (C3 A9) -> U+00C3 U+00A9 */
+        t = snippet("\"a\":0,\"\\u0120\":1,\"\\u00c3\":2,\"\\u00a9\":3,\"\\u0120a\":4", "\"\\u0120 a\"", NULL,
+                    "\"normalizer\":{\"type\":\"ByteLevel\"}");
+        CHECK_STR(enc(t, " a\xC3\xA9", 0), "4 2 3");
+        ftk_tokenizer_free(t);
+        t = snippet(V, M, NULL, "\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFD\"},"
+                    "{\"type\":\"StripAccents\"}]}");
+        CHECK_STR(enc(t, "\xC3\xA1" "b", 0), "5");
+        ftk_tokenizer_free(t);
+    }
     TEST("pre-tokenizer: Split behaviours") {
         /* "ab.ab" split on "." */
         static const struct { const char *beh; int invert; const char *want; } cases[] = {
@@ -532,6 +543,14 @@ static void error_tests(void)
         const char *m = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[\"a q\"]}}";
         CHECK_ERR(tk_tokenizer_from_json(m, strlen(m), NULL, 0, "tokenizer.json", &t), FTK_E_FORMAT,
                   "model.merges[0]");
+    }
+    TEST("load: a tokenizer.json path (stored as .zst) finds tokenizer_config.json beside it") {
+        struct ftk_tokenizer *u = NULL;
+        CHECK_OK(ftk_tokenizer_load_path("tests/fixtures/tokenizers/qwen3-151k/tokenizer.json.zst", &u));
+        if (u) {
+            CHECK_INT(ftk_tokenizer_special_id(u, "eos_token"), 151645);
+            ftk_tokenizer_free(u);
+        }
     }
     TEST("error: missing file") {
         CHECK_ERR(ftk_tokenizer_load_path("tests/fixtures/tokenizers/no-such-dir", &t), FTK_E_NOTFOUND, "");
