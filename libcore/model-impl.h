@@ -60,6 +60,8 @@ struct ftk_model {
     int64_t B, T, N;
     int trained;                   /* the last forward kept activations */
     int has_seg;                   /* the last batch had segment_ids */
+    struct ftk_kv_cache *capture;  /* prefill: the cache and row k/v go to */
+    int64_t capture_row;
     struct layer_act *act;         /* (L) */
     float *x_final, *xf, *rstdf;   /* (N,C), (N,C), (N) */
     float *logp_tok, *lse_tok;     /* (N) */
@@ -71,6 +73,22 @@ struct ftk_model {
     float *dx, *dtmp;              /* (N,C) */
     float *dq, *dk, *dv, *do_, *dgate, *dup, *dh;   /* backward buffers */
 };
+
+/* A KV cache: per layer (B,S,Hkv,D) keys and values, post-RoPE; len (B) positions filled. */
+struct ftk_kv_cache {
+    struct ftk_model *m;
+    int64_t B, S;
+    float **k, **v;       /* (L) backend memory */
+    int32_t *len;         /* (B) host */
+    int32_t *len_dev;     /* (B) backend memory */
+};
+
+/* model_run.c, shared with model_infer.c */
+ftk_status model_workspace(struct ftk_model *m, int64_t B, int64_t T, int train);
+ftk_status model_lin_fwd(struct ftk_model *m, int l, int k, float *y, const float *x, int train);
+ftk_status model_run_forward(struct ftk_model *m, const struct ftk_batch_view *b, int train, int32_t *host_shift);
+/* model_infer.c: copies the layer's k, v of a prefill (N tokens, one row) into the cache */
+ftk_status model_capture_kv(struct ftk_model *m, int l, const float *k, const float *v, int64_t N);
 
 /* peft hook dispatch (model.c) */
 int ftk_peft_hooked(const struct ftk_peft *p, int layer, enum ftk_linear k);

@@ -81,7 +81,7 @@ static size_t layout(struct ftk_model *m, float *base, int64_t N, int train)
     return off;
 }
 
-static ftk_status workspace(struct ftk_model *m, int64_t B, int64_t T, int train)
+ftk_status model_workspace(struct ftk_model *m, int64_t B, int64_t T, int train)
 {
     int64_t N = B * T;
     size_t need = layout(m, NULL, N, train) * sizeof(float);
@@ -117,7 +117,7 @@ static int hooked(struct ftk_model *m, int layer, int k)
 }
 
 /* y (N,O) = x (N,I) W^T + b, plus the plugin's delta at this site. */
-static ftk_status lin_fwd(struct ftk_model *m, int l, int k, float *y, const float *x, int train)
+ftk_status model_lin_fwd(struct ftk_model *m, int l, int k, float *y, const float *x, int train)
 {
     const struct ftk_param *w = m->layers[l].lin[k], *b = m->layers[l].bias[k];
     FTK_TRY(m->be->linear_forward(m->ctx, y, x, w->w, b ? b->w : NULL, m->N, w->shape[1], w->shape[0]));
@@ -182,14 +182,14 @@ static ftk_status upload(struct ftk_model *m, const struct ftk_batch_view *b, in
     return s;
 }
 
-static ftk_status run_forward(struct ftk_model *m, const struct ftk_batch_view *b, int train, int32_t *host_shift)
+ftk_status model_run_forward(struct ftk_model *m, const struct ftk_batch_view *b, int train, int32_t *host_shift)
 {
     const struct ftk_model_config *c = &m->cfg;
     const struct ftk_backend *be = m->be;
     void *ctx = m->ctx;
     int32_t max_pos = 0;
     FTK_TRY(check_batch(m, b, &max_pos));
-    FTK_TRY(workspace(m, b->B, b->T, train));
+    FTK_TRY(model_workspace(m, b->B, b->T, train));
     FTK_TRY(upload(m, b, host_shift));
     int64_t N = m->N, C = c->C, R;
     float inv[1024];
@@ -207,23 +207,25 @@ static ftk_status run_forward(struct ftk_model *m, const struct ftk_batch_view *
         const struct layer_w *w = &m->layers[l];
         float *next = l + 1 < c->L ? m->act[l + 1].x_in : m->x_final;
         FTK_TRY(be->rmsnorm_forward(ctx, a->a, a->rstd1, a->x_in, w->ln1->w, N, C, c->rms_norm_eps));
-        FTK_TRY(lin_fwd(m, l, FTK_LIN_Q, c->qk_norm ? a->q_pre : a->q, a->a, train));
-        FTK_TRY(lin_fwd(m, l, FTK_LIN_K, c->qk_norm ? a->k_pre : a->k, a->a, train));
-        FTK_TRY(lin_fwd(m, l, FTK_LIN_V, a->v, a->a, train));
+        FTK_TRY(model_lin_fwd(m, l, FTK_LIN_Q, c->qk_norm ? a->q_pre : a->q, a->a, train));
+        FTK_TRY(model_lin_fwd(m, l, FTK_LIN_K, c->qk_norm ? a->k_pre : a->k, a->a, train));
+        FTK_TRY(model_lin_fwd(m, l, FTK_LIN_V, a->v, a->a, train));
         if (c->qk_norm) {   /* Qwen3: RMSNorm of each head's q and k before RoPE */
             FTK_TRY(be->rmsnorm_forward(ctx, a->q, a->qrstd, a->q_pre, w->qn->w, N * c->H, c->D, c->rms_norm_eps));
             FTK_TRY(be->rmsnorm_forward(ctx, a->k, a->krstd, a->k_pre, w->kn->w, N * c->Hkv, c->D, c->rms_norm_eps));
         }
         FTK_TRY(be->rope_forward(ctx, a->q, m->pos, m->inv_freq, m->rope_scale, N, c->H, c->D, R));
         FTK_TRY(be->rope_forward(ctx, a->k, m->pos, m->inv_freq, m->rope_scale, N, c->Hkv, c->D, R));
+        if (m->capture)   /* prefill: this row's keys and values into the cache, positions 0..T-1 */
+            FTK_TRY(model_capture_kv(m, l, a->k, a->v, N));
         FTK_TRY(be->attention_forward(ctx, a->o, a->lse, a->q, a->k, a->v, seg, b->B, b->T, c->H, c->Hkv, c->D, scale));
-        FTK_TRY(lin_fwd(m, l, FTK_LIN_O, m->dtmp, a->o, train));
+        FTK_TRY(model_lin_fwd(m, l, FTK_LIN_O, m->dtmp, a->o, train));
         FTK_TRY(be->add(ctx, a->x_mid, a->x_in, m->dtmp, N * C));
         FTK_TRY(be->rmsnorm_forward(ctx, a->m, a->rstd2, a->x_mid, w->ln2->w, N, C, c->rms_norm_eps));
-        FTK_TRY(lin_fwd(m, l, FTK_LIN_GATE, a->gate, a->m, train));
-        FTK_TRY(lin_fwd(m, l, FTK_LIN_UP, a->up, a->m, train));
+        FTK_TRY(model_lin_fwd(m, l, FTK_LIN_GATE, a->gate, a->m, train));
+        FTK_TRY(model_lin_fwd(m, l, FTK_LIN_UP, a->up, a->m, train));
         FTK_TRY(be->swiglu_forward(ctx, a->h, a->gate, a->up, N * c->F));
-        FTK_TRY(lin_fwd(m, l, FTK_LIN_DOWN, m->dtmp, a->h, train));
+        FTK_TRY(model_lin_fwd(m, l, FTK_LIN_DOWN, m->dtmp, a->h, train));
         FTK_TRY(be->add(ctx, next, a->x_mid, m->dtmp, N * C));
     }
     FTK_TRY(be->rmsnorm_forward(ctx, m->xf, m->rstdf, m->x_final, m->norm->w, N, C, c->rms_norm_eps));
@@ -240,7 +242,7 @@ ftk_status ftk_model_forward(struct ftk_model *m, const struct ftk_batch_view *b
     float *lp = malloc((size_t)(b->B * b->T > 0 ? b->B * b->T : 1) * sizeof *lp);
     ftk_status s = shift && lp ? FTK_OK : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
     if (s == FTK_OK)
-        s = run_forward(m, b, train, shift);
+        s = model_run_forward(m, b, train, shift);
     if (s == FTK_OK)
         s = m->be->logprob_forward(m->ctx, m->logp_tok, m->lse_tok, m->xf, m->lm_head->w, m->labels_shift, m->N,
                                    m->cfg.C, m->cfg.V, 0);
@@ -271,7 +273,7 @@ ftk_status ftk_model_logits(struct ftk_model *m, const struct ftk_batch_view *b,
 {
     int32_t *shift = malloc((size_t)(b->B * b->T) * sizeof *shift);
     FTK_FAIL_IF(!shift, FTK_E_NOMEM, "out of memory");
-    ftk_status s = run_forward(m, b, 0, shift);
+    ftk_status s = model_run_forward(m, b, 0, shift);
     free(shift);
     FTK_TRY(s);
     float *dev = NULL;

@@ -55,6 +55,8 @@ ftk_status cpu_rope_backward(void *ctx, float *dx, const int32_t *pos, const flo
 ftk_status cpu_attention_forward(void *ctx, float *o, float *lse, const float *q, const float *k,
                                  const float *v, const int32_t *seg, int64_t B, int64_t T,
                                  int64_t H, int64_t Hkv, int64_t D, float scale);
+ftk_status cpu_attention_decode(void *ctx, float *o, const float *q, const float *kc, const float *vc,
+                                const int32_t *len, int64_t B, int64_t S, int64_t H, int64_t Hkv, int64_t D, float scale);
 ftk_status cpu_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout,
                                   const float *q, const float *k, const float *v, const float *o,
                                   const float *lse, const int32_t *seg, int64_t B, int64_t T,

@@ -177,6 +177,14 @@ struct ftk_backend {
     ftk_status (*axpy)(void *ctx, float *y, const float *x, int64_t n, float a);
     /* y (n) = a (n) + b (n); y may alias a or b (the residual stream) */
     ftk_status (*add)(void *ctx, float *y, const float *a, const float *b, int64_t n);
+
+    /* ---- inference with a KV cache (appended slots) --------------------------------------- */
+    /* One new query per row against that row's cached keys: q (B,H,D), kc vc (B,S,Hkv,D) with
+     * row b's first len[b] positions valid (its new token's key already written at len[b]-1)
+     * -> o (B,H,D). Plain causal attention of the row's last token; S is the cache capacity. */
+    ftk_status (*attention_decode)(void *ctx, float *o, const float *q, const float *kc,
+                                   const float *vc, const int32_t *len, int64_t B, int64_t S,
+                                   int64_t H, int64_t Hkv, int64_t D, float scale);
 };
 
 /* Does `be` have a usable `slot`: covered by struct_size and non-NULL. */

@@ -83,6 +83,22 @@ FTK_API ftk_status ftk_model_backward(struct ftk_model *m, const float *dlogps);
  * merge = 1 folds the PEFT method's deltas into the weights (merge-lora). */
 FTK_API ftk_status ftk_model_save(struct ftk_model *m, const char *src_path, const char *dir, enum ftk_dtype dtype,
                                   int merge);
+/* ---- generation with a KV cache (model_infer.c) -------------------------------------- */
+struct ftk_kv_cache;
+/* A cache for B rows of up to S positions each (the context length). */
+FTK_API ftk_status ftk_kv_cache_create(struct ftk_model *m, int64_t B, int64_t S, struct ftk_kv_cache **out);
+FTK_API void ftk_kv_cache_free(struct ftk_kv_cache *c);
+FTK_API int64_t ftk_kv_cache_len(const struct ftk_kv_cache *c, int64_t row);
+FTK_API int64_t ftk_kv_cache_capacity(const struct ftk_kv_cache *c);
+FTK_API void ftk_kv_cache_reset(struct ftk_kv_cache *c, int64_t row);
+/* Runs the n tokens of a prompt into empty row `row` (positions 0..n-1); logits (V) of its last
+ * token into host memory (may be NULL). */
+FTK_API ftk_status ftk_model_prefill(struct ftk_model *m, struct ftk_kv_cache *c, int64_t row, const int32_t *ids,
+                                     int64_t n, float *logits);
+/* One step for every row of the cache: ids (B) appended at each row's next position; logits
+ * (B,V) into host memory. Rows that are done may be fed any valid id and ignored. */
+FTK_API ftk_status ftk_model_decode(struct ftk_model *m, struct ftk_kv_cache *c, const int32_t *ids, float *logits);
+
 /* Full logits (B,T,V) into host memory (tests and small evals; training never makes these). */
 FTK_API ftk_status ftk_model_logits(struct ftk_model *m, const struct ftk_batch_view *b, float *logits);
 
