@@ -1,16 +1,41 @@
 /* libcore/tokenizer/pattern.c: the patterns of Split, Replace, Digits, Punctuation, ... and HF's
  * split behaviours (tokenizers/src/tokenizer/pattern.rs and normalizer.rs). HF compiles regexes
  * with Oniguruma; here PCRE2 (UTF + UCP, JIT when available) runs the same patterns. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "tokenizer-impl.h"
 
-/* Oniguruma's \s is Unicode White_Space; PCRE2's (UCP) is \p{Z} plus \t\n\v\f\r, which lacks
- * U+0085. Rewrite \s so both agree (\S inside a class is left alone: no fixture uses it). */
+/* 1 when PCRE2 knows `name` as a script (so \p{name} should read \p{sc:name}). */
+static int is_script(const char *name, size_t n)
+{
+    char rx[96];
+    if (n < 3 || n > 60)
+        return 0; /* one- and two-letter names are general categories */
+    snprintf(rx, sizeof rx, "\\p{sc:%.*s}", (int)n, name);
+    int err;
+    PCRE2_SIZE off;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)rx, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &err,
+                                   &off, NULL);
+    if (!re)
+        return 0;
+    pcre2_code_free(re);
+    return 1;
+}
+
+/* Rewrites an Oniguruma pattern (as HF's SysRegex compiles it) so PCRE2 matches the same:
+ * - \s: Oniguruma's is Unicode White_Space; PCRE2's (UCP) lacks U+0085;
+ * - \w: Oniguruma's is Letter|Mark|Decimal_Number|Connector_Punctuation; PCRE2 10.42's (UCP) is
+ *   \p{L}\p{N}_ (no marks, all numbers);
+ * - \p{Script}: Oniguruma uses the Script property; PCRE2 10.40+ reads \p{Han} as
+ *   Script_Extensions (so U+3002 would be Han): written \p{sc:Han}.
+ * \S and \W inside a class are left alone (no tokenizer seen uses them). */
+#define ONIG_S_IN "\\s\\x{85}"
+#define ONIG_W_IN "\\p{L}\\p{M}\\p{Nd}\\p{Pc}"
 static char *rewrite_regex(const char *src, size_t *outlen)
 {
     size_t n = strlen(src), o = 0;
-    char *out = malloc(n * 12 + 1);
+    char *out = malloc(n * 24 + 16);
     if (!out)
         return NULL;
     int in_class = 0;
@@ -20,17 +45,30 @@ static char *rewrite_regex(const char *src, size_t *outlen)
             char d = src[i + 1];
             const char *rep = NULL;
             if (d == 's')
-                rep = in_class ? "\\s\\x{85}" : "[\\s\\x{85}]";
+                rep = in_class ? ONIG_S_IN : "[" ONIG_S_IN "]";
             else if (d == 'S' && !in_class)
-                rep = "[^\\s\\x{85}]";
+                rep = "[^" ONIG_S_IN "]";
+            else if (d == 'w')
+                rep = in_class ? ONIG_W_IN : "[" ONIG_W_IN "]";
+            else if (d == 'W' && !in_class)
+                rep = "[^" ONIG_W_IN "]";
             if (rep) {
                 size_t r = strlen(rep);
                 memcpy(out + o, rep, r);
                 o += r;
-            } else {
-                out[o++] = c;
-                out[o++] = d;
+                i++;
+                continue;
             }
+            if ((d == 'p' || d == 'P') && i + 2 < n && src[i + 2] == '{') {
+                const char *name = src + i + 3, *close = strchr(name, '}');
+                if (close && *name != '^' && is_script(name, (size_t)(close - name))) {
+                    o += (size_t)sprintf(out + o, "\\%c{sc:%.*s}", d, (int)(close - name), name);
+                    i = (size_t)(close - src);
+                    continue;
+                }
+            }
+            out[o++] = c;
+            out[o++] = d;
             i++;
             continue;
         }
@@ -176,25 +214,25 @@ ftk_status tk_pattern_find(const struct tk_pattern *p, struct tk_match_ctx *mc, 
         break;
     }
     case TK_PAT_REGEX: {
-        size_t pos = 0;
+        /* Oniguruma's find_iter (the onig crate's FindMatches): empty matches are matches too
+         * (they cut the string), except one right where the previous match ended, which moves
+         * the search one character on. */
+        size_t pos = 0, last_end = (size_t)-1;
         while (pos <= n) {
             size_t a = 0, b = 0;
             int found = 0;
             FTK_TRY(regex_next(p, mc, s, n, pos, &a, &b, &found));
             if (!found)
                 break;
-            if (a == b) {
-                /* Oniguruma's find_iter steps one character past an empty match */
-                if (a >= n)
-                    break;
+            if (a == b && last_end == b) {
                 uint32_t cp;
-                pos = a + (size_t)tk_utf8_dec((const unsigned char *)s + a, n - a, &cp);
+                pos += pos < n ? (size_t)tk_utf8_dec((const unsigned char *)s + pos, n - pos, &cp) : 1;
                 continue;
             }
             if (a > prev)
                 FTK_TRY(runs_push(out, prev, a, nm));
             FTK_TRY(runs_push(out, a, b, m));
-            prev = pos = b;
+            prev = pos = last_end = b;
         }
         break;
     }

@@ -136,6 +136,77 @@ def clean_up_tokenization(s):
             .replace(" 've", "'ve").replace(" 're", "'re"))
 
 
+# Variants: a fixture tokenizer.json with parts replaced, to check components the three
+# tokenizers do not use (Metaspace, NFKC/NFKD, Lowercase, Strip, Whitespace, Digits,
+# Punctuation, Split behaviours, GPT-2 ByteLevel regex, Roberta/Template post-processors,
+# lstrip/rstrip/single_word/normalized added tokens). Stored as variants/NAME.jsonl.zst: the
+# first line {"base": ..., "set": {key: value}, "added": [{content, flags...}]}, then cases.
+MS = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": False}
+VARIANTS = {
+    "sp-metaspace-first": ("sp-bpe-32k", {
+        "normalizer": None, "pre_tokenizer": MS,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "ByteFallback"}, {"type": "Fuse"}, dict(MS)]}}, []),
+    "sp-metaspace-always-split-nfkd": ("sp-bpe-32k", {
+        "normalizer": {"type": "Sequence", "normalizers": [{"type": "NFKD"}, {"type": "Strip", "strip_left": True, "strip_right": False}]},
+        "pre_tokenizer": dict(MS, prepend_scheme="always", split=True),
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "ByteFallback"}, {"type": "Fuse"}, dict(MS, prepend_scheme="always", split=True)]},
+        "post_processor": {"type": "RobertaProcessing", "sep": ["</s>", 2], "cls": ["<s>", 1],
+                           "trim_offsets": True, "add_prefix_space": False}},
+        [{"content": "</s>", "lstrip": True, "rstrip": True}]),
+    "llama3-nfkc-lower-digits-punct": ("llama3-128k", {
+        "normalizer": {"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": "Lowercase"},
+                                                           {"type": "Replace", "pattern": {"Regex": "\\s{2,}"}, "content": " "}]},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": True},
+            {"type": "Punctuation", "behavior": "MergedWithNext"},
+            {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": False}]}},
+        [{"content": "<|eot_id|>", "single_word": True}]),
+    "llama3-whitespace-contiguous": ("llama3-128k", {
+        "normalizer": {"type": "NFD"},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Whitespace"},
+            {"type": "Split", "pattern": {"Regex": "[aeiou]+"}, "behavior": "Contiguous", "invert": True},
+            {"type": "Digits", "individual_digits": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+        "post_processor": {"type": "TemplateProcessing",
+                           "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                                      {"Sequence": {"id": "A", "type_id": 0}},
+                                      {"SpecialToken": {"id": "<|eot_id|>", "type_id": 0}}],
+                           "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                           "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000], "tokens": ["<|begin_of_text|>"]},
+                                              "<|eot_id|>": {"id": "<|eot_id|>", "ids": [128009], "tokens": ["<|eot_id|>"]}}}},
+        []),
+    "qwen3-gpt2-bytelevel": ("qwen3-151k", {
+        "normalizer": {"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": "Strip", "strip_left": False, "strip_right": True}]},
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "decoder": {"type": "Sequence", "decoders": [{"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+                                                     {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}},
+        [{"content": "<think>", "lstrip": True, "rstrip": False, "special": False, "normalized": True},
+         {"content": "</think>", "rstrip": True}]),
+    "qwen3-split-removed-invert": ("qwen3-151k", {
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": "\\p{Han}+|\\d"}, "behavior": "Removed", "invert": True},
+            {"type": "Split", "pattern": {"Regex": "(?=\\p{Lu})"}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}},
+        []),
+}
+
+
+def patched(base_json, spec):
+    _, sets, added = spec
+    j = json.loads(base_json)
+    for k, v in sets.items():
+        j[k] = v
+    for a in added:
+        for t in j["added_tokens"]:
+            if t["content"] == a["content"]:
+                t.update(a)
+    return j
+
+
 def main():
     rng = random.Random(SEED)
     for name in NAMES:
@@ -161,6 +232,27 @@ def main():
         subprocess.run(["zstd", "-q", "-19", "-f", "-o", out], input=buf.getvalue().encode("utf-8"),
                        check=True)
         print(f"{name}: {len(texts)} cases -> {out}", file=sys.stderr)
+    vdir = os.path.join(FIX, "variants")
+    os.makedirs(vdir, exist_ok=True)
+    for vname, spec in VARIANTS.items():
+        base = spec[0]
+        raw = subprocess.run(["zstd", "-dc", os.path.join(FIX, base, "tokenizer.json.zst")], check=True,
+                             capture_output=True).stdout
+        tok = Tokenizer.from_str(json.dumps(patched(raw.decode("utf-8"), spec)))
+        texts = FIXED + special_cases(base) + [random_text(rng) for _ in range(80)]
+        texts += [word_salad(rng, FIXED) for _ in range(30)]
+        buf = io.StringIO()
+        buf.write(json.dumps({"base": base, "set": spec[1], "added": spec[2]}, ensure_ascii=False) + "\n")
+        for t in texts:
+            ids = tok.encode(t, add_special_tokens=False).ids
+            ids2 = tok.encode(t, add_special_tokens=True).ids
+            dec = tok.decode(ids, skip_special_tokens=False)
+            buf.write(json.dumps({"text": t, "ids": ids, "ids_with_special": ids2, "decoded": dec},
+                                 ensure_ascii=False) + "\n")
+        out = os.path.join(vdir, vname + ".jsonl.zst")
+        subprocess.run(["zstd", "-q", "-19", "-f", "-o", out], input=buf.getvalue().encode("utf-8"),
+                       check=True)
+        print(f"variant {vname}: {len(texts)} cases -> {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -164,6 +164,86 @@ static void fixture_tests(void)
     }
 }
 
+/* ---- variants: a fixture tokenizer.json with parts replaced (tests/oracle/tokenizer_cases.py) */
+
+static void variant_tests(void)
+{
+    static const char *const vs[] = {"sp-metaspace-first", "sp-metaspace-always-split-nfkd",
+                                     "llama3-nfkc-lower-digits-punct", "llama3-whitespace-contiguous",
+                                     "qwen3-gpt2-bytelevel", "qwen3-split-removed-invert"};
+    struct ftk_source *vsrc = NULL;
+    if (ftk_source_open("tests/fixtures/tokenizers/variants", &vsrc) != FTK_OK) {
+        TEST("variants") { CHECK(0); }
+        return;
+    }
+    for (size_t k = 0; k < sizeof vs / sizeof *vs; k++) {
+        char title[256], name[256];
+        snprintf(title, sizeof title, "variant %s", vs[k]);
+        snprintf(name, sizeof name, "%s.jsonl", vs[k]);
+        TEST(title) {
+            char *text = NULL, *json = NULL, *patched = NULL;
+            size_t len = 0, jlen = 0;
+            struct ftk_source *bsrc = NULL;
+            struct ftk_tokenizer *t = NULL;
+            cJSON *hdr = NULL, *root = NULL;
+            CHECK_OK(ftk_source_read(vsrc, name, &text, &len));
+            char *nl = text ? strchr(text, '\n') : NULL;
+            if (nl) {
+                *nl = '\0';
+                hdr = cJSON_Parse(text);
+            }
+            const cJSON *base = cJSON_GetObjectItem(hdr, "base");
+            if (cJSON_IsString(base)) {
+                char dir[256];
+                snprintf(dir, sizeof dir, "tests/fixtures/tokenizers/%s", base->valuestring);
+                CHECK_OK(ftk_source_open(dir, &bsrc));
+                if (bsrc)
+                    CHECK_OK(ftk_source_read(bsrc, "tokenizer.json", &json, &jlen));
+            }
+            if (json)
+                root = cJSON_ParseWithLength(json, jlen);
+            if (root) {
+                const cJSON *set = cJSON_GetObjectItem(hdr, "set"), *it;
+                cJSON_ArrayForEach(it, set) {
+                    cJSON_DeleteItemFromObjectCaseSensitive(root, it->string);
+                    cJSON_AddItemToObject(root, it->string, cJSON_Duplicate(it, 1));
+                }
+                const cJSON *added = cJSON_GetObjectItem(hdr, "added"), *a;
+                cJSON *toks = cJSON_GetObjectItem(root, "added_tokens");
+                cJSON_ArrayForEach(a, added) {
+                    cJSON *tk;
+                    cJSON_ArrayForEach(tk, toks) {
+                        if (strcmp(cJSON_GetObjectItem(tk, "content")->valuestring,
+                                   cJSON_GetObjectItem(a, "content")->valuestring) != 0)
+                            continue;
+                        const cJSON *f;
+                        cJSON_ArrayForEach(f, a) {
+                            cJSON_DeleteItemFromObjectCaseSensitive(tk, f->string);
+                            cJSON_AddItemToObject(tk, f->string, cJSON_Duplicate(f, 1));
+                        }
+                    }
+                }
+                patched = cJSON_PrintUnformatted(root);
+                CHECK_OK(tk_tokenizer_from_json(patched, strlen(patched), NULL, 0, vs[k], &t));
+            }
+            CHECK(t != NULL);
+            if (t) {
+                size_t n = check_cases(t, vs[k], name, nl + 1);
+                printf("  %zu cases\n", n);
+                CHECK(n > 100);
+            }
+            ftk_tokenizer_free(t);
+            cJSON_free(patched);
+            cJSON_Delete(root);
+            cJSON_Delete(hdr);
+            ftk_source_close(bsrc);
+            free(json);
+            free(text);
+        }
+    }
+    ftk_source_close(vsrc);
+}
+
 /* ---- threads: one const tokenizer, several encoding threads (each with its own cache) ---- */
 
 struct thr_case { char *text; int32_t *ids; size_t n; };
@@ -570,6 +650,7 @@ static void error_tests(void)
 int main(void)
 {
     fixture_tests();
+    variant_tests();
     thread_tests();
     snippet_tests();
     error_tests();
