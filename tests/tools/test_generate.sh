@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# tests/tools/test_generate.sh: ftk generate on the embedded stories260K model: greedy output
+# equals transformers' (tests/fixtures/stories260k/greedy.jsonl), batching changes nothing,
+# stop strings, streaming, example-stream input, seeded sampling, and the errors.
+. "$(dirname "$0")/lib.sh"
+M="$ROOT/models/stories260K"
+G="$ROOT/tests/fixtures/stories260k/greedy.jsonl"
+
+jq -c '{prompt}' "$G" > "$T/prompts.jsonl"
+steps=$(( $(jq -s "map(.ids | length) | max" "$G") + 1 ))   # one more: room for the stopping BOS
+check "greedy, batched" bash -c "ftk generate --model '$M' --max-new-tokens $steps --eos 1 --batch-size 8 '$T/prompts.jsonl' > '$T/out8.jsonl'"
+check "greedy, one at a time" bash -c "ftk generate --model '$M' --max-new-tokens $steps --eos 1 --batch-size 1 '$T/prompts.jsonl' > '$T/out1.jsonl'"
+# transformers stops each prompt after its own length; compare that prefix
+check_eq "greedy ids equal transformers' for every prompt" \
+    "$(jq -sc '[.[] | .ids]' "$G")" \
+    "$(jq -sc --slurpfile g "$G" '[to_entries[] | .value.ids[0:($g[.key].ids | length)]]' "$T/out8.jsonl")"
+check "batch size does not change the output" cmp "$T/out1.jsonl" "$T/out8.jsonl"
+check_eq "finish reason on BOS" "$(jq -r 'select(.prompt=="Zoo") | .finish_reason' "$T/out8.jsonl")" "stop"
+check_eq "token counts" "$(jq -r 'select(.index==0) | "\(.prompt_tokens) \(.completion_tokens)"' "$T/out8.jsonl")" "5 $steps"
+check_eq "text is the decoded ids" "$(jq -r 'select(.index==0) | .text[0:24]' "$T/out8.jsonl")" ", there was a little gir"
+
+echo '{"prompt": "The little dog"}' > "$T/one.jsonl"
+check_eq "stop string cuts the text" "$(ftk generate --model "$M" --max-new-tokens 50 --stop . "$T/one.jsonl" | jq -r '"\(.finish_reason): \(.text)"')" \
+    "stop: was a little girl named Lily"
+check "--stream prints the text" bash -c "ftk generate --model '$M' --max-new-tokens 20 --stream '$T/one.jsonl' > '$T/stream.txt'"
+check_eq "streamed text equals the JSON text" "$(cat "$T/stream.txt")" \
+    "$(ftk generate --model "$M" --max-new-tokens 20 "$T/one.jsonl" | jq -r .text)"
+a=$(ftk generate --model "$M" --max-new-tokens 20 --do-sample --temperature 0.9 --top-k 40 --seed 5 "$T/one.jsonl" | jq -c .ids)
+b=$(ftk generate --model "$M" --max-new-tokens 20 --do-sample --temperature 0.9 --top-k 40 --seed 5 "$T/one.jsonl" | jq -c .ids)
+check_eq "a seed repeats its sample" "$a" "$b"
+# an example stream: the prompt is the unlabelled prefix
+printf '{"kind":"stream","meta":{"producer":"t"}}\n{"kind":"example","tensors":{"input_ids":[1,403,407,261,378,432,383],"labels":[-100,-100,-100,-100,-100,432,383]}}\n' \
+    | ftk dump --from-json > "$T/ex.fts"
+check_eq "example stream input" "$(ftk generate --model "$M" --max-new-tokens 5 "$T/ex.fts" | jq -c '.ids')" \
+    "$(jq -c 'select(.index == null) // . | select(.prompt == "Once upon a time") | .ids[0:5]' "$G")"
+
+check_fail "no --model" 2 "--model is required" ftk generate "$T/one.jsonl"
+check_fail "bad --top-p" 2 "--top-p 2 is not in [0, 1]" ftk generate --model "$M" --top-p 2
+check_fail "prompt longer than the context" 1 "prompt 0 has 5 tokens, the context is 4" ftk generate --model "$M" --context 4 "$T/one.jsonl"
+printf '{"prompt": "a"}\n{"prompt": 3}\n' > "$T/bad.jsonl"
+check_fail "a record without a prompt names its line" 1 "bad.jsonl:2" ftk generate --model "$M" "$T/bad.jsonl"
+echo '{"messages": [{"role": "user", "content": "hi"}]}' > "$T/msgs.jsonl"
+check_fail "messages without a template" 1 "give --template" ftk generate --model "$M" "$T/msgs.jsonl"
+check_fail "unknown template" 1 "nosuchtemplate" ftk generate --model "$M" --template nosuchtemplate "$T/msgs.jsonl"
+check_fail "adapter for another base" 1 "adapter for another base" ftk generate --model "$M" --adapter "$ROOT/tests/fixtures/hf_tiny/llama/adapter" "$T/one.jsonl"
+summary
