@@ -2,7 +2,7 @@
 # tests/tools/test_tokenize.sh: ftk tokenize end to end (docs/tools/tokenize.md): the fixture
 # tokenizers' golden ids through --format text, --decode, transformers' chat-template renderings,
 # LLaMA-Factory's demo datasets in every format, labels, truncation, compressed and archived
-# inputs, threads, and every bad-input case.
+# inputs, threads, and every bad-input case; and LLaMA-Factory's own input_ids/labels on its demos.
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 TK=tests/fixtures/tokenizers
@@ -98,6 +98,23 @@ got=$(ftk-tokenize --tokenizer $L3 --format text --dataset-info $INFO --dataset 
 check_eq "wiki_demo.txt (plain lines)" "$got" "4"
 got=$(ftk-tokenize --tokenizer $L3 --format text --append-eos --dataset-info $INFO --dataset c4_demo | tensors | jq -c '.input_ids[-1]' | sort -u)
 check_eq "--append-eos" "$got" "128001"
+
+# ---- LLaMA-Factory's own processors (tests/oracle/llamafactory_examples.py) ---------------------
+# input_ids and labels of LLaMA-Factory 0.9.5's converters and processors on its demo data, for
+# several templates, --cutoff-len, --train-on-prompt and --mask-history: ftk must give the same.
+zstd -dc tests/fixtures/llamafactory/examples.jsonl.zst | tail -n +2 > "$T/lf.jsonl"
+while read -r line; do
+    read -r tok tpl ds cut top mh < <(jq -r '[.tokenizer, .template, .dataset, .cutoff_len, .train_on_prompt, .mask_history] | @tsv' <<<"$line")
+    opts=()
+    [ "$cut" != 0 ] && opts+=(--cutoff-len "$cut")
+    [ "$top" = true ] && opts+=(--train-on-prompt)
+    [ "$mh" = true ] && opts+=(--mask-history)
+    if [ "$ds" = multiturn ]; then src=(--format sharegpt tests/fixtures/llamafactory/multiturn.jsonl)
+    else src=(--dataset-info $INFO --dataset "$ds"); fi
+    got=$(ftk-tokenize --tokenizer $TK/$tok --template "$tpl" "${opts[@]}" "${src[@]}" | tensors | jq -c 'del(.prompt_len)')
+    check_eq "LLaMA-Factory: $tpl on $tok, $ds, cutoff $cut, train_on_prompt $top, mask_history $mh ($(jq '.examples | length' <<<"$line") examples)" \
+        "$got" "$(jq -c '.examples[]' <<<"$line")"
+done < "$T/lf.jsonl"
 
 # ---- formats by flags ---------------------------------------------------------------------------
 cat > "$T/sg.jsonl" <<'EOF'
