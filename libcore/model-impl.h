@@ -60,6 +60,7 @@ struct ftk_model {
     int64_t B, T, N;
     int trained;                   /* the last forward kept activations */
     int has_seg;                   /* the last batch had segment_ids */
+    int recompute;                 /* keep only layer inputs; rerun each layer in backward */
     struct ftk_kv_cache *capture;  /* prefill: the cache and row k/v go to */
     int64_t capture_row;
     struct layer_act *act;         /* (L) */

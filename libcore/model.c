@@ -208,6 +208,7 @@ const struct ftk_backend *ftk_model_backend(const struct ftk_model *m, void **ct
 }
 void ftk_model_enable_adapter(struct ftk_model *m, int on) { m->adapter_on = on; }
 void ftk_model_set_step(struct ftk_model *m, int64_t step) { m->step = step; }
+void ftk_model_set_recompute(struct ftk_model *m, int on) { m->recompute = on; }
 size_t ftk_model_n_trainable(const struct ftk_model *m) { return m->n_train; }
 struct ftk_param *ftk_model_trainable(struct ftk_model *m, size_t i) { return i < m->n_train ? m->train[i] : NULL; }
 

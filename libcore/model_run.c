@@ -29,9 +29,11 @@ static size_t layout(struct ftk_model *m, float *base, int64_t N, int train)
         struct layer_act *a = base ? &m->act[l] : NULL, tmp;
         if (!a)
             a = &tmp;
-        if (!train && l > 0) {
+        if (l > 0 && (!train || m->recompute)) {   /* one layer's buffers serve all */
             if (base)
                 m->act[l] = m->act[0];
+            if (train)   /* recompute keeps each layer's input, to run it again in backward */
+                a->x_in = carve(base, &off, N * C);
             continue;
         }
         a->x_in = carve(base, &off, N * C);
@@ -182,6 +184,43 @@ static ftk_status upload(struct ftk_model *m, const struct ftk_batch_view *b, in
     return s;
 }
 
+/* Layer l: act[l].x_in -> act[l+1].x_in (or x_final), keeping what backward needs in act[l]
+ * (buffers shared by all layers when not training, or when recomputing). */
+static ftk_status layer_forward(struct ftk_model *m, int l, int train)
+{
+    const struct ftk_model_config *c = &m->cfg;
+    const struct ftk_backend *be = m->be;
+    void *ctx = m->ctx;
+    int64_t N = m->N, C = c->C, R = m->rot_dim;
+    const int32_t *seg = m->has_seg ? m->seg : NULL;
+    float scale = 1.0f / sqrtf((float)c->D);
+    struct layer_act *a = &m->act[l];
+    const struct layer_w *w = &m->layers[l];
+    float *next = l + 1 < c->L ? m->act[l + 1].x_in : m->x_final;
+    FTK_TRY(be->rmsnorm_forward(ctx, a->a, a->rstd1, a->x_in, w->ln1->w, N, C, c->rms_norm_eps));
+    FTK_TRY(model_lin_fwd(m, l, FTK_LIN_Q, c->qk_norm ? a->q_pre : a->q, a->a, train));
+    FTK_TRY(model_lin_fwd(m, l, FTK_LIN_K, c->qk_norm ? a->k_pre : a->k, a->a, train));
+    FTK_TRY(model_lin_fwd(m, l, FTK_LIN_V, a->v, a->a, train));
+    if (c->qk_norm) {   /* Qwen3: RMSNorm of each head's q and k before RoPE */
+        FTK_TRY(be->rmsnorm_forward(ctx, a->q, a->qrstd, a->q_pre, w->qn->w, N * c->H, c->D, c->rms_norm_eps));
+        FTK_TRY(be->rmsnorm_forward(ctx, a->k, a->krstd, a->k_pre, w->kn->w, N * c->Hkv, c->D, c->rms_norm_eps));
+    }
+    FTK_TRY(be->rope_forward(ctx, a->q, m->pos, m->inv_freq, m->rope_scale, N, c->H, c->D, R));
+    FTK_TRY(be->rope_forward(ctx, a->k, m->pos, m->inv_freq, m->rope_scale, N, c->Hkv, c->D, R));
+    if (m->capture)   /* prefill: this row's keys and values into the cache, positions 0..T-1 */
+        FTK_TRY(model_capture_kv(m, l, a->k, a->v, N));
+    FTK_TRY(be->attention_forward(ctx, a->o, a->lse, a->q, a->k, a->v, seg, m->B, m->T, c->H, c->Hkv, c->D, scale));
+    FTK_TRY(model_lin_fwd(m, l, FTK_LIN_O, m->dtmp, a->o, train));
+    FTK_TRY(be->add(ctx, a->x_mid, a->x_in, m->dtmp, N * C));
+    FTK_TRY(be->rmsnorm_forward(ctx, a->m, a->rstd2, a->x_mid, w->ln2->w, N, C, c->rms_norm_eps));
+    FTK_TRY(model_lin_fwd(m, l, FTK_LIN_GATE, a->gate, a->m, train));
+    FTK_TRY(model_lin_fwd(m, l, FTK_LIN_UP, a->up, a->m, train));
+    FTK_TRY(be->swiglu_forward(ctx, a->h, a->gate, a->up, N * c->F));
+    FTK_TRY(model_lin_fwd(m, l, FTK_LIN_DOWN, m->dtmp, a->h, train));
+    FTK_TRY(be->add(ctx, next, a->x_mid, m->dtmp, N * C));
+    return FTK_OK;
+}
+
 ftk_status model_run_forward(struct ftk_model *m, const struct ftk_batch_view *b, int train, int32_t *host_shift)
 {
     const struct ftk_model_config *c = &m->cfg;
@@ -197,37 +236,11 @@ ftk_status model_run_forward(struct ftk_model *m, const struct ftk_batch_view *b
     FTK_TRY(ftk_rope_inv_freq(&c->rope, max_pos + 1, inv, &R, &m->rope_scale));
     m->rot_dim = R;
     FTK_TRY(be->to_device(ctx, m->inv_freq, inv, (size_t)(R / 2) * sizeof(float)));
-    const int32_t *seg = b->segment_ids ? m->seg : NULL;
-    m->has_seg = seg != NULL;
-    float scale = 1.0f / sqrtf((float)c->D);
+    m->has_seg = b->segment_ids != NULL;
 
     FTK_TRY(be->embedding_forward(ctx, m->act[0].x_in, m->ids, m->wte->w, N, C, c->V));
-    for (int l = 0; l < c->L; l++) {
-        struct layer_act *a = &m->act[l];
-        const struct layer_w *w = &m->layers[l];
-        float *next = l + 1 < c->L ? m->act[l + 1].x_in : m->x_final;
-        FTK_TRY(be->rmsnorm_forward(ctx, a->a, a->rstd1, a->x_in, w->ln1->w, N, C, c->rms_norm_eps));
-        FTK_TRY(model_lin_fwd(m, l, FTK_LIN_Q, c->qk_norm ? a->q_pre : a->q, a->a, train));
-        FTK_TRY(model_lin_fwd(m, l, FTK_LIN_K, c->qk_norm ? a->k_pre : a->k, a->a, train));
-        FTK_TRY(model_lin_fwd(m, l, FTK_LIN_V, a->v, a->a, train));
-        if (c->qk_norm) {   /* Qwen3: RMSNorm of each head's q and k before RoPE */
-            FTK_TRY(be->rmsnorm_forward(ctx, a->q, a->qrstd, a->q_pre, w->qn->w, N * c->H, c->D, c->rms_norm_eps));
-            FTK_TRY(be->rmsnorm_forward(ctx, a->k, a->krstd, a->k_pre, w->kn->w, N * c->Hkv, c->D, c->rms_norm_eps));
-        }
-        FTK_TRY(be->rope_forward(ctx, a->q, m->pos, m->inv_freq, m->rope_scale, N, c->H, c->D, R));
-        FTK_TRY(be->rope_forward(ctx, a->k, m->pos, m->inv_freq, m->rope_scale, N, c->Hkv, c->D, R));
-        if (m->capture)   /* prefill: this row's keys and values into the cache, positions 0..T-1 */
-            FTK_TRY(model_capture_kv(m, l, a->k, a->v, N));
-        FTK_TRY(be->attention_forward(ctx, a->o, a->lse, a->q, a->k, a->v, seg, b->B, b->T, c->H, c->Hkv, c->D, scale));
-        FTK_TRY(model_lin_fwd(m, l, FTK_LIN_O, m->dtmp, a->o, train));
-        FTK_TRY(be->add(ctx, a->x_mid, a->x_in, m->dtmp, N * C));
-        FTK_TRY(be->rmsnorm_forward(ctx, a->m, a->rstd2, a->x_mid, w->ln2->w, N, C, c->rms_norm_eps));
-        FTK_TRY(model_lin_fwd(m, l, FTK_LIN_GATE, a->gate, a->m, train));
-        FTK_TRY(model_lin_fwd(m, l, FTK_LIN_UP, a->up, a->m, train));
-        FTK_TRY(be->swiglu_forward(ctx, a->h, a->gate, a->up, N * c->F));
-        FTK_TRY(model_lin_fwd(m, l, FTK_LIN_DOWN, m->dtmp, a->h, train));
-        FTK_TRY(be->add(ctx, next, a->x_mid, m->dtmp, N * C));
-    }
+    for (int l = 0; l < c->L; l++)
+        FTK_TRY(layer_forward(m, l, train));
     FTK_TRY(be->rmsnorm_forward(ctx, m->xf, m->rstdf, m->x_final, m->norm->w, N, C, c->rms_norm_eps));
     m->trained = train;
     return FTK_OK;
@@ -325,6 +338,8 @@ ftk_status ftk_model_backward(struct ftk_model *m, const float *dlogps)
     FTK_TRY(be->rmsnorm_backward(ctx, m->dx, m->norm->g, dxf, m->x_final, m->norm->w, m->rstdf, N, C));
     for (int l = (int)c->L - 1; l >= 0; l--) {
         struct layer_act *a = &m->act[l];
+        if (m->recompute && l + 1 < c->L)   /* the shared buffers hold the last layer's: redo this one */
+            FTK_TRY(layer_forward(m, l, 1));
         const struct layer_w *w = &m->layers[l];
         /* MLP branch; m->dx is d loss / d (layer output) */
         FTK_TRY(zero(m, m->dh, N * F));

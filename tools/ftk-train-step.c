@@ -22,7 +22,10 @@ static const char usage_text[] =
     "  --freeze-trainable-layers N, --freeze-trainable-modules L, --freeze-extra-modules L\n"
     "  --peft-opt K=V          any option of the PEFT plugin (repeatable)\n"
     "  --adapter DIR           start from this adapter (peft layout); its config sets the options\n"
-    "  --loss NAME             loss plugin (default sft)      --loss-opt K=V (repeatable)\n"
+    "  --loss NAME             loss plugin: sft (default), dpo, orpo, simpo, kto; --loss-opt K=V\n"
+    "                          (repeatable; docs/losses.md: beta, loss_type, label_smoothing, ...)\n"
+    "  --ref-model DIR         reference model for dpo/kto batches without ref_logps (default: the\n"
+    "                          base model with the adapter off; `ftk ref-logps` precomputes them)\n"
     "Optimizer (torch AdamW, HF Trainer semantics):\n"
     "  --lr X (5e-5)  --weight-decay X (0)  --adam-beta1 X (0.9)  --adam-beta2 X (0.999)\n"
     "  --adam-eps X (1e-8)  --max-grad-norm X (1.0; 0 = no clipping)\n"
@@ -37,6 +40,7 @@ static const char usage_text[] =
     "  --save-dtype D          full/freeze: float32, bfloat16, float16 (default: the base's)\n"
     "  --metrics FILE          metrics JSONL there instead of stdout\n"
     "  --resume DIR            continue from a checkpoint (same data and flags): bit-identical\n"
+    "  --recompute             recompute activations in backward: less memory, same numbers\n"
     "  --threads N  --seed S (42)  --device cpu\n"
     "  -h, --help, --version\n"
     "\n"
@@ -143,6 +147,7 @@ static int parse_args(int argc, char **argv, struct args *a)
         else if (!strcmp(f, "--peft-opt")) { NEED(); if (add_kv_pair(a, a->peft_kv, &a->n_peft, x)) return -1; }
         else if (!strcmp(f, "--adapter")) { NEED(); o->adapter = x; }
         else if (!strcmp(f, "--loss")) { NEED(); o->loss = x; }
+        else if (!strcmp(f, "--ref-model")) { NEED(); o->ref_model = x; }
         else if (!strcmp(f, "--loss-opt")) { NEED(); if (add_kv_pair(a, a->loss_kv, &a->n_loss, x)) return -1; }
         else if (!strcmp(f, "--lr") || !strcmp(f, "--learning-rate")) { NEED(); if (dbl(x, f, &o->train.lr)) return -1; }
         else if (!strcmp(f, "--weight-decay")) { NEED(); if (dbl(x, f, &o->train.weight_decay)) return -1; }
@@ -174,6 +179,7 @@ static int parse_args(int argc, char **argv, struct args *a)
         }
         else if (!strcmp(f, "--metrics")) { NEED(); o->metrics = x; }
         else if (!strcmp(f, "--resume")) { NEED(); o->resume = x; }
+        else if (!strcmp(f, "--recompute")) o->recompute = 1;
         else if (!strcmp(f, "--threads")) { NEED(); if (i64(x, f, 0, &v)) return -1; o->threads = (int)v; }
         else if (!strcmp(f, "--seed")) { NEED(); if (i64(x, f, 0, &v)) return -1; o->seed = (uint64_t)v; }
         else if (!strcmp(f, "--device")) {

@@ -228,6 +228,30 @@ int main(void)
         snprintf(name, sizeof name, "%s: parity with transformers + peft", archs[i]);
         TEST(name) check_arch(archs[i], loss);
     }
+    TEST("--recompute: the same gradients, bit for bit (qwen3, full)") {
+        const struct ftk_peft_plugin *full;
+        struct ftk_model *a, *r;
+        struct ftk_st_model *e;
+        CHECK_OK(ftk_plugin_load_peft("full", &full));
+        CHECK_OK(ftk_st_file_open("tests/fixtures/hf_tiny/qwen3/expected.safetensors", &e));
+        CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/qwen3", be, ctx, &a));
+        CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/qwen3", be, ctx, &r));
+        ftk_model_set_recompute(r, 1);
+        CHECK_OK(ftk_model_set_peft(a, full, NULL, 0, NULL));
+        CHECK_OK(ftk_model_set_peft(r, full, NULL, 0, NULL));
+        struct ftk_batch_view b = batch_of(e, "", 1);
+        double la = step_grads(a, loss, &b), lr = step_grads(r, loss, &b);
+        CHECK(la == lr);
+        size_t differ = 0;
+        for (size_t i = 0; i < ftk_model_n_trainable(a); i++) {
+            struct ftk_param *p = ftk_model_trainable(a, i), *q = ftk_model_trainable(r, i);
+            differ += memcmp(p->g, q->g, (size_t)p->numel * sizeof(float)) != 0;
+        }
+        CHECK_INT(differ, 0);
+        ftk_model_free(a);
+        ftk_model_free(r);
+        ftk_st_model_close(e);
+    }
     TEST("bad input to the model is an error naming it") {
         struct ftk_model *m;
         CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &m));

@@ -59,6 +59,10 @@ FTK_API ftk_status ftk_model_load_adapter(struct ftk_model *m, const char *path,
 /* The PEFT method's deltas on (1, default) or off (0: the base model, LLaMA-Factory's reference
  * when no ref model is given). */
 FTK_API void ftk_model_enable_adapter(struct ftk_model *m, int on);
+/* Activation recomputation (--recompute): a train forward keeps only each layer's input and
+ * backward runs every layer's forward again before its backward: less memory, ~1/3 more work,
+ * the same numbers. */
+FTK_API void ftk_model_set_recompute(struct ftk_model *m, int on);
 /* Tells plugins which optimizer step comes next (dropout masks). */
 FTK_API void ftk_model_set_step(struct ftk_model *m, int64_t step);
 

@@ -28,9 +28,20 @@ struct ftk_train_opts {
     int64_t save_steps;         /* 0: only at the end */
     const char *resume;         /* a checkpoint directory */
     int threads;
+    int recompute;              /* activation recomputation */
     uint64_t seed;
     const char *save_dtype;     /* full fine-tuning: "float32", "bfloat16", "float16"; NULL: the base's */
+    /* appended: reference log-probs for losses that need them (dpo, kto), used for batches
+     * without ref_logps: this model (--ref-model); NULL: the trained model with its adapter off
+     * (LoRA), none for full/freeze (an error when a batch lacks ref_logps) */
+    const char *ref_model;
 };
+
+/* The batch stream's header must match the model (train-step, ref-logps): its vocab_size may
+ * not exceed the model's vocabulary, and its tokenizer_hash must be the SHA-256 of the model's
+ * tokenizer.json when the model has one. `name` names the stream in errors. */
+FTK_API ftk_status ftk_stream_check_model(const struct ftk_message *header, const char *model_path,
+                                          const struct ftk_model_config *c, const char *name);
 
 FTK_API ftk_status ftk_train_run(const struct ftk_train_opts *o);
 
