@@ -8,6 +8,7 @@
 #include <unistd.h>
 #include <cjson/cJSON.h>
 #include "ftk/generate_run.h"
+#include "ftk/progress.h"
 #include "ftk/stream.h"
 #include "ftk/template.h"
 
@@ -30,6 +31,8 @@ struct gen_run {
     int64_t n_batch;
     struct ftk_ids streamed;   /* --stream and chat: the ids printed so far */
     size_t printed;
+    struct ftk_progress prog;
+    int64_t n_done, tokens_out;
 };
 
 static ftk_status enc_encode(void *ctx, const char *text, size_t len, struct ftk_ids *out)
@@ -76,10 +79,15 @@ static ftk_status flush_batch(struct gen_run *r)
             fprintf(r->out, "%s%d", k ? ", " : "", res[i].ids[k]);
         fprintf(r->out, "], \"finish_reason\": \"%s\", \"prompt_tokens\": %lld, \"completion_tokens\": %lld}\n",
                 res[i].finish_reason, (long long)res[i].prompt_tokens, (long long)res[i].n);
+        r->n_done++;
+        r->tokens_out += res[i].n;
         ftk_gen_result_free(&res[i]);
     }
     if (s == FTK_OK && fflush(r->out) != 0)
         s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "writing output: %s", strerror(errno));
+    char st[64];
+    snprintf(st, sizeof st, "%lld tokens generated", (long long)r->tokens_out);
+    ftk_progress_update(&r->prog, r->n_done, st);
     for (int64_t i = 0; i < r->n_batch; i++) {
         free(r->batch[i].ids);
         free(r->batch[i].text);
@@ -381,6 +389,7 @@ ftk_status ftk_generate_run(const struct ftk_generate_opts *o)
     }
     FILE *in = NULL;
     const char *name = o->input && strcmp(o->input, "-") ? o->input : "<stdin>";
+    ftk_progress_start(&r.prog, "generate", "prompts", 0, o->quiet || o->stream);
     if (s == FTK_OK) {
         if (!o->input && isatty(0))
             s = run_chat(&r);
@@ -408,6 +417,8 @@ ftk_status ftk_generate_run(const struct ftk_generate_opts *o)
             }
             if (s == FTK_OK)
                 s = flush_batch(&r);
+            if (s == FTK_OK && r.n_done)
+                ftk_progress_done(&r.prog);
         }
     }
     for (int64_t i = 0; i < r.n_batch; i++) {

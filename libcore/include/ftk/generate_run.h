@@ -25,6 +25,7 @@ struct ftk_generate_opts {
     int64_t context;               /* 0: the model's max_position_embeddings */
     int stream;                    /* one prompt: print tokens as they come */
     int threads;
+    int quiet;                     /* no progress on stderr */
 };
 
 FTK_API ftk_status ftk_generate_run(const struct ftk_generate_opts *o);
