@@ -477,7 +477,7 @@ static ftk_status parse_model(struct ld *ld, const cJSON *m, struct tk_bpe *b, i
     if (!b->prefix && !b->suffix && tk_strmap_get(&b->vocab, "\xE2\x96\x81", 3) >= 0) {
         b->split_meta = 1;
         for (size_t id = 0; id < b->nvocab && b->split_meta; id++) {
-            if (b->voff[id] == UINT32_MAX)
+            if (b->voff[id] == UINT32_MAX || b->vlen[id] == 0)
                 continue;
             const char *tok = b->vstore + b->voff[id];
             for (const char *p = tok + 1; (p = strstr(p, "\xE2\x96\x81")); p += 3)
