@@ -156,6 +156,7 @@ void ftk_loss_free(struct ftk_loss *l)
 }
 
 int ftk_loss_needs_ref(struct ftk_loss *l) { return FTK_PLUGIN_SLOT(l->pl, needs_ref) && l->pl->needs_ref(l); }
+int ftk_loss_needs_kl(struct ftk_loss *l) { return FTK_PLUGIN_SLOT(l->pl, needs_kl) && l->pl->needs_kl(l); }
 
 ftk_status ftk_loss_compute(struct ftk_loss *l, const struct ftk_loss_batch *b, double *loss, float *dlogps,
                             struct ftk_metrics *metrics)

@@ -133,6 +133,12 @@ struct ftk_loss_batch {
     int64_t accum;             /* micro-batches in the optimizer step: a loss that averages over
                                   its batch divides by this (HF Trainer's loss / GA); the token
                                   mean uses n_tokens_total instead */
+    /* Appended (ABI 1): KTO's KL rows (the batch's kl_input_ids ...), forwarded without
+     * gradient as TRL's KTOTrainer does (torch.no_grad). Set only when the loss asks for them
+     * (needs_kl); otherwise B_kl = 0 and both NULL. */
+    int64_t B_kl;
+    const float *kl_logps;     /* (B_kl) policy log-prob sums of the KL rows */
+    const float *kl_ref_logps; /* (B_kl) the same under the reference model */
 };
 
 #define FTK_MAX_METRICS 16
@@ -155,6 +161,9 @@ struct ftk_loss_plugin {
     /* loss, dlogps (B) = d loss / d logps[b], and metrics. */
     ftk_status (*compute)(struct ftk_loss *l, const struct ftk_loss_batch *b, double *loss,
                           float *dlogps, struct ftk_metrics *metrics);
+    /* (optional, appended) 1 if the loss needs the KL rows of KTO batches (B_kl, kl_logps and,
+     * with needs_ref, kl_ref_logps). */
+    int (*needs_kl)(struct ftk_loss *l);
 };
 FTK_API void *ftk_loss_priv(struct ftk_loss *l);
 
@@ -167,6 +176,7 @@ FTK_API ftk_status ftk_plugin_load_loss(const char *name_or_path, const struct f
 FTK_API ftk_status ftk_loss_create(const struct ftk_loss_plugin *pl, const struct ftk_kv *opts, struct ftk_loss **out);
 FTK_API void ftk_loss_free(struct ftk_loss *l);
 FTK_API int ftk_loss_needs_ref(struct ftk_loss *l);
+FTK_API int ftk_loss_needs_kl(struct ftk_loss *l);
 FTK_API ftk_status ftk_loss_compute(struct ftk_loss *l, const struct ftk_loss_batch *b, double *loss,
                                     float *dlogps, struct ftk_metrics *metrics);
 
