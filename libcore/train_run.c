@@ -23,38 +23,6 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* The stream must be batches made with this model's tokenizer. */
-static ftk_status check_header(const struct ftk_message *h, const char *model_path, const struct ftk_model_config *c,
-                               const char *name)
-{
-    const char *vs = ftk_message_get_meta(h, "vocab_size"), *hash = ftk_message_get_meta(h, "tokenizer_hash");
-    if (vs) {
-        long long v = strtoll(vs, NULL, 10);
-        FTK_FAIL_IF(v > c->V, FTK_E_MISMATCH, "%s: the stream's tokenizer has %lld tokens, the model's vocabulary %lld",
-                    name, v, (long long)c->V);
-    }
-    if (!hash || !strcmp(hash, "-1"))
-        return FTK_OK;
-    struct ftk_source *src;
-    FTK_TRY(ftk_source_open(model_path, &src));
-    char *tok = NULL;
-    size_t len = 0;
-    ftk_status s = FTK_OK;
-    if (ftk_source_exists(src, "tokenizer.json") || ftk_source_exists(src, "tokenizer.json.zst"))
-        s = ftk_source_read(src, "tokenizer.json", &tok, &len);
-    ftk_source_close(src);
-    FTK_TRY(s);
-    if (!tok)   /* a model directory without tokenizer.json: nothing to compare with */
-        return FTK_OK;
-    char mine[65];
-    ftk_sha256_hex(tok, len, mine);
-    free(tok);
-    FTK_FAIL_IF(strcmp(mine, hash), FTK_E_MISMATCH,
-                "%s: tokenized with tokenizer %.12s..., but %s has tokenizer %.12s... (re-tokenize with this model's tokenizer)",
-                name, hash, model_path, mine);
-    return FTK_OK;
-}
-
 static ftk_status write_args(const struct ftk_train_opts *o, const char *dir, int64_t total)
 {
     char path[4200], buf[4096];
@@ -164,7 +132,7 @@ ftk_status ftk_train_run(const struct ftk_train_opts *o)
     void *ctx = NULL;
     struct ftk_backend_opts bo = {.struct_size = sizeof bo, .threads = o->threads};
     FTK_TRY(be->create(&bo, &ctx));
-    struct ftk_model *m = NULL;
+    struct ftk_model *m = NULL, *refm = NULL;
     struct ftk_loss *loss = NULL;
     struct ftk_trainer *t = NULL;
     struct ftk_stream_reader *r = NULL;
@@ -185,6 +153,8 @@ ftk_status ftk_train_run(const struct ftk_train_opts *o)
             snprintf(ckpt_model, sizeof ckpt_model, "%s", o->resume);
     }
     s = ftk_model_load(ckpt_model[0] ? ckpt_model : o->model, be, ctx, &m);
+    if (s == FTK_OK)
+        ftk_model_set_recompute(m, o->recompute);
     const struct ftk_peft_plugin *pl = NULL;
     if (s == FTK_OK) {
         char cfg[4096];
@@ -215,7 +185,7 @@ ftk_status ftk_train_run(const struct ftk_train_opts *o)
     if (s == FTK_OK)
         s = ftk_stream_read(r, &msg);
     if (s == FTK_OK)
-        s = check_header(&msg, o->model, ftk_model_get_config(m), name);
+        s = ftk_stream_check_model(&msg, o->model, ftk_model_get_config(m), name);
     int64_t total = o->max_steps;
     if (s == FTK_OK && total <= 0) {
         int64_t nb;
@@ -231,6 +201,19 @@ ftk_status ftk_train_run(const struct ftk_train_opts *o)
         if (tc.warmup_steps < 0)
             tc.warmup_steps = ftk_schedule_warmup_steps(o->warmup_ratio, total);
         s = ftk_trainer_create(m, loss, &tc, &t);
+    }
+    /* the reference for batches without ref_logps: --ref-model, else the base under the adapter */
+    if (s == FTK_OK && ftk_loss_needs_ref(loss)) {
+        if (o->ref_model) {
+            if ((s = ftk_model_load(o->ref_model, be, ctx, &refm)) == FTK_OK &&
+                ftk_model_get_config(refm)->V != ftk_model_get_config(m)->V)
+                s = ftk_error_set(FTK_E_MISMATCH, __FILE__, __LINE__, "--ref-model %s has a vocabulary of %lld, the model %lld",
+                                  o->ref_model, (long long)ftk_model_get_config(refm)->V, (long long)ftk_model_get_config(m)->V);
+            if (s == FTK_OK)
+                ftk_trainer_set_reference(t, refm);
+        } else if (!FTK_PLUGIN_SLOT(pl, base_trainable)) {   /* LoRA-like: the base is the reference */
+            ftk_trainer_set_reference(t, m);
+        }
     }
     if (s == FTK_OK && o->resume)
         s = ftk_trainer_load_state(t, o->resume);
@@ -290,6 +273,7 @@ ftk_status ftk_train_run(const struct ftk_train_opts *o)
         fclose(in);
     ftk_trainer_free(t);
     ftk_loss_free(loss);
+    ftk_model_free(refm);
     ftk_model_free(m);
     be->destroy(ctx);
     return s;

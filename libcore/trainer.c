@@ -11,6 +11,7 @@
 struct ftk_trainer {
     struct ftk_model *m;
     struct ftk_loss *loss;
+    struct ftk_model *ref;        /* reference for batches without ref_logps; == m: adapter off */
     struct ftk_train_config c;
     float **mom, **var;           /* per trainable parameter, backend memory */
     size_t n;
@@ -76,6 +77,7 @@ void ftk_trainer_free(struct ftk_trainer *t)
 }
 
 int64_t ftk_trainer_step(const struct ftk_trainer *t) { return t->step; }
+void ftk_trainer_set_reference(struct ftk_trainer *t, struct ftk_model *ref) { t->ref = ref; }
 int64_t ftk_trainer_batches_done(const struct ftk_trainer *t) { return t->batches_done; }
 
 /* The batch's tensors as the model reads them, checked. */
@@ -101,6 +103,56 @@ static ftk_status view_of(const struct ftk_message *msg, struct ftk_batch_view *
     *v = (struct ftk_batch_view){B, T, ids->data, lab->data, pos->data, seg ? seg->data : NULL};
     *ref = r ? r->data : NULL;
     return FTK_OK;
+}
+
+/* KTO's KL rows (kl_input_ids, kl_labels, kl_position_ids, kl_segment_ids) and their offline
+ * reference (kl_ref_logps), checked; v->B = 0 when the batch has none. */
+static ftk_status kl_view_of(const struct ftk_message *msg, struct ftk_batch_view *v, const float **ref, int64_t idx)
+{
+    memset(v, 0, sizeof *v);
+    *ref = NULL;
+    if (!ftk_message_find(msg, "kl_input_ids"))
+        return FTK_OK;
+    struct ftk_tensor *ids, *lab, *pos, *seg = NULL, *r = NULL;
+    ftk_status s = ftk_message_get(msg, "kl_input_ids", FTK_DTYPE_I32, 2, &ids);
+    if (s == FTK_OK)
+        s = ftk_message_get(msg, "kl_labels", FTK_DTYPE_I32, 2, &lab);
+    if (s == FTK_OK)
+        s = ftk_message_get(msg, "kl_position_ids", FTK_DTYPE_I32, 2, &pos);
+    if (s == FTK_OK && ftk_message_find(msg, "kl_segment_ids"))
+        s = ftk_message_get(msg, "kl_segment_ids", FTK_DTYPE_I32, 2, &seg);
+    if (s == FTK_OK && ftk_message_find(msg, "kl_ref_logps"))
+        s = ftk_message_get(msg, "kl_ref_logps", FTK_DTYPE_F32, 1, &r);
+    if (s != FTK_OK)
+        return ftk_error_wrap(s, "batch %lld", (long long)idx);
+    int64_t B = ids->shape[0], T = ids->shape[1];
+    FTK_FAIL_IF(lab->shape[0] != B || lab->shape[1] != T || pos->shape[0] != B || pos->shape[1] != T ||
+                (seg && (seg->shape[0] != B || seg->shape[1] != T)) || (r && r->shape[0] != B),
+                FTK_E_FORMAT, "batch %lld: KL tensors of different shapes (kl_input_ids is [%lld,%lld])", (long long)idx,
+                (long long)B, (long long)T);
+    *v = (struct ftk_batch_view){B, T, ids->data, lab->data, pos->data, seg ? seg->data : NULL};
+    *ref = r ? r->data : NULL;
+    return FTK_OK;
+}
+
+/* Reference log-probs of `v` into out (B), without gradient: the separate reference model, or
+ * the trained model with its PEFT deltas off. `what` names the rows for the error. */
+static ftk_status ref_forward(struct ftk_trainer *t, const struct ftk_batch_view *v, float *out, const char *what,
+                              int64_t idx)
+{
+    FTK_FAIL_IF(!t->ref, FTK_E_INVALID,
+                "batch %lld: the loss needs reference log-probs and the batch has no %s: run the stream through "
+                "`ftk ref-logps`, or give --ref-model (the online reference of a LoRA run is the base model; "
+                "full fine-tuning has no adapter to switch off)", (long long)idx, what);
+    ftk_status s;
+    if (t->ref == t->m) {
+        ftk_model_enable_adapter(t->m, 0);
+        s = ftk_model_forward(t->m, v, 0, out, NULL);
+        ftk_model_enable_adapter(t->m, 1);
+    } else {
+        s = ftk_model_forward(t->ref, v, 0, out, NULL);
+    }
+    return s == FTK_OK ? FTK_OK : ftk_error_wrap(s, "batch %lld: reference forward", (long long)idx);
 }
 
 /* Labelled tokens after HF's shift (what the token mean divides by) and non-padding tokens. */
@@ -135,40 +187,74 @@ static ftk_status run_step(struct ftk_trainer *t, struct ftk_step_result *res)
     if (s == FTK_OK)
         s = ftk_model_zero_grad(m);
     struct ftk_metrics sum = {0};
+    int n_rep[FTK_MAX_METRICS] = {0};   /* micro-batches that reported each metric */
+    const int needs_ref = ftk_loss_needs_ref(t->loss), needs_kl = ftk_loss_needs_kl(t->loss);
     for (int64_t i = 0; i < t->n_held && s == FTK_OK; i++) {
         const struct ftk_batch_view *v = &views[i];
-        float *p = realloc(buf, (size_t)v->B * (2 * sizeof(float) + sizeof(int64_t)));
+        int64_t idx = base_idx + i;
+        struct ftk_batch_view kv = {0};
+        const float *kl_ref = NULL;
+        if (needs_kl && (s = kl_view_of(&t->held[i], &kv, &kl_ref, idx)) != FTK_OK)
+            break;
+        int64_t Bk = kv.B;
+        /* logps, dl, ref (B) floats; kl, kl_ref (Bk) floats; nt (B) int64 */
+        float *p = realloc(buf, (size_t)(3 * v->B + 2 * Bk) * sizeof(float) + (size_t)v->B * sizeof(int64_t) + 8);
         if (!p) { s = ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory"); break; }
         buf = p;
-        float *logps = buf, *dl = buf + v->B;
-        int64_t *nt = (int64_t *)(buf + 2 * v->B);
+        float *logps = buf, *dl = buf + v->B, *refb = buf + 2 * v->B, *klb = buf + 3 * v->B, *klrb = klb + Bk;
+        int64_t *nt = (int64_t *)((char *)buf + (((size_t)(3 * v->B + 2 * Bk) * sizeof(float) + 7) & ~(size_t)7));
+        /* Reference and KL forwards first (train = 0): the train forward's activations must be the
+         * last ones for backward. TRL/LLaMA-Factory run the KL rows under no_grad. */
+        const float *ref = refs[i];
+        if (needs_ref && !ref) {
+            if ((s = ref_forward(t, v, refb, "ref_logps", idx)) != FTK_OK)
+                break;
+            ref = refb;
+        }
+        if (needs_kl && Bk > 0) {
+            if (needs_ref && !kl_ref) {
+                if ((s = ref_forward(t, &kv, klrb, "kl_ref_logps", idx)) != FTK_OK)
+                    break;
+                kl_ref = klrb;
+            }
+            if ((s = ftk_model_forward(m, &kv, 0, klb, NULL)) != FTK_OK) {
+                s = ftk_error_wrap(s, "batch %lld: KL rows", (long long)idx);
+                break;
+            }
+        }
         if ((s = ftk_model_forward(m, v, 1, logps, nt)) != FTK_OK) {
-            s = ftk_error_wrap(s, "batch %lld", (long long)(base_idx + i));
+            s = ftk_error_wrap(s, "batch %lld", (long long)idx);
             break;
         }
         struct ftk_loss_batch lb = {.B = v->B, .pairwise = ftk_message_get_meta(&t->held[i], "pairwise") != NULL,
-                                    .logps = logps, .ref_logps = refs[i], .n_tokens = nt, .n_tokens_total = labelled,
-                                    .batch = &t->held[i], .accum = t->n_held};
+                                    .logps = logps, .ref_logps = ref, .n_tokens = nt, .n_tokens_total = labelled,
+                                    .batch = &t->held[i], .accum = t->n_held,
+                                    .B_kl = needs_kl ? Bk : 0, .kl_logps = needs_kl && Bk ? klb : NULL,
+                                    .kl_ref_logps = needs_kl && Bk ? kl_ref : NULL};
         double L = 0;
         struct ftk_metrics met = {0};
         if ((s = ftk_loss_compute(t->loss, &lb, &L, dl, &met)) != FTK_OK) {
-            s = ftk_error_wrap(s, "batch %lld", (long long)(base_idx + i));
+            s = ftk_error_wrap(s, "batch %lld", (long long)idx);
             break;
         }
         if (!isfinite(L)) {
-            s = ftk_error_set(FTK_E_INVALID, __FILE__, __LINE__, "batch %lld: loss is %g", (long long)(base_idx + i), L);
+            s = ftk_error_set(FTK_E_INVALID, __FILE__, __LINE__, "batch %lld: loss is %g", (long long)idx, L);
             break;
         }
         res->loss += L;
-        for (int k = 0; k < met.n; k++) {   /* averaged over the step's micro-batches */
-            double prev = 0;
-            for (int j = 0; j < sum.n; j++)
-                if (!strcmp(sum.name[j], met.name[k]))
-                    prev = sum.value[j];
-            ftk_metrics_add(&sum, met.name[k], prev + met.value[k] / (double)t->n_held);
+        for (int k = 0; k < met.n; k++) {   /* summed here, divided by the reporters below */
+            int j = 0;
+            while (j < sum.n && strcmp(sum.name[j], met.name[k]))
+                j++;
+            if (j == sum.n && sum.n == FTK_MAX_METRICS)
+                continue;
+            ftk_metrics_add(&sum, met.name[k], (j < sum.n ? sum.value[j] : 0) + met.value[k]);
+            n_rep[j]++;
         }
         s = ftk_model_backward(m, dl);
     }
+    for (int j = 0; j < sum.n; j++)
+        sum.value[j] /= (double)(n_rep[j] > 0 ? n_rep[j] : 1);
     free(buf);
     free(views);
     free(refs);

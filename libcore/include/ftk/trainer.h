@@ -39,7 +39,8 @@ struct ftk_step_result {
     double grad_norm;          /* before clipping */
     int64_t tokens;            /* non-padding tokens of the step's batches */
     int64_t labelled;          /* labelled (scored) tokens */
-    struct ftk_metrics metrics;/* the loss plugin's, averaged over micro-batches */
+    struct ftk_metrics metrics;/* the loss plugin's, each averaged over the micro-batches that
+                                  reported it (TRL logs the mean of what was appended) */
 };
 
 struct ftk_trainer;
@@ -47,6 +48,12 @@ struct ftk_trainer;
 FTK_API ftk_status ftk_trainer_create(struct ftk_model *m, struct ftk_loss *loss, const struct ftk_train_config *c,
                                       struct ftk_trainer **out);
 FTK_API void ftk_trainer_free(struct ftk_trainer *t);
+/* Where reference log-probs come from when the loss needs them (ftk_loss_needs_ref) and a
+ * batch carries no `ref_logps` (KTO: `kl_ref_logps`): `ref` a separate model (--ref-model,
+ * borrowed), or the trained model itself, whose PEFT deltas are switched off for the reference
+ * forward (LLaMA-Factory's reference when no ref_model is given). NULL (the default): none, and
+ * such a batch is an error. Reference forwards run without gradient (train = 0). */
+FTK_API void ftk_trainer_set_reference(struct ftk_trainer *t, struct ftk_model *ref);
 /* Takes one batch message (copied). When grad_accum batches are held, runs them and the
  * optimizer step: *stepped = 1 and *res filled. A batch that does not fit the model (ids,
  * shapes) is an error naming it. */
