@@ -1,0 +1,779 @@
+/* libcore/merge.c: a LoRA adapter folded into its base checkpoint, one tensor at a time
+ * (ftk/merge.h, docs/tools/merge-lora.md).
+ *
+ * The output is what transformers' save_pretrained writes after peft's merge_and_unload:
+ * model.safetensors, or shards model-0000N-of-0000M.safetensors split as huggingface_hub's
+ * split_torch_state_dict_into_shards does, with model.safetensors.index.json; config.json with
+ * its dtype set to the output's; generation and tokenizer files copied. Everything is written
+ * into a temporary sibling of the output and moved into place (or packed into the archive) only
+ * when complete. Shapes: O out features, I in features, r rank. */
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <archive.h>
+#include <archive_entry.h>
+#include <cblas.h>
+#include <cjson/cJSON.h>
+#include "ftk/fileio.h"
+#include "ftk/merge.h"
+#include "ftk/safetensors.h"
+#include "ftk/source.h"
+
+#define PEFT_PREFIX "base_model.model."
+
+/* Files that travel with the weights (transformers' save_pretrained + tokenizer.save_pretrained). */
+static const char *const extra_files[] = {
+    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+    NULL,
+};
+
+ftk_status ftk_parse_size(const char *s, uint64_t *out)
+{
+    FTK_FAIL_IF(!s || !*s, FTK_E_INVALID, "empty size");
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    FTK_FAIL_IF(errno || end == s || !(v >= 0) || !isfinite(v), FTK_E_INVALID, "size \"%s\" is not a number with a unit (5GB, 500MB)", s);
+    static const struct { const char *unit; double mult; } units[] = {
+        {"", 1}, {"b", 1}, {"kb", 1e3}, {"mb", 1e6}, {"gb", 1e9}, {"tb", 1e12},
+        {"kib", 1024.0}, {"mib", 1048576.0}, {"gib", 1073741824.0}, {"tib", 1099511627776.0},
+    };
+    char u[8] = {0};
+    size_t n = strlen(end);
+    FTK_FAIL_IF(n >= sizeof u, FTK_E_INVALID, "size \"%s\": unknown unit \"%s\" (use KB, MB, GB, KiB, MiB, GiB)", s, end);
+    for (size_t i = 0; i < n; i++)
+        u[i] = (char)tolower((unsigned char)end[i]);
+    for (size_t i = 0; i < sizeof units / sizeof *units; i++)
+        if (!strcmp(u, units[i].unit)) {
+            double b = v * units[i].mult;
+            FTK_FAIL_IF(b < 1 || b > 1.8e19, FTK_E_INVALID, "size \"%s\" out of range", s);
+            *out = (uint64_t)b;
+            return FTK_OK;
+        }
+    FTK_FAIL(FTK_E_INVALID, "size \"%s\": unknown unit \"%s\" (use KB, MB, GB, KiB, MiB, GiB)", s, end);
+}
+
+ftk_status ftk_parse_float_dtype(const char *s, enum ftk_dtype *out)
+{
+    static const struct { const char *name; enum ftk_dtype dt; } names[] = {
+        {"float32", FTK_DTYPE_F32}, {"f32", FTK_DTYPE_F32}, {"fp32", FTK_DTYPE_F32}, {"float", FTK_DTYPE_F32},
+        {"bfloat16", FTK_DTYPE_BF16}, {"bf16", FTK_DTYPE_BF16},
+        {"float16", FTK_DTYPE_F16}, {"f16", FTK_DTYPE_F16}, {"fp16", FTK_DTYPE_F16}, {"half", FTK_DTYPE_F16},
+    };
+    for (size_t i = 0; s && i < sizeof names / sizeof *names; i++)
+        if (!strcasecmp(s, names[i].name)) {
+            *out = names[i].dt;
+            return FTK_OK;
+        }
+    FTK_FAIL(FTK_E_INVALID, "unknown dtype \"%s\" (use float32, bfloat16 or float16)", s ? s : "");
+}
+
+static const char *torch_name(enum ftk_dtype dt)
+{
+    return dt == FTK_DTYPE_BF16 ? "bfloat16" : dt == FTK_DTYPE_F16 ? "float16" : "float32";
+}
+
+static int is_float(enum ftk_dtype dt)
+{
+    return dt == FTK_DTYPE_F32 || dt == FTK_DTYPE_BF16 || dt == FTK_DTYPE_F16 || dt == FTK_DTYPE_F64;
+}
+
+/* ---- the adapter ----------------------------------------------------------------------------- */
+
+struct pair {
+    char *module;                    /* "model.layers.0.self_attn.q_proj" */
+    const struct ftk_tensor *A, *B;  /* A (r,I), B (O,r), views into the adapter */
+};
+
+struct adapter {
+    struct ftk_source *src;
+    struct ftk_st_model *st;
+    int64_t r;
+    double alpha, scale;
+    int rslora;
+    cJSON *targets;                  /* adapter_config.json's target_modules (list or string) */
+    cJSON *cfg;
+    struct pair *pairs;
+    size_t n_pairs;
+};
+
+static void adapter_free(struct adapter *a)
+{
+    for (size_t i = 0; i < a->n_pairs; i++)
+        free(a->pairs[i].module);
+    free(a->pairs);
+    ftk_st_model_close(a->st);
+    ftk_source_close(a->src);
+    cJSON_Delete(a->cfg);
+}
+
+/* peft's check: a module is targeted when its name equals a target or ends with ".target". */
+static int targeted(const cJSON *targets, const char *module)
+{
+    if (!cJSON_IsArray(targets))
+        return 1;   /* a regular expression or "all-linear": the tensors decide */
+    const cJSON *t;
+    size_t m = strlen(module);
+    cJSON_ArrayForEach(t, targets) {
+        if (!cJSON_IsString(t))
+            continue;
+        size_t n = strlen(t->valuestring);
+        if (!strcmp(module, t->valuestring) || (m > n && module[m - n - 1] == '.' && !strcmp(module + m - n, t->valuestring)))
+            return 1;
+    }
+    return 0;
+}
+
+/* What peft can express that W + scale B A does not capture: refused, never merged wrongly. */
+static ftk_status check_config(const cJSON *c, const char *where)
+{
+    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(c, "peft_type");
+    FTK_FAIL_IF(!cJSON_IsString(pt), FTK_E_FORMAT, "%s: \"peft_type\" missing", where);
+    FTK_FAIL_IF(strcmp(pt->valuestring, "LORA"), FTK_E_UNSUPPORTED, "%s: peft_type %s: only LORA adapters can be merged",
+                where, pt->valuestring);
+    static const char *const must_be_false[] = {"fan_in_fan_out", "use_dora", "lora_bias", "use_qalora", NULL};
+    for (int i = 0; must_be_false[i]; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, must_be_false[i]);
+        FTK_FAIL_IF(cJSON_IsTrue(v), FTK_E_UNSUPPORTED, "%s: %s = true cannot be merged by ftk", where, must_be_false[i]);
+    }
+    const cJSON *bias = cJSON_GetObjectItemCaseSensitive(c, "bias");
+    FTK_FAIL_IF(bias && !cJSON_IsNull(bias) && !(cJSON_IsString(bias) && !strcmp(bias->valuestring, "none")),
+                FTK_E_UNSUPPORTED, "%s: bias = %s cannot be merged by ftk (only \"none\")", where,
+                cJSON_IsString(bias) ? bias->valuestring : "(not a string)");
+    static const char *const must_be_empty[] = {"rank_pattern", "alpha_pattern", "modules_to_save", "layer_replication",
+                                                "trainable_token_indices", NULL};
+    for (int i = 0; must_be_empty[i]; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, must_be_empty[i]);
+        FTK_FAIL_IF(v && !cJSON_IsNull(v) && !((cJSON_IsObject(v) || cJSON_IsArray(v)) && cJSON_GetArraySize(v) == 0),
+                    FTK_E_UNSUPPORTED, "%s: a non-empty %s cannot be merged by ftk", where, must_be_empty[i]);
+    }
+    return FTK_OK;
+}
+
+/* "base_model.model.<module>.lora_A.weight" -> module, ab = 0 (A) or 1 (B); 0 if not that shape. */
+static int split_name(const char *name, char *module, size_t cap, int *ab)
+{
+    static const char *const suffix[2] = {".lora_A.weight", ".lora_B.weight"};
+    size_t n = strlen(name), p = strlen(PEFT_PREFIX);
+    if (n <= p || strncmp(name, PEFT_PREFIX, p))
+        return 0;
+    for (int k = 0; k < 2; k++) {
+        size_t s = strlen(suffix[k]);
+        if (n > p + s && !strcmp(name + n - s, suffix[k]) && n - s - p < cap) {
+            memcpy(module, name + p, n - s - p);
+            module[n - s - p] = '\0';
+            *ab = k;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static ftk_status adapter_open(struct adapter *a, const char *path)
+{
+    FTK_TRY(ftk_source_open(path, &a->src));
+    char where[1200], *text;
+    size_t len;
+    snprintf(where, sizeof where, "%s/adapter_config.json", path);
+    FTK_TRY(ftk_source_read(a->src, "adapter_config.json", &text, &len));
+    a->cfg = cJSON_ParseWithLength(text, len);
+    free(text);
+    FTK_FAIL_IF(!cJSON_IsObject(a->cfg), FTK_E_FORMAT, "%s: not a JSON object", where);
+    FTK_TRY(check_config(a->cfg, where));
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(a->cfg, "r");
+    const cJSON *al = cJSON_GetObjectItemCaseSensitive(a->cfg, "lora_alpha");
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(a->cfg, "use_rslora");
+    a->r = cJSON_IsNumber(r) ? (int64_t)r->valuedouble : 8;                 /* peft LoraConfig defaults */
+    a->alpha = cJSON_IsNumber(al) ? al->valuedouble : 8.0;
+    a->rslora = cJSON_IsTrue(rs);
+    FTK_FAIL_IF(a->r <= 0 || (cJSON_IsNumber(r) && r->valuedouble != (double)a->r), FTK_E_FORMAT, "%s: r must be a positive integer",
+                where);
+    /* peft LoraLayer.update_layer: scaling = lora_alpha / r, or lora_alpha / sqrt(r) (rsLoRA) */
+    a->scale = a->rslora ? a->alpha / sqrt((double)a->r) : a->alpha / (double)a->r;
+    a->targets = cJSON_GetObjectItemCaseSensitive(a->cfg, "target_modules");
+
+    FTK_TRY(ftk_st_model_open(a->src, "adapter_model", &a->st));
+    size_t n = ftk_st_model_count(a->st);
+    a->pairs = calloc(n ? n : 1, sizeof *a->pairs);
+    FTK_FAIL_IF(!a->pairs, FTK_E_NOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const char *name;
+        const struct ftk_tensor *t = ftk_st_model_at(a->st, i, &name);
+        char module[512];
+        int ab;
+        FTK_FAIL_IF(!split_name(name, module, sizeof module, &ab), FTK_E_UNSUPPORTED,
+                    "%s: tensor \"%s\" is not a LoRA A/B weight (base_model.model.<module>.lora_A.weight): cannot merge it",
+                    path, name);
+        FTK_FAIL_IF(t->ndim != 2 || !is_float(t->dtype), FTK_E_FORMAT, "%s: %s must be a 2-D float tensor", path, name);
+        FTK_FAIL_IF(t->shape[ab ? 1 : 0] != a->r, FTK_E_MISMATCH, "%s: %s has rank %" PRId64 ", adapter_config.json says r = %" PRId64,
+                    path, name, t->shape[ab ? 1 : 0], a->r);
+        FTK_FAIL_IF(!targeted(a->targets, module), FTK_E_MISMATCH, "%s: %s is not among adapter_config.json's target_modules",
+                    path, name);
+        struct pair *p = NULL;
+        for (size_t k = 0; k < a->n_pairs && !p; k++)
+            if (!strcmp(a->pairs[k].module, module))
+                p = &a->pairs[k];
+        if (!p) {
+            p = &a->pairs[a->n_pairs++];
+            FTK_FAIL_IF(!(p->module = strdup(module)), FTK_E_NOMEM, "out of memory");
+        }
+        if (ab)
+            p->B = t;
+        else
+            p->A = t;
+    }
+    FTK_FAIL_IF(a->n_pairs == 0, FTK_E_FORMAT, "%s: adapter_model has no LoRA weights", path);
+    for (size_t k = 0; k < a->n_pairs; k++)
+        FTK_FAIL_IF(!a->pairs[k].A || !a->pairs[k].B, FTK_E_FORMAT, "%s: %s has lora_%c but not lora_%c", path, a->pairs[k].module,
+                    a->pairs[k].A ? 'A' : 'B', a->pairs[k].A ? 'B' : 'A');
+    return FTK_OK;
+}
+
+/* ---- the plan: which tensor goes where ------------------------------------------------------ */
+
+struct item {
+    const char *name;               /* the base's (lives with the base checkpoint) */
+    const struct ftk_tensor *src;
+    enum ftk_dtype dtype;           /* output */
+    const struct pair *lora;        /* NULL: copied */
+    int shard;
+};
+
+struct plan {
+    struct item *items;
+    size_t n;
+    int n_shards;
+    uint64_t total;
+    float scale;                    /* LoRA scaling */
+    float *w, *a, *b;               /* F32 scratch: one weight (O,I), A (r,I), B (O,r) */
+    const struct item **cur;        /* fill(): the items of the shard being written */
+};
+
+static size_t out_bytes(const struct item *it)
+{
+    return (size_t)ftk_tensor_numel(it->src) * ftk_dtype_size(it->dtype);
+}
+
+/* huggingface_hub split_torch_state_dict_into_shards, over the base checkpoint's order: a
+ * tensor larger than the limit gets a shard of its own at once; one that would tip the running
+ * shard over closes it. Shards are numbered in the order they are closed, as its list is. */
+static ftk_status split_shards(struct plan *p, uint64_t limit)
+{
+    size_t *cur = malloc((p->n ? p->n : 1) * sizeof *cur), nc = 0;
+    FTK_FAIL_IF(!cur, FTK_E_NOMEM, "out of memory");
+    uint64_t size = 0;
+    int k = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        uint64_t sz = out_bytes(&p->items[i]);
+        if (sz > limit) {
+            p->items[i].shard = k++;
+            continue;
+        }
+        if (nc && size + sz > limit) {
+            for (size_t j = 0; j < nc; j++)
+                p->items[cur[j]].shard = k;
+            k++;
+            nc = 0;
+            size = 0;
+        }
+        cur[nc++] = i;
+        size += sz;
+    }
+    for (size_t j = 0; j < nc; j++)
+        p->items[cur[j]].shard = k;
+    if (nc)
+        k++;
+    free(cur);
+    p->n_shards = k;
+    return FTK_OK;
+}
+
+/* ---- writing ---------------------------------------------------------------------------------- */
+
+/* Tensor i of the shard being written: copied, converted, or merged. */
+static ftk_status fill(void *arg, size_t i, void *dst, size_t nbytes)
+{
+    struct plan *p = arg;
+    const struct item *it = p->cur[i];
+    const struct ftk_tensor *t = it->src;
+    size_t n = (size_t)ftk_tensor_numel(t);
+    if ((!it->lora && t->dtype == it->dtype) || !is_float(t->dtype)) {   /* unchanged: bit for bit */
+        FTK_ASSERT(nbytes == t->nbytes);
+        memcpy(dst, t->data, nbytes);
+        return FTK_OK;
+    }
+    ftk_status s = ftk_convert_to_f32(p->w, t->data, t->dtype, n);
+    if (s == FTK_OK && it->lora) {
+        const struct pair *q = it->lora;
+        int64_t O = t->shape[0], In = t->shape[1], r = q->A->shape[0];
+        s = ftk_convert_to_f32(p->a, q->A->data, q->A->dtype, (size_t)(r * In));
+        if (s == FTK_OK)
+            s = ftk_convert_to_f32(p->b, q->B->data, q->B->dtype, (size_t)(O * r));
+        /* W (O,I) += scale * B (O,r) A (r,I): peft's get_delta_weight added to the weight, F32 */
+        if (s == FTK_OK)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)O, (int)In, (int)r, p->scale, p->b, (int)r, p->a,
+                        (int)In, 1.0f, p->w, (int)In);
+    }
+    if (s == FTK_OK)
+        s = ftk_convert_from_f32(dst, it->dtype, p->w, n);
+    if (s != FTK_OK)
+        return ftk_error_wrap(s, "tensor \"%s\"", it->name);
+    return FTK_OK;
+}
+
+static ftk_status write_shards(struct plan *p, const char *dir)
+{
+    struct ftk_st_entry *e = calloc(p->n ? p->n : 1, sizeof *e);
+    p->cur = calloc(p->n ? p->n : 1, sizeof *p->cur);
+    struct ftk_message meta;
+    ftk_message_init(&meta);
+    ftk_status s = e && p->cur ? ftk_message_set_meta(&meta, "format", "pt") : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
+    for (int sh = 0; sh < p->n_shards && s == FTK_OK; sh++) {
+        size_t n = 0;
+        for (size_t i = 0; i < p->n; i++) {
+            const struct item *it = &p->items[i];
+            if (it->shard != sh)
+                continue;
+            e[n] = (struct ftk_st_entry){.name = it->name, .dtype = it->dtype, .ndim = it->src->ndim};
+            memcpy(e[n].shape, it->src->shape, sizeof e[n].shape);
+            p->cur[n++] = it;
+        }
+        char path[4200];
+        if (p->n_shards == 1)
+            snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        else
+            snprintf(path, sizeof path, "%s/model-%05d-of-%05d.safetensors", dir, sh + 1, p->n_shards);
+        s = ftk_st_write_streaming(path, &meta, e, n, fill, p);
+    }
+    ftk_message_free(&meta);
+    free(e);
+    free(p->cur);
+    p->cur = NULL;
+    return s;
+}
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp((*(const struct item *const *)a)->name, (*(const struct item *const *)b)->name);
+}
+
+/* model.safetensors.index.json as transformers writes it: metadata.total_size and the
+ * weight_map with sorted keys. */
+static ftk_status write_index(const struct plan *p, const char *dir)
+{
+    const struct item **sorted = malloc((p->n ? p->n : 1) * sizeof *sorted);
+    FTK_FAIL_IF(!sorted, FTK_E_NOMEM, "out of memory");
+    for (size_t i = 0; i < p->n; i++)
+        sorted[i] = &p->items[i];
+    qsort(sorted, p->n, sizeof *sorted, by_name);
+    char *json = NULL;
+    size_t cap = 0;
+    FILE *f = open_memstream(&json, &cap);
+    if (!f) {
+        free(sorted);
+        FTK_FAIL(FTK_E_NOMEM, "out of memory");
+    }
+    fprintf(f, "{\n  \"metadata\": {\n    \"total_size\": %" PRIu64 "\n  },\n  \"weight_map\": {\n", p->total);
+    for (size_t i = 0; i < p->n; i++)
+        fprintf(f, "    \"%s\": \"model-%05d-of-%05d.safetensors\"%s\n", sorted[i]->name, sorted[i]->shard + 1, p->n_shards,
+                i + 1 < p->n ? "," : "");
+    fputs("  }\n}\n", f);
+    fclose(f);
+    free(sorted);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    ftk_status s = ftk_file_write_atomic(path, json, strlen(json));
+    free(json);
+    return s;
+}
+
+/* config.json with its dtype ("torch_dtype" in transformers 4, "dtype" in 5) set to the
+ * output's. The text is edited in place so everything else stays byte for byte. */
+static ftk_status write_config(struct ftk_source *base, const char *dir, enum ftk_dtype dt)
+{
+    char *text;
+    size_t len;
+    FTK_TRY(ftk_source_read(base, "config.json", &text, &len));
+    const char *want = torch_name(dt);
+    size_t cap = len + 64;
+    char *out = malloc(cap);
+    if (!out) {
+        free(text);
+        FTK_FAIL(FTK_E_NOMEM, "out of memory");
+    }
+    size_t o = 0;
+    int found = 0;
+    for (size_t i = 0; i < len;) {
+        const char *keys[2] = {"\"torch_dtype\"", "\"dtype\""};
+        size_t kl = 0;
+        for (int k = 0; k < 2 && !kl; k++)
+            if (!strncmp(text + i, keys[k], strlen(keys[k])))
+                kl = strlen(keys[k]);
+        size_t j = i + kl, q0 = 0, q1 = 0;
+        if (kl) {   /* "key" ws : ws "value" */
+            while (j < len && isspace((unsigned char)text[j]))
+                j++;
+            if (j < len && text[j] == ':') {
+                j++;
+                while (j < len && isspace((unsigned char)text[j]))
+                    j++;
+                if (j < len && text[j] == '"') {
+                    q0 = j + 1;
+                    for (q1 = q0; q1 < len && text[q1] != '"' && text[q1] != '\\'; q1++)
+                        ;
+                }
+            }
+        }
+        if (q0 && q1 < len && text[q1] == '"' && q1 - q0 < 16 && o + (q0 - i) + strlen(want) + (len - q1) < cap) {
+            memcpy(out + o, text + i, q0 - i);
+            o += q0 - i;
+            memcpy(out + o, want, strlen(want));
+            o += strlen(want);
+            i = q1;
+            found = 1;
+            continue;
+        }
+        if (o + 1 >= cap) {
+            char *g = realloc(out, cap *= 2);
+            if (!g) {
+                free(out);
+                free(text);
+                FTK_FAIL(FTK_E_NOMEM, "out of memory");
+            }
+            out = g;
+        }
+        out[o++] = text[i++];
+    }
+    free(text);
+    ftk_status s = FTK_OK;
+    if (!found) {   /* none: add torch_dtype */
+        cJSON *c = cJSON_ParseWithLength(out, o);
+        free(out);
+        out = NULL;
+        if (!cJSON_IsObject(c)) {
+            cJSON_Delete(c);
+            FTK_FAIL(FTK_E_FORMAT, "%s/config.json: not a JSON object", ftk_source_path(base));
+        }
+        cJSON_AddStringToObject(c, "torch_dtype", want);
+        out = cJSON_Print(c);
+        cJSON_Delete(c);
+        FTK_FAIL_IF(!out, FTK_E_NOMEM, "out of memory");
+        o = strlen(out);
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    s = ftk_file_write_atomic(path, out, o);
+    free(out);
+    return s;
+}
+
+static ftk_status copy_extras(struct ftk_source *base, const char *dir)
+{
+    for (int i = 0; extra_files[i]; i++) {
+        if (!ftk_source_exists(base, extra_files[i]))
+            continue;
+        char *data, path[4200];
+        size_t len;
+        FTK_TRY(ftk_source_read(base, extra_files[i], &data, &len));
+        snprintf(path, sizeof path, "%s/%s", dir, extra_files[i]);
+        ftk_status s = ftk_file_write_atomic(path, data, len);
+        free(data);
+        FTK_TRY(s);
+    }
+    return FTK_OK;
+}
+
+/* ---- output: a directory or an archive ------------------------------------------------------ */
+
+static void rm_flat(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    char p[4400];
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            unlink(p);
+        }
+    closedir(d);
+    rmdir(dir);
+}
+
+enum out_kind { OUT_DIR, OUT_TAR, OUT_TAR_ZST, OUT_TAR_GZ, OUT_ZIP };
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t n = strlen(s), m = strlen(suf);
+    return n > m && !strcasecmp(s + n - m, suf);
+}
+
+static enum out_kind out_kind_of(const char *path, size_t *ext_len)
+{
+    static const struct { const char *ext; enum out_kind k; } ex[] = {
+        {".tar.zst", OUT_TAR_ZST}, {".tzst", OUT_TAR_ZST}, {".tar.gz", OUT_TAR_GZ}, {".tgz", OUT_TAR_GZ},
+        {".tar", OUT_TAR}, {".zip", OUT_ZIP},
+    };
+    for (size_t i = 0; i < sizeof ex / sizeof *ex; i++)
+        if (ends_with(path, ex[i].ext)) {
+            *ext_len = strlen(ex[i].ext);
+            return ex[i].k;
+        }
+    *ext_len = 0;
+    return OUT_DIR;
+}
+
+static int by_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Packs the files of `dir` into archive `path` (written to a temporary name, then renamed),
+ * under one top-level folder `top` so that extracting it makes one directory. */
+static ftk_status pack_archive(const char *dir, const char *path, enum out_kind kind, const char *top)
+{
+    char *names[256];
+    size_t n = 0;
+    DIR *d = opendir(dir);
+    FTK_FAIL_IF(!d, FTK_E_IO, "%s: %s", dir, strerror(errno));
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 256)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+            names[n++] = strdup(e->d_name);
+    closedir(d);
+    qsort(names, n, sizeof *names, by_str);
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    struct archive *a = archive_write_new();
+    ftk_status s = a ? FTK_OK : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
+    int r = ARCHIVE_OK;
+    if (s == FTK_OK) {
+        r = kind == OUT_ZIP ? archive_write_set_format_zip(a) : archive_write_set_format_pax_restricted(a);
+        if (r == ARCHIVE_OK && kind == OUT_TAR_ZST)
+            r = archive_write_add_filter_zstd(a);
+        if (r == ARCHIVE_OK && kind == OUT_TAR_GZ)
+            r = archive_write_add_filter_gzip(a);
+        if (r == ARCHIVE_OK)
+            r = archive_write_open_filename(a, tmp);
+        if (r != ARCHIVE_OK)
+            s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: %s", path, archive_error_string(a));
+    }
+    size_t bufsz = (size_t)1 << 20;
+    char *buf = malloc(bufsz);
+    if (s == FTK_OK && !buf)
+        s = ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
+    for (size_t i = 0; i < n && s == FTK_OK; i++) {
+        char src[4400], name[4400];
+        snprintf(src, sizeof src, "%s/%s", dir, names[i]);
+        snprintf(name, sizeof name, "%s/%s", top, names[i]);
+        struct stat sb;
+        FILE *f = fopen(src, "rb");
+        if (!f || fstat(fileno(f), &sb) != 0) {
+            s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: %s", src, strerror(errno));
+            if (f)
+                fclose(f);
+            break;
+        }
+        struct archive_entry *ae = archive_entry_new();
+        archive_entry_set_pathname(ae, name);
+        archive_entry_set_size(ae, sb.st_size);
+        archive_entry_set_filetype(ae, AE_IFREG);
+        archive_entry_set_perm(ae, 0644);
+        archive_entry_set_mtime(ae, sb.st_mtime, 0);
+        if (archive_write_header(a, ae) != ARCHIVE_OK)
+            s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: %s", path, archive_error_string(a));
+        size_t got;
+        while (s == FTK_OK && (got = fread(buf, 1, bufsz, f)) > 0)
+            if (archive_write_data(a, buf, got) != (la_ssize_t)got)
+                s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: %s", path, archive_error_string(a));
+        if (s == FTK_OK && ferror(f))
+            s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: read failed", src);
+        fclose(f);
+        archive_entry_free(ae);
+    }
+    free(buf);
+    if (a) {
+        if (archive_write_close(a) != ARCHIVE_OK && s == FTK_OK)
+            s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: %s", path, archive_error_string(a));
+        archive_write_free(a);
+    }
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    if (s == FTK_OK && rename(tmp, path) != 0)
+        s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: cannot rename into place: %s", path, strerror(errno));
+    if (s != FTK_OK)
+        unlink(tmp);
+    return s;
+}
+
+/* An output directory may be new or empty: stale shards of an earlier merge beside a new
+ * index would be read in its place. */
+static ftk_status check_output_dir(const char *path)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return FTK_OK;
+    FTK_FAIL_IF(!S_ISDIR(sb.st_mode), FTK_E_INVALID, "%s exists and is not a directory", path);
+    DIR *d = opendir(path);
+    FTK_FAIL_IF(!d, FTK_E_IO, "%s: %s", path, strerror(errno));
+    struct dirent *e;
+    int empty = 1;
+    while ((e = readdir(d)) && empty)
+        empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+    closedir(d);
+    FTK_FAIL_IF(!empty, FTK_E_INVALID, "output directory %s exists and is not empty (remove it or choose another)", path);
+    return FTK_OK;
+}
+
+/* ---- the merge ---------------------------------------------------------------------------- */
+
+static ftk_status base_dtype(struct ftk_source *base, enum ftk_dtype *out)
+{
+    char *text;
+    size_t len;
+    FTK_TRY(ftk_source_read(base, "config.json", &text, &len));
+    cJSON *c = cJSON_ParseWithLength(text, len);
+    free(text);
+    FTK_FAIL_IF(!cJSON_IsObject(c), FTK_E_FORMAT, "%s/config.json: not a JSON object", ftk_source_path(base));
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(c, "torch_dtype");
+    if (!cJSON_IsString(d))
+        d = cJSON_GetObjectItemCaseSensitive(c, "dtype");
+    ftk_status s = FTK_OK;
+    *out = FTK_DTYPE_F32;   /* transformers' default when config.json names none */
+    if (cJSON_IsString(d) && ftk_parse_float_dtype(d->valuestring, out) != FTK_OK)
+        s = ftk_error_set(FTK_E_UNSUPPORTED, __FILE__, __LINE__, "%s/config.json: dtype \"%s\" (give --dtype)",
+                          ftk_source_path(base), d->valuestring);
+    cJSON_Delete(c);
+    return s;
+}
+
+static ftk_status plan_merge(struct plan *p, struct adapter *ad, struct ftk_st_model *st, enum ftk_dtype dt, const char *model,
+                             const char *adapter)
+{
+    p->n = ftk_st_model_count(st);
+    p->items = calloc(p->n ? p->n : 1, sizeof *p->items);
+    FTK_FAIL_IF(!p->items, FTK_E_NOMEM, "out of memory");
+    size_t big = 1, big_a = 1, big_b = 1;
+    for (size_t i = 0; i < p->n; i++) {
+        struct item *it = &p->items[i];
+        it->src = ftk_st_model_at(st, i, &it->name);
+        it->dtype = is_float(it->src->dtype) ? dt : it->src->dtype;
+        p->total += out_bytes(it);
+        if (is_float(it->src->dtype) && (size_t)ftk_tensor_numel(it->src) > big)
+            big = (size_t)ftk_tensor_numel(it->src);
+    }
+    for (size_t k = 0; k < ad->n_pairs; k++) {
+        struct pair *q = &ad->pairs[k];
+        char wname[600];
+        snprintf(wname, sizeof wname, "%s.weight", q->module);
+        struct item *it = NULL;
+        for (size_t i = 0; i < p->n && !it; i++)
+            if (!strcmp(p->items[i].name, wname))
+                it = &p->items[i];
+        if (!it && !strcmp(q->module, "lm_head") && ftk_st_model_find(st, "model.embed_tokens.weight"))
+            FTK_FAIL(FTK_E_UNSUPPORTED, "%s: LoRA on lm_head of a model with tied embeddings (%s has no lm_head.weight) cannot be merged",
+                     adapter, model);
+        FTK_FAIL_IF(!it, FTK_E_MISMATCH, "%s: LoRA module %s has no weight %s in %s (adapter for another base?)", adapter, q->module,
+                    wname, model);
+        const struct ftk_tensor *w = it->src;
+        int64_t r = q->A->shape[0];
+        FTK_FAIL_IF(w->ndim != 2 || !is_float(w->dtype), FTK_E_MISMATCH, "%s: %s is not a 2-D float weight in %s", adapter, wname, model);
+        FTK_FAIL_IF(q->A->shape[1] != w->shape[1] || q->B->shape[0] != w->shape[0], FTK_E_MISMATCH,
+                    "%s: %s: lora_A [%" PRId64 ",%" PRId64 "] and lora_B [%" PRId64 ",%" PRId64 "] do not fit the base weight [%" PRId64
+                    ",%" PRId64 "] (adapter for another base?)",
+                    adapter, q->module, q->A->shape[0], q->A->shape[1], q->B->shape[0], q->B->shape[1], w->shape[0], w->shape[1]);
+        FTK_FAIL_IF(it->lora, FTK_E_FORMAT, "%s: two LoRA pairs for %s", adapter, wname);
+        FTK_FAIL_IF(w->shape[0] > INT32_MAX || w->shape[1] > INT32_MAX || r > INT32_MAX, FTK_E_UNSUPPORTED, "%s: too large for BLAS", wname);
+        it->lora = q;
+        if ((size_t)(r * w->shape[1]) > big_a)
+            big_a = (size_t)(r * w->shape[1]);
+        if ((size_t)(r * w->shape[0]) > big_b)
+            big_b = (size_t)(r * w->shape[0]);
+    }
+    p->scale = (float)ad->scale;
+    p->w = malloc(big * sizeof *p->w);
+    p->a = malloc(big_a * sizeof *p->a);
+    p->b = malloc(big_b * sizeof *p->b);
+    FTK_FAIL_IF(!p->w || !p->a || !p->b, FTK_E_NOMEM, "out of memory (a %zu-element F32 buffer)", big);
+    return FTK_OK;
+}
+
+static ftk_status write_all(const struct ftk_merge_opts *o, struct plan *p, struct ftk_source *base, const char *dir, enum ftk_dtype dt)
+{
+    FTK_TRY(split_shards(p, o->shard_size ? o->shard_size : FTK_MERGE_DEFAULT_SHARD_SIZE));
+    FTK_TRY(ftk_mkdirs(dir));
+    FTK_TRY(write_shards(p, dir));
+    if (p->n_shards > 1)
+        FTK_TRY(write_index(p, dir));
+    FTK_TRY(write_config(base, dir, dt));
+    return copy_extras(base, dir);
+}
+
+ftk_status ftk_merge_lora(const struct ftk_merge_opts *o, struct ftk_merge_stats *stats)
+{
+    FTK_FAIL_IF(!o->model || !o->adapter || !o->output, FTK_E_INVALID, "merge needs a model, an adapter and an output");
+    enum ftk_dtype dt = FTK_DTYPE_F32;
+    if (o->dtype)
+        FTK_TRY(ftk_parse_float_dtype(o->dtype, &dt));
+    size_t ext_len;
+    enum out_kind kind = out_kind_of(o->output, &ext_len);
+    if (kind == OUT_DIR)
+        FTK_TRY(check_output_dir(o->output));
+
+    struct adapter ad = {0};
+    struct plan p = {0};
+    struct ftk_source *base = NULL;
+    struct ftk_st_model *st = NULL;
+    char tmp[4200] = "";
+    ftk_status s = adapter_open(&ad, o->adapter);
+    if (s == FTK_OK)
+        s = ftk_source_open(o->model, &base);
+    if (s == FTK_OK && !o->dtype)
+        s = base_dtype(base, &dt);
+    if (s == FTK_OK)
+        s = ftk_st_model_open(base, "model", &st);
+    if (s == FTK_OK)
+        s = plan_merge(&p, &ad, st, dt, o->model, o->adapter);
+    if (s == FTK_OK) {
+        snprintf(tmp, sizeof tmp, "%s.tmp.%ld.d", o->output, (long)getpid());
+        rm_flat(tmp);
+        s = write_all(o, &p, base, tmp, dt);
+    }
+    if (s == FTK_OK) {
+        if (kind == OUT_DIR) {
+            rmdir(o->output);   /* empty (checked above) or absent */
+            if (rename(tmp, o->output) != 0)
+                s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: cannot rename into place: %s", o->output, strerror(errno));
+        } else {
+            const char *slash = strrchr(o->output, '/');
+            const char *b = slash ? slash + 1 : o->output;
+            char top[1024];
+            snprintf(top, sizeof top, "%.*s", (int)(strlen(b) - ext_len), b);
+            s = pack_archive(tmp, o->output, kind, top[0] ? top : "model");
+        }
+    }
+    if (tmp[0])
+        rm_flat(tmp);
+    if (s == FTK_OK && stats) {
+        memset(stats, 0, sizeof *stats);
+        stats->tensors = (int64_t)p.n;
+        stats->merged = (int64_t)ad.n_pairs;
+        stats->shards = p.n_shards;
+        stats->total_size = p.total;
+        snprintf(stats->dtype, sizeof stats->dtype, "%s", torch_name(dt));
+    }
+    free(p.items);
+    free(p.w);
+    free(p.a);
+    free(p.b);
+    ftk_st_model_close(st);
+    ftk_source_close(base);
+    adapter_free(&ad);
+    return s;
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# tests/tools/test_merge_lora.sh: ftk merge-lora on the tiny HF fixtures: the HF layout it
+# writes (config dtype, shards and index, copied files, archives), that the result loads and
+# trains again, and the errors with their exit codes. Numerics: tests/unit/test_plugin_merge.c.
+. "$(dirname "$0")/lib.sh"
+FIX="$ROOT/tests/fixtures/hf_tiny"
+
+check "merge llama + its peft adapter" ftk merge-lora --model "$FIX/llama" --adapter "$FIX/llama/adapter" --output "$T/m"
+check "HF layout" test -f "$T/m/model.safetensors" -a -f "$T/m/config.json" -a -f "$T/m/generation_config.json"
+check_eq "config keeps the base's dtype" "$(jq -r .dtype "$T/m/config.json")" "float32"
+check_eq "config otherwise unchanged" "$(jq -S 'del(.dtype)' "$T/m/config.json")" "$(jq -S 'del(.dtype)' "$FIX/llama/config.json")"
+check_eq "summary on stderr" "$(ftk merge-lora --model "$FIX/llama" --adapter "$FIX/llama/adapter" -o "$T/m2" 2>&1 >/dev/null | sed 's/.*: //')" \
+    "21 tensors (14 with LoRA folded in), float32, 23872 bytes in 1 file"
+check "bf16, sharded at 5KB" ftk merge-lora -q --model "$FIX/qwen3" --adapter "$FIX/qwen3/adapter" --dtype bf16 --shard-size 5KB -o "$T/s"
+check_eq "config dtype bfloat16" "$(jq -r .dtype "$T/s/config.json")" "bfloat16"
+n=$(ls "$T/s"/model-*-of-*.safetensors | wc -l)
+check "several shards" test "$n" -gt 1
+check_eq "index names every shard" "$(jq -r '.weight_map[]' "$T/s/model.safetensors.index.json" | sort -u | wc -l)" "$n"
+check_eq "index total_size = bf16 bytes of all tensors" "$(jq .metadata.total_size "$T/s/model.safetensors.index.json")" "13024"
+check_eq "no model.safetensors beside the index" "$(ls "$T/s" | grep -c '^model.safetensors$')" "0"
+printf '{"kind":"stream","meta":{"producer":"t"}}\n{"kind":"batch","tensors":{"input_ids":[[1,2,3]],"labels":[[1,2,3]],"position_ids":[[0,1,2]]}}\n' \
+    | ftk dump --from-json > "$T/b.fts"
+check "the merged model trains again (ftk reads the index)" ftk train-step --model "$T/s" --max-steps 1 --metrics /dev/null "$T/b.fts"
+check "archive output" ftk merge-lora -q --model "$FIX/mistral" --adapter "$FIX/mistral/adapter" -o "$T/m.tar.zst"
+check_eq "archive holds one folder" "$(tar --zstd -tf "$T/m.tar.zst" | sort | tr '\n' ' ')" \
+    "m/config.json m/generation_config.json m/model.safetensors "
+check "archive as the base of another merge" ftk merge-lora -q --model "$T/m.tar.zst" --adapter "$FIX/mistral/adapter" -o "$T/m2.zip"
+
+# errors
+check_fail "no --adapter" 2 "--model, --adapter and --output are required" ftk merge-lora --model "$FIX/llama" -o "$T/x"
+check_fail "bad --dtype" 2 "unknown dtype \"int4\"" ftk merge-lora --model "$FIX/llama" --adapter "$FIX/llama/adapter" -o "$T/x" --dtype int4
+check_fail "bad --shard-size" 2 "unknown unit" ftk merge-lora --model "$FIX/llama" --adapter "$FIX/llama/adapter" -o "$T/x" --shard-size 5PQ
+check_fail "unknown option" 2 "unknown option --nope" ftk merge-lora --nope
+check_fail "adapter for another base" 1 "adapter for another base" ftk merge-lora --model "$FIX/llama" --adapter "$FIX/qwen3/adapter" -o "$T/x"
+check_fail "missing adapter" 1 "$T/none" ftk merge-lora --model "$FIX/llama" --adapter "$T/none" -o "$T/x"
+check_fail "output not empty" 1 "exists and is not empty" ftk merge-lora --model "$FIX/llama" --adapter "$FIX/llama/adapter" -o "$T/m"
+check "no partial output after the failures" bash -c "! ls -d '$T'/x* 2>/dev/null"
+check "--help has examples" bash -c "ftk merge-lora --help | grep -q 'Examples:'"
+check_eq "--version" "$(ftk merge-lora --version)" "ftk-merge-lora 0.1.0"
+summary

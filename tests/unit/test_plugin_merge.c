@@ -1,0 +1,353 @@
+/* tests/unit/test_plugin_merge.c: ftk_merge_lora (ftk merge-lora) without Python.
+ * - the merged tensors equal peft's merge_and_unload (tests/fixtures/merge/<case>.safetensors,
+ *   made by tests/oracle/merge_parity.py): F32 to 1e-6 relative, BF16 within 1 ulp of the F32
+ *   merge rounded once;
+ * - ftk's model loading the merged directory gives the logits of base + adapter in ftk;
+ * - sharding (tiny --shard-size) writes an index that ftk reads back, archives load, and bad
+ *   input is a clear error that leaves no output.
+ * Errors are max|got - want| / max|want| over each tensor (scale-free). */
+#include <ftw.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "check.h"
+#include "ftk/fileio.h"
+#include "ftk/merge.h"
+#include "ftk/model.h"
+#include "ftk/safetensors.h"
+
+static const struct ftk_backend *be;
+static void *ctx;
+static char tmp[256];
+
+static double rel_err(const float *got, const float *want, int64_t n)
+{
+    double md = 0, mw = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - want[i]);
+        if (!(d <= md)) md = d;
+        if (fabs(want[i]) > mw) mw = fabs(want[i]);
+    }
+    return md / (mw > 1e-30 ? mw : 1e-30);
+}
+
+static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *f)
+{
+    (void)sb; (void)flag; (void)f;
+    return remove(p);
+}
+static void rm_rf(const char *p) { nftw(p, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
+static int exists(const char *p) { struct stat sb; return stat(p, &sb) == 0; }
+
+/* The fixture batch of tests/fixtures/hf_tiny/<arch>, or a fixed batch for other models. */
+struct batch {
+    struct ftk_st_model *e;
+    struct ftk_batch_view b;
+    int32_t ids[32], pos[32];
+};
+static void batch_for(struct batch *bt, const char *model)
+{
+    char p[300];
+    snprintf(p, sizeof p, "%s/expected.safetensors", model);
+    memset(bt, 0, sizeof *bt);
+    if (exists(p) && ftk_st_file_open(p, &bt->e) == FTK_OK) {
+        const struct ftk_tensor *ids = ftk_st_model_find(bt->e, "input_ids");
+        bt->b = (struct ftk_batch_view){.B = ids->shape[0], .T = ids->shape[1], .input_ids = ids->data,
+                                        .position_ids = ftk_st_model_find(bt->e, "position_ids")->data};
+        return;
+    }
+    for (int i = 0; i < 32; i++) {
+        bt->ids[i] = (int32_t)(3 + (i * 37) % 500);
+        bt->pos[i] = i % 16;
+    }
+    bt->b = (struct ftk_batch_view){.B = 2, .T = 16, .input_ids = bt->ids, .position_ids = bt->pos};
+}
+
+/* logits (B,T,V) of a model dir (+ adapter), malloc'd; NULL on failure. */
+static float *logits_of(const char *model, const char *adapter, const struct ftk_batch_view *b, int64_t *n)
+{
+    struct ftk_model *m;
+    CHECK_OK(ftk_model_load(model, be, ctx, &m));
+    if (ftk_last_error()[0] && !m)
+        return NULL;
+    if (adapter)
+        CHECK_OK(ftk_model_load_adapter(m, adapter, 0));
+    *n = b->B * b->T * ftk_model_get_config(m)->V;
+    float *l = malloc((size_t)*n * sizeof *l);
+    CHECK_OK(ftk_model_logits(m, b, l));
+    ftk_model_free(m);
+    return l;
+}
+
+/* Merged model `out` against base + adapter, both in ftk. */
+static double logits_vs_unmerged(const char *base, const char *adapter, const char *out)
+{
+    struct batch bt;
+    batch_for(&bt, base);
+    int64_t n1, n2;
+    float *want = logits_of(base, adapter, &bt.b, &n1), *got = logits_of(out, NULL, &bt.b, &n2);
+    double err = n1 == n2 ? rel_err(got, want, n1) : INFINITY;
+    free(want);
+    free(got);
+    ftk_st_model_close(bt.e);
+    return err;
+}
+
+static uint16_t bf16_bits(float f) { return ftk_f32_to_bf16(f); }
+
+/* Every tensor of the peft fixture against the merged checkpoint in `out`. */
+static void check_weights(const char *fixture, const char *out, int bf16)
+{
+    struct ftk_st_model *want, *got;
+    struct ftk_source *src;
+    CHECK_OK(ftk_st_file_open(fixture, &want));
+    CHECK_OK(ftk_source_open(out, &src));
+    CHECK_OK(ftk_st_model_open(src, "model", &got));
+    double worst = 0;
+    int64_t max_ulp = 0;
+    for (size_t i = 0; i < ftk_st_model_count(want); i++) {
+        const char *name;
+        const struct ftk_tensor *w = ftk_st_model_at(want, i, &name);
+        const struct ftk_tensor *g = ftk_st_model_find(got, name);
+        if (!g) { CHECK_FAIL_("%s lacks %s", out, name); continue; }
+        CHECK_INT(g->dtype, bf16 ? FTK_DTYPE_BF16 : FTK_DTYPE_F32);
+        int64_t n = ftk_tensor_numel(w);
+        float *gf = malloc((size_t)n * sizeof *gf);
+        CHECK_OK(ftk_convert_to_f32(gf, g->data, g->dtype, (size_t)n));
+        if (!bf16) {
+            double e = rel_err(gf, w->data, n);
+            if (e > worst) worst = e;
+        } else {
+            const uint16_t *gb = g->data;
+            for (int64_t k = 0; k < n; k++) {
+                int64_t d = (int64_t)gb[k] - (int64_t)bf16_bits(((const float *)w->data)[k]);
+                if (llabs(d) > max_ulp) max_ulp = llabs(d);
+            }
+        }
+        free(gf);
+    }
+    if (bf16) {
+        printf("  %s: bf16 weights within %lld ulp of peft's f32 merge rounded once\n", fixture, (long long)max_ulp);
+        CHECK(max_ulp <= 1);
+    } else {
+        printf("  %s: f32 weights rel err %.2e vs peft merge_and_unload\n", fixture, worst);
+        CHECK(worst <= 1e-6);
+    }
+    ftk_st_model_close(got);
+    ftk_source_close(src);
+    ftk_st_model_close(want);
+}
+
+static void merge_case(const char *name, const char *base, const char *adapter, const char *fixture)
+{
+    char out[400], out16[400];
+    snprintf(out, sizeof out, "%s/%s-f32", tmp, name);
+    snprintf(out16, sizeof out16, "%s/%s-bf16", tmp, name);
+    struct ftk_merge_opts o = {.model = base, .adapter = adapter, .output = out};
+    struct ftk_merge_stats st;
+    CHECK_OK(ftk_merge_lora(&o, &st));
+    CHECK_STR(st.dtype, "float32");   /* the base's */
+    CHECK_INT(st.merged, 14);         /* 7 linears x 2 layers */
+    if (fixture)
+        check_weights(fixture, out, 0);
+    double err = logits_vs_unmerged(base, adapter, out);
+    printf("  %s: merged logits vs base + adapter rel err %.2e\n", name, err);
+    CHECK(err <= 1e-5);
+    o.output = out16;
+    o.dtype = "bf16";
+    CHECK_OK(ftk_merge_lora(&o, &st));
+    CHECK_STR(st.dtype, "bfloat16");
+    if (fixture)
+        check_weights(fixture, out16, 1);
+    char *cfg;
+    size_t len;
+    char p[500];
+    snprintf(p, sizeof p, "%s/config.json", out16);
+    CHECK_OK(ftk_file_read_all(p, &cfg, &len));
+    CHECK(strstr(cfg, "\"bfloat16\"") != NULL);
+    free(cfg);
+}
+
+static ftk_status merge3(const char *model, const char *adapter, const char *out)
+{
+    struct ftk_merge_opts o = {.model = model, .adapter = adapter, .output = out};
+    return ftk_merge_lora(&o, NULL);
+}
+
+/* A copy of an adapter whose adapter_config.json has `key` replaced by `json_value`. */
+static void adapter_variant(const char *src, const char *dst, const char *key, const char *json_value)
+{
+    char p[500], *text, *cfg;
+    size_t len;
+    mkdir(dst, 0755);
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", src);
+    CHECK_OK(ftk_file_read_all(p, &text, &len));
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", dst);
+    CHECK_OK(ftk_file_write_atomic(p, text, len));
+    free(text);
+    snprintf(p, sizeof p, "%s/adapter_config.json", src);
+    CHECK_OK(ftk_file_read_all(p, &cfg, &len));
+    /* replace "key": <value> (up to the next ',' or newline, or a whole list) */
+    char pat[100];
+    snprintf(pat, sizeof pat, "\"%s\": ", key);
+    char *at = strstr(cfg, pat), *out = malloc(len + 200);
+    if (at) {
+        char *end = at + strlen(pat);
+        if (*end == '[')   /* a list: up to its ']' */
+            end = strchr(end, ']') + 1;
+        while (*end && *end != ',' && *end != '\n')
+            end++;
+        int n = snprintf(out, len + 200, "%.*s%s%s%s", (int)(at - cfg), cfg, pat, json_value, end);
+        snprintf(p, sizeof p, "%s/adapter_config.json", dst);
+        CHECK_OK(ftk_file_write_atomic(p, out, (size_t)n));
+    } else {
+        CHECK_FAIL_("%s has no %s", src, key);
+    }
+    free(out);
+    free(cfg);
+}
+
+int main(void)
+{
+    be = ftk_backend_cpu();
+    struct ftk_backend_opts bo = {.struct_size = sizeof bo, .threads = 1};
+    if (be->create(&bo, &ctx) != FTK_OK) {
+        printf("cannot create the cpu backend: %s\n", ftk_last_error());
+        return 1;
+    }
+    snprintf(tmp, sizeof tmp, "/tmp/ftk-test-merge-XXXXXX");
+    if (!mkdtemp(tmp)) {
+        printf("mkdtemp failed\n");
+        return 1;
+    }
+    static const char *archs[] = {"llama", "mistral", "qwen2", "qwen3"};
+    for (int i = 0; i < 4; i++) {
+        char name[100], base[100], ad[120], fx[120];
+        snprintf(name, sizeof name, "%s: merged = peft merge_and_unload, logits = base + adapter", archs[i]);
+        snprintf(base, sizeof base, "tests/fixtures/hf_tiny/%s", archs[i]);
+        snprintf(ad, sizeof ad, "%s/adapter", base);
+        snprintf(fx, sizeof fx, "tests/fixtures/merge/%s.safetensors", archs[i]);
+        TEST(name) merge_case(archs[i], base, ad, fx);
+    }
+    char p[400], q[600];
+    TEST("rsLoRA: scale alpha/sqrt(r)") {
+        snprintf(p, sizeof p, "%s/rslora-adapter", tmp);
+        adapter_variant("tests/fixtures/hf_tiny/llama/adapter", p, "use_rslora", "true");
+        merge_case("llama-rslora", "tests/fixtures/hf_tiny/llama", p, "tests/fixtures/merge/llama-rslora.safetensors");
+    }
+    TEST("stories260K (a trained model), tied embeddings") {
+        snprintf(p, sizeof p, "%s/stories", tmp);
+        CHECK_OK(merge3("models/stories260K", "tests/fixtures/merge/stories260K-adapter", p));
+        double err = logits_vs_unmerged("models/stories260K", "tests/fixtures/merge/stories260K-adapter", p);
+        printf("  stories260K: merged logits vs base + adapter rel err %.2e\n", err);
+        CHECK(err <= 1e-5);
+        snprintf(q, sizeof q, "%s/stories/tokenizer.json", tmp);
+        CHECK(exists(q));   /* tokenizer files travel with the weights */
+    }
+    TEST("sharding: a 5KB --shard-size writes an index that ftk reads back") {
+        snprintf(p, sizeof p, "%s/sharded", tmp);
+        struct ftk_merge_opts o = {.model = "tests/fixtures/hf_tiny/qwen2", .adapter = "tests/fixtures/hf_tiny/qwen2/adapter",
+                                   .output = p, .shard_size = 5000};
+        struct ftk_merge_stats st;
+        CHECK_OK(ftk_merge_lora(&o, &st));
+        printf("  %lld shards, total_size %llu\n", (long long)st.shards, (unsigned long long)st.total_size);
+        CHECK(st.shards > 2);
+        snprintf(q, sizeof q, "%s/model.safetensors.index.json", p);
+        CHECK(exists(q));
+        snprintf(q, sizeof q, "%s/model.safetensors", p);
+        CHECK(!exists(q));
+        snprintf(q, sizeof q, "%s/model-00001-of-%05lld.safetensors", p, (long long)st.shards);
+        CHECK(exists(q));
+        snprintf(q, sizeof q, "%s/qwen2-f32", tmp);   /* the unsharded merge from above */
+        struct batch bt;
+        batch_for(&bt, "tests/fixtures/hf_tiny/qwen2");
+        int64_t n1, n2;
+        float *a = logits_of(p, NULL, &bt.b, &n1), *b = logits_of(q, NULL, &bt.b, &n2);
+        CHECK(n1 == n2 && memcmp(a, b, (size_t)n1 * sizeof *a) == 0);
+        free(a);
+        free(b);
+        ftk_st_model_close(bt.e);
+        /* a tensor larger than the limit gets a shard of its own */
+        snprintf(p, sizeof p, "%s/sharded1", tmp);
+        o.output = p;
+        o.shard_size = 1;
+        CHECK_OK(ftk_merge_lora(&o, &st));
+        CHECK_INT(st.shards, st.tensors);
+    }
+    static const char *exts[] = {"tar", "tar.zst", "zip"};
+    for (int i = 0; i < 3; i++) {
+        char name[80];
+        snprintf(name, sizeof name, "archive output .%s loads", exts[i]);
+        TEST(name) {
+            snprintf(p, sizeof p, "%s/merged.%s", tmp, exts[i]);
+            CHECK_OK(merge3("tests/fixtures/hf_tiny/llama", "tests/fixtures/hf_tiny/llama/adapter", p));
+            snprintf(q, sizeof q, "%s/llama-f32", tmp);
+            struct batch bt;
+            batch_for(&bt, "tests/fixtures/hf_tiny/llama");
+            int64_t n1, n2;
+            float *a = logits_of(p, NULL, &bt.b, &n1), *b = logits_of(q, NULL, &bt.b, &n2);
+            CHECK(a && b && n1 == n2 && memcmp(a, b, (size_t)n1 * sizeof *a) == 0);
+            free(a);
+            free(b);
+            ftk_st_model_close(bt.e);
+        }
+    }
+    TEST("bad input: clear errors, no partial output") {
+        snprintf(p, sizeof p, "%s/bad", tmp);
+        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", "tests/fixtures/hf_tiny/qwen3/adapter", p), FTK_E_MISMATCH,
+                  "adapter for another base");
+        CHECK(!exists(p));
+        snprintf(q, sizeof q, "%s/bad.tar.zst", tmp);
+        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", "tests/fixtures/hf_tiny/qwen3/adapter", q), FTK_E_MISMATCH,
+                  "adapter for another base");
+        CHECK(!exists(q));
+        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", "tests/fixtures/hf_tiny/nosuch", p), FTK_E_NOTFOUND, "nosuch");
+        CHECK_ERR(merge3("tests/fixtures/hf_tiny/nosuch", "tests/fixtures/hf_tiny/llama/adapter", p), FTK_E_NOTFOUND, "nosuch");
+        CHECK(!exists(p));
+        struct ftk_merge_opts o = {.model = "tests/fixtures/hf_tiny/llama", .adapter = "tests/fixtures/hf_tiny/llama/adapter",
+                                   .output = p, .dtype = "int8"};
+        CHECK_ERR(ftk_merge_lora(&o, NULL), FTK_E_INVALID, "unknown dtype \"int8\"");
+        snprintf(q, sizeof q, "%s/llama-f32", tmp);
+        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", "tests/fixtures/hf_tiny/llama/adapter", q), FTK_E_INVALID, "not empty");
+        snprintf(q, sizeof q, "%s/dora", tmp);
+        adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "use_dora", "true");
+        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_UNSUPPORTED, "use_dora = true");
+        snprintf(q, sizeof q, "%s/bias", tmp);
+        adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "bias", "\"all\"");
+        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_UNSUPPORTED, "bias = all");
+        snprintf(q, sizeof q, "%s/ffo", tmp);
+        adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "fan_in_fan_out", "true");
+        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_UNSUPPORTED, "fan_in_fan_out");
+        snprintf(q, sizeof q, "%s/rank", tmp);
+        adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "rank_pattern", "{\"q_proj\": 2}");
+        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_UNSUPPORTED, "rank_pattern");
+        snprintf(q, sizeof q, "%s/r8", tmp);
+        adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "r", "8");
+        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_MISMATCH, "r = 8");
+        snprintf(q, sizeof q, "%s/targets", tmp);
+        adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "target_modules", "[\"q_proj\"]");
+        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_MISMATCH, "target_modules");
+        CHECK(!exists(p));
+    }
+    TEST("sizes as huggingface_hub counts them") {
+        uint64_t v = 0;
+        CHECK_OK(ftk_parse_size("5GB", &v));
+        CHECK(v == 5000000000ull);
+        CHECK_OK(ftk_parse_size("500MB", &v));
+        CHECK(v == 500000000ull);
+        CHECK_OK(ftk_parse_size("2GiB", &v));
+        CHECK(v == 2147483648ull);
+        CHECK_OK(ftk_parse_size("1.5kb", &v));
+        CHECK(v == 1500);
+        CHECK_OK(ftk_parse_size("4096", &v));
+        CHECK(v == 4096);
+        CHECK_ERR(ftk_parse_size("5XB", &v), FTK_E_INVALID, "unknown unit");
+        CHECK_ERR(ftk_parse_size("GB", &v), FTK_E_INVALID, "not a number");
+    }
+    rm_rf(tmp);
+    be->destroy(ctx);
+    return check_summary();
+}
