@@ -433,6 +433,10 @@ static ftk_status parse_model(struct ld *ld, const cJSON *m, struct tk_bpe *b, i
         if ((int64_t)v->valuedouble > max_id)
             max_id = (int64_t)v->valuedouble;
     }
+    /* ids index dense arrays: refuse a handful of tokens with ids in the billions */
+    FTK_FAIL_IF(max_id >= 16 * (int64_t)count + (1 << 20), FTK_E_UNSUPPORTED,
+                "%s: model.vocab/added_tokens: ids up to %lld for %zu tokens: such sparse ids are not "
+                "supported", ld->file, (long long)max_id, count);
     b->nvocab = (size_t)(max_id + 1);
     b->vstore = malloc(total ? total : 1);
     b->voff = malloc(b->nvocab * sizeof *b->voff);

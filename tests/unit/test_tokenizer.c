@@ -616,6 +616,11 @@ static void error_tests(void)
         CHECK_ERR(tk_tokenizer_from_json(n, strlen(n), NULL, 0, "tokenizer.json", &t), FTK_E_UNSUPPORTED,
                   "Precompiled");
     }
+    TEST("error: sparse ids") {
+        const char *j = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1797042030},\"merges\":[]}}";
+        CHECK_ERR(tk_tokenizer_from_json(j, strlen(j), NULL, 0, "tokenizer.json", &t), FTK_E_UNSUPPORTED,
+                  "sparse ids");
+    }
     TEST("error: malformed JSON names file and line") {
         const char *j = "{\n\"model\": {\n\"type\": \"BPE\",,\n}";
         CHECK_ERR(tk_tokenizer_from_json(j, strlen(j), NULL, 0, "tokenizer.json", &t), FTK_E_FORMAT,
