@@ -107,12 +107,11 @@ $(BUILD)/obj/kernels/cuda/%.o: kernels/cuda/%.cu
 $(LIBSO): $(LIB_OBJ)
 	@mkdir -p $(@D)
 	$(call say,LD,$@)
-	$(Q)$(CC) -shared -Wl,-soname,libftk.so $(LDFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)
+	$(Q)$(CC) -shared -Wl,-soname,libftk.so $(LDFLAGS) -o $@.tmp $^ $(CUDA_LIBS) $(LDLIBS) && mv -f $@.tmp $@
 $(LIBA): $(LIB_OBJ)
 	@mkdir -p $(@D)
-	@rm -f $@
 	$(call say,AR,$@)
-	$(Q)ar rcs $@ $^
+	$(Q)rm -f $@.tmp && ar rcs $@.tmp $^ && mv -f $@.tmp $@
 
 # Link rules keep their dependency files hidden (.NAME.d) so bin/ holds only programs.
 DEPF = -MF $(@D)/.$(@F).d
@@ -197,7 +196,7 @@ bench-cuda:
 # ---- set-up --------------------------------------------------------------------------------
 # Debian packages the build and tests need; idempotent (installs only what is missing).
 DEB_PKGS := build-essential pkg-config libzstd-dev zstd libcjson-dev libarchive-dev libopenblas-dev \
-            libpcre2-dev libutf8proc-dev libyaml-dev jq clang libclang-rt-dev xz-utils gzip
+            libpcre2-dev libutf8proc-dev libyaml-dev jq clang libclang-rt-dev xz-utils gzip time
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
 	    grep -q '^install ok installed' || echo $$p; done); \

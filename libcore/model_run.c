@@ -305,35 +305,96 @@ ftk_status ftk_model_logits(struct ftk_model *m, const struct ftk_batch_view *b,
 
 static ftk_status zero(struct ftk_model *m, float *p, int64_t n) { return m->be->zero(m->ctx, p, (size_t)n * sizeof(float)); }
 
+/* d loss / d logp of each token into m->scratch2: its row's coefficient where it is scored. */
+static ftk_status token_weights(struct ftk_model *m, const float *dlogps)
+{
+    int64_t N = m->N;
+    int32_t *shift = malloc((size_t)N * sizeof *shift);
+    float *dtok = malloc((size_t)N * sizeof *dtok);
+    ftk_status s = shift && dtok ? FTK_OK : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
+    if (s == FTK_OK)
+        s = m->be->to_host(m->ctx, shift, m->labels_shift, (size_t)N * 4);
+    if (s == FTK_OK) {
+        for (int64_t i = 0; i < N; i++)
+            dtok[i] = shift[i] == FTK_IGNORE_INDEX ? 0.0f : dlogps[i / m->T];
+        s = m->be->to_device(m->ctx, m->scratch2, dtok, (size_t)N * sizeof(float));
+    }
+    free(shift);
+    free(dtok);
+    return s;
+}
+
+static ftk_status body_backward(struct ftk_model *m, float *dxf);
+
 ftk_status ftk_model_backward(struct ftk_model *m, const float *dlogps)
 {
     FTK_FAIL_IF(!m->trained, FTK_E_INVALID, "backward needs a preceding forward with train = 1");
+    int64_t N = m->N, C = m->cfg.C;
+    FTK_TRY(token_weights(m, dlogps));
+    float *dxf = m->scratch1;
+    FTK_TRY(zero(m, dxf, N * C));
+    FTK_TRY(m->be->logprob_backward(m->ctx, dxf, m->lm_head->g, m->scratch2, m->xf, m->lm_head->w, m->labels_shift,
+                                    m->lse_tok, N, C, m->cfg.V, 0));
+    return body_backward(m, dxf);
+}
+
+/* Sums of the per-token log-probs per row (host), from m->logp_tok. */
+static ftk_status row_sums(struct ftk_model *m, const int32_t *shift, float *logps, int64_t *n_tokens)
+{
+    float *lp = malloc((size_t)m->N * sizeof *lp);
+    FTK_FAIL_IF(!lp, FTK_E_NOMEM, "out of memory");
+    ftk_status s = m->be->to_host(m->ctx, lp, m->logp_tok, (size_t)m->N * sizeof(float));
+    for (int64_t r = 0; s == FTK_OK && r < m->B; r++) {
+        double sum = 0;
+        int64_t n = 0;
+        for (int64_t t = 0; t < m->T; t++)
+            if (shift[r * m->T + t] != FTK_IGNORE_INDEX) {
+                sum += lp[r * m->T + t];
+                n++;
+            }
+        if (logps)
+            logps[r] = (float)sum;
+        if (n_tokens)
+            n_tokens[r] = n;
+    }
+    free(lp);
+    return s;
+}
+
+ftk_status ftk_model_forward_backward(struct ftk_model *m, const struct ftk_batch_view *b, const float *dlogps,
+                                      float *logps, int64_t *n_tokens)
+{
+    FTK_FAIL_IF(m->peft && ftk_peft_hooked(m->peft, -1, FTK_LIN_LM_HEAD), FTK_E_UNSUPPORTED,
+                "a PEFT method on lm_head is not supported by the log-prob head yet");
+    int32_t *shift = malloc((size_t)(b->B * b->T > 0 ? b->B * b->T : 1) * sizeof *shift);
+    FTK_FAIL_IF(!shift, FTK_E_NOMEM, "out of memory");
+    ftk_status s = model_run_forward(m, b, 1, shift);
+    if (s == FTK_OK)
+        s = token_weights(m, dlogps);
+    float *dxf = m->scratch1;
+    if (s == FTK_OK)
+        s = zero(m, dxf, m->N * m->cfg.C);
+    if (s == FTK_OK)   /* one logits matmul per chunk serves forward and backward */
+        s = m->be->logprob_fused(m->ctx, m->logp_tok, dxf, m->lm_head->g, m->scratch2, m->xf, m->lm_head->w,
+                                 m->labels_shift, m->N, m->cfg.C, m->cfg.V, 0);
+    if (s == FTK_OK)
+        s = row_sums(m, shift, logps, n_tokens);
+    if (s == FTK_OK)
+        s = body_backward(m, dxf);
+    free(shift);
+    m->trained = 0;
+    return s;
+}
+
+/* From d loss / d (final norm output): the norm, every layer, the embedding. */
+static ftk_status body_backward(struct ftk_model *m, float *dxf)
+{
     const struct ftk_model_config *c = &m->cfg;
     const struct ftk_backend *be = m->be;
     void *ctx = m->ctx;
     int64_t N = m->N, C = c->C, HD = c->H * c->D, KD = c->Hkv * c->D, F = c->F, R = m->rot_dim;
     const int32_t *seg = m->has_seg ? m->seg : NULL;
     float scale = 1.0f / sqrtf((float)c->D);
-
-    /* d loss / d logp of each token: its row's coefficient where the token is scored. */
-    int32_t *shift = malloc((size_t)N * sizeof *shift);
-    float *dtok = malloc((size_t)N * sizeof *dtok);
-    ftk_status s = shift && dtok ? FTK_OK : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
-    if (s == FTK_OK)
-        s = be->to_host(ctx, shift, m->labels_shift, (size_t)N * 4);
-    if (s == FTK_OK) {
-        for (int64_t i = 0; i < N; i++)
-            dtok[i] = shift[i] == FTK_IGNORE_INDEX ? 0.0f : dlogps[i / m->T];
-        s = be->to_device(ctx, m->scratch2, dtok, (size_t)N * sizeof(float));
-    }
-    free(shift);
-    free(dtok);
-    FTK_TRY(s);
-
-    float *dxf = m->scratch1;
-    FTK_TRY(zero(m, dxf, N * C));
-    FTK_TRY(be->logprob_backward(ctx, dxf, m->lm_head->g, m->scratch2, m->xf, m->lm_head->w, m->labels_shift,
-                                 m->lse_tok, N, C, c->V, 0));
     FTK_TRY(zero(m, m->dx, N * C));
     FTK_TRY(be->rmsnorm_backward(ctx, m->dx, m->norm->g, dxf, m->x_final, m->norm->w, m->rstdf, N, C));
     for (int l = (int)c->L - 1; l >= 0; l--) {

@@ -6,8 +6,8 @@ Usage: .venv/bin/python tests/bench/train_cpu.py [--threads 2] [--steps 6] [--sh
 Writes a markdown table to stdout (docs/PERF.md keeps it). Random weights; LoRA rank 16 on all
 linear layers, alpha 32, no dropout; batch 4 x 256 tokens, every token labelled; AdamW lr 1e-4.
 tokens/s is the median over steps after the first (warm-up) of (batch tokens / step time);
-peak memory is the max RSS of the whole process (getrusage of the child)."""
-import argparse, json, os, resource, subprocess, sys, tempfile, time
+peak memory is the max RSS of each process (/usr/bin/time)."""
+import argparse, json, os, subprocess, sys, tempfile
 
 SHAPES = {
     # name: (hidden, layers, heads, kv_heads, intermediate, vocab)
@@ -43,13 +43,13 @@ def make_batches(path, vocab, steps, ftk):
 
 
 def run_child(cmd, env=None):
-    """Runs cmd, returns (stdout, peak RSS MiB of that child)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    p = subprocess.run(cmd, capture_output=True, env=env)
-    if p.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr.decode()[-2000:]}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return p.stdout.decode(), max(after, before) / 1024.0
+    """Runs cmd under /usr/bin/time, returns (stdout, its peak RSS in MiB). (getrusage of
+    children would count the Python parent's pages a fork shares before exec.)"""
+    with tempfile.NamedTemporaryFile("r") as tf:
+        p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", tf.name] + cmd, capture_output=True, env=env)
+        if p.returncode != 0:
+            sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr.decode()[-2000:]}")
+        return p.stdout.decode(), int(tf.read().split()[-1]) / 1024.0
 
 
 TORCH_CHILD = r'''

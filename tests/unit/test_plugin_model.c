@@ -252,6 +252,43 @@ int main(void)
         ftk_model_free(r);
         ftk_st_model_close(e);
     }
+    TEST("forward_backward (fused head) equals forward + backward (llama, full)") {
+        const struct ftk_peft_plugin *full;
+        struct ftk_model *a, *f;
+        struct ftk_st_model *e;
+        CHECK_OK(ftk_plugin_load_peft("full", &full));
+        CHECK_OK(ftk_st_file_open("tests/fixtures/hf_tiny/llama/expected.safetensors", &e));
+        CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &a));
+        CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &f));
+        CHECK_OK(ftk_model_set_peft(a, full, NULL, 0, NULL));
+        CHECK_OK(ftk_model_set_peft(f, full, NULL, 0, NULL));
+        struct ftk_batch_view b = batch_of(e, "", 1);
+        double la = step_grads(a, loss, &b);
+        float lp[16], dl[16];
+        int64_t nt[16], tot = 0;
+        CHECK_OK(ftk_model_forward(f, &b, 0, lp, nt));   /* only to count the labelled tokens */
+        for (int64_t i = 0; i < b.B; i++)
+            tot += nt[i];
+        for (int64_t i = 0; i < b.B; i++)
+            dl[i] = (float)(-1.0 / (double)tot);
+        CHECK_OK(ftk_model_zero_grad(f));
+        CHECK_OK(ftk_model_forward_backward(f, &b, dl, lp, nt));
+        double sum = 0;
+        for (int64_t i = 0; i < b.B; i++)
+            sum += lp[i];
+        CHECK_NEAR(-sum / (double)tot, la, 1e-7);
+        double worst = 0;
+        for (size_t i = 0; i < ftk_model_n_trainable(a); i++) {
+            struct ftk_param *p = ftk_model_trainable(a, i), *q = ftk_model_trainable(f, i);
+            double r = rel_err(q->g, p->g, p->numel);
+            if (!(r <= worst)) worst = r;
+        }
+        printf("  fused vs separate head: grads worst rel err %.2e\n", worst);
+        CHECK(worst <= 1e-6);
+        ftk_model_free(a);
+        ftk_model_free(f);
+        ftk_st_model_close(e);
+    }
     TEST("bad input to the model is an error naming it") {
         struct ftk_model *m;
         CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &m));

@@ -103,6 +103,11 @@ FTK_API ftk_status ftk_model_prefill(struct ftk_model *m, struct ftk_kv_cache *c
  * (B,V) into host memory. Rows that are done may be fed any valid id and ignored. */
 FTK_API ftk_status ftk_model_decode(struct ftk_model *m, struct ftk_kv_cache *c, const int32_t *ids, float *logits);
 
+/* Forward and backward in one call when dlogps (B) is known before the forward (losses linear
+ * in the log-probs, such as SFT's token mean): the log-prob head computes each chunk's logits
+ * once for both directions. logps/n_tokens as ftk_model_forward; gradients += as backward. */
+FTK_API ftk_status ftk_model_forward_backward(struct ftk_model *m, const struct ftk_batch_view *b, const float *dlogps,
+                                              float *logps, int64_t *n_tokens);
 /* Full logits (B,T,V) into host memory (tests and small evals; training never makes these). */
 FTK_API ftk_status ftk_model_logits(struct ftk_model *m, const struct ftk_batch_view *b, float *logits);
 
