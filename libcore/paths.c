@@ -35,15 +35,15 @@ static void resolve(void)
     if (env && *env)
         snprintf(plugin_dir, sizeof plugin_dir, "%s", env);
     else {
-        snprintf(plugin_dir, sizeof plugin_dir, "%s/../plugins", bin);          /* build tree */
+        snprintf(plugin_dir, sizeof plugin_dir, "%.4000s/../plugins", bin);          /* build tree */
         if (!is_dir(plugin_dir))
-            snprintf(plugin_dir, sizeof plugin_dir, "%s/../lib/ftk/plugins", bin); /* installed */
+            snprintf(plugin_dir, sizeof plugin_dir, "%.4000s/../lib/ftk/plugins", bin); /* installed */
     }
     env = getenv("FTK_DATA_DIR");
     if (env && *env)
         snprintf(data_dir, sizeof data_dir, "%s", env);
     else
-        snprintf(data_dir, sizeof data_dir, "%s/../share/ftk", bin);
+        snprintf(data_dir, sizeof data_dir, "%.4000s/../share/ftk", bin);
 }
 
 const char *ftk_plugin_dir(void)
