@@ -83,8 +83,8 @@ TABLE=$OUT/tokenize-table.md
     echo "the machine is shared, so CPU time is the steadier). Measured $(date -u +%Y-%m-%d) on $(nproc) cores of"
     echo "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1); HF tokenizers $HFV with RAYON_NUM_THREADS=1."
     echo "ftk-tool is the whole \`ftk tokenize --format text --threads 1\` process (load, JSON, stream"
-    echo "output; MB of JSONL input). Token counts are identical to HF's (and every document's ids"
-    echo "match: tests/bench/bench_tokenizer.c BENCH_DUMP=FILE)."
+    echo "output; MB of JSONL input). Token counts are identical to HF's, and every document's ids"
+    echo "match (BENCH_DUMP=FILE bench_tokenizer, then tests/bench/compare_ids_hf.py)."
     echo
     echo "| tokenizer | tokens | ftk-lib MB/s | ftk-tool MB/s | HF tokenizers MB/s | ftk-lib / HF |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: |"
