@@ -3,6 +3,13 @@
 
 #include <string.h>
 
+#ifdef FTK_HAVE_CUDA
+/* kernels/cuda/backend.cu. A strong reference on purpose: a weak one would not pull that object
+ * out of libftk.a into programs that link the static library. The table is returned even on a
+ * machine without a GPU; its `create` then fails with FTK_E_UNSUPPORTED ("no CUDA device"). */
+const struct ftk_backend *ftk_backend_cuda(void);
+#endif
+
 static ftk_status check_table(const struct ftk_backend *be, const char *name,
                               const struct ftk_backend **out)
 {
@@ -21,9 +28,7 @@ ftk_status ftk_backend_get(const char *name, const struct ftk_backend **out)
         return check_table(ftk_backend_cpu(), name, out);
     if (strcmp(name, "cuda") == 0) {
 #ifdef FTK_HAVE_CUDA
-        /* kernels/cuda has device discovery only; the op kernels come with issue 10 */
-        FTK_FAIL(FTK_E_UNSUPPORTED, "backend cuda: this libftk was built with nvcc, but the CUDA ops are "
-                 "not implemented yet; use --device cpu");
+        return check_table(ftk_backend_cuda(), name, out);
 #else
         FTK_FAIL(FTK_E_UNSUPPORTED, "backend cuda: this libftk was built without CUDA (nvcc was "
                  "not found; rebuild with `make CUDA=1`); use --device cpu");
