@@ -346,7 +346,7 @@ static ftk_status write_shards(struct plan *p, const char *dir)
             memcpy(e[n].shape, it->src->shape, sizeof e[n].shape);
             p->cur[n++] = it;
         }
-        char path[4200];
+        char path[4400];
         if (p->n_shards == 1)
             snprintf(path, sizeof path, "%s/model.safetensors", dir);
         else
@@ -388,7 +388,7 @@ static ftk_status write_index(const struct plan *p, const char *dir)
     fputs("  }\n}\n", f);
     fclose(f);
     free(sorted);
-    char path[4200];
+    char path[4400];
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
     ftk_status s = ftk_file_write_atomic(path, json, strlen(json));
     free(json);
@@ -468,7 +468,7 @@ static ftk_status write_config(struct ftk_source *base, const char *dir, enum ft
         FTK_FAIL_IF(!out, FTK_E_NOMEM, "out of memory");
         o = strlen(out);
     }
-    char path[4200];
+    char path[4400];
     snprintf(path, sizeof path, "%s/config.json", dir);
     s = ftk_file_write_atomic(path, out, o);
     free(out);
@@ -480,7 +480,7 @@ static ftk_status copy_extras(struct ftk_source *base, const char *dir)
     for (int i = 0; extra_files[i]; i++) {
         if (!ftk_source_exists(base, extra_files[i]))
             continue;
-        char *data, path[4200];
+        char *data, path[4400];
         size_t len;
         FTK_TRY(ftk_source_read(base, extra_files[i], &data, &len));
         snprintf(path, sizeof path, "%s/%s", dir, extra_files[i]);
