@@ -53,7 +53,9 @@ static __global__ void lp_row_kernel(float *z, const int32_t *idx, const int32_t
     const int64_t n = idx[blockIdx.x];
     float *zr = z + (int64_t)blockIdx.x * V;
     const int32_t y = labels[n];
-    const float zy = zr[y];   // read before the row is overwritten with dlogits
+    // z[label], read by thread 0 before the row is overwritten with dlogits (the reductions'
+    // barriers come first whenever the forward is wanted: lse_in is NULL then)
+    const float zy = threadIdx.x == 0 ? zr[y] : 0.0f;
     float lse;
     if (lse_in) {
         lse = lse_in[n];
