@@ -21,6 +21,17 @@ check_eq "no model.safetensors beside the index" "$(ls "$T/s" | grep -c '^model.
 printf '{"kind":"stream","meta":{"producer":"t"}}\n{"kind":"batch","tensors":{"input_ids":[[1,2,3]],"labels":[[1,2,3]],"position_ids":[[0,1,2]]}}\n' \
     | ftk dump --from-json > "$T/b.fts"
 check "the merged model trains again (ftk reads the index)" ftk train-step --model "$T/s" --max-steps 1 --metrics /dev/null "$T/b.fts"
+# an adapter ftk trained (ftk's own layout): merged loss = base + adapter loss, through ftk eval
+printf '{"kind":"stream","meta":{"producer":"t"}}\n{"kind":"batch","tensors":{"input_ids":[[5,9,14,3,22,40,7,1]],"labels":[[-100,-100,14,3,22,40,7,1]],"position_ids":[[0,1,2,3,4,5,6,7]]}}\n' \
+    | ftk dump --from-json > "$T/b8.fts"
+check "train a LoRA with ftk" ftk train-step --model "$FIX/llama" --lora-rank 4 --lr 5e-2 --lr-scheduler constant --max-steps 3 \
+    --metrics /dev/null --output "$T/ad" "$T/b8.fts"
+check "merge ftk's adapter" ftk merge-lora -q --model "$FIX/llama" --adapter "$T/ad" -o "$T/mt"
+l_un=$(ftk eval --model "$FIX/llama" --adapter "$T/ad" "$T/b8.fts" | jq .loss)
+l_me=$(ftk eval --model "$T/mt" "$T/b8.fts" | jq .loss)
+l_base=$(ftk eval --model "$FIX/llama" "$T/b8.fts" | jq .loss)
+check "merged loss = base + adapter loss (1e-5), != base loss" \
+    jq -n --argjson a "$l_un" --argjson b "$l_me" --argjson c "$l_base" '(($a - $b) | fabs) < 1e-5 * $a and (($a - $c) | fabs) > 1e-3'
 check "archive output" ftk merge-lora -q --model "$FIX/mistral" --adapter "$FIX/mistral/adapter" -o "$T/m.tar.zst"
 check_eq "archive holds one folder" "$(tar --zstd -tf "$T/m.tar.zst" | sort | tr '\n' ' ')" \
     "m/config.json m/generation_config.json m/model.safetensors "
