@@ -19,7 +19,7 @@ endif
 # SAN=address,undefined builds everything with those sanitizers (make test does this in build-san/).
 SAN ?=
 
-PKGS    := libzstd libarchive libcjson libpcre2-8 libutf8proc
+PKGS    := libzstd libarchive libcjson libpcre2-8 libutf8proc yaml-0.1
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/x86_64-linux-gnu/openblas-pthread)
@@ -193,10 +193,15 @@ bench-cuda:
 	@$(MAKE) --no-print-directory CUDA=1 all
 	@tests/bench/run-cuda.sh $(BUILD)
 
+# ---- the demo: fine-tune models/stories260K end to end (pipelines/demo.mk, demo-out/report.md)
+demo: deps
+	@$(MAKE) --no-print-directory -j$(JOBS) all
+	@$(MAKE) --no-print-directory -f pipelines/demo.mk FTK=$(CURDIR)/$(BUILD)/bin/ftk
+
 # ---- set-up --------------------------------------------------------------------------------
 # Debian packages the build and tests need; idempotent (installs only what is missing).
 DEB_PKGS := build-essential pkg-config libzstd-dev zstd libcjson-dev libarchive-dev libopenblas-dev \
-            libpcre2-dev libutf8proc-dev libyaml-dev jq clang libclang-rt-dev xz-utils gzip time
+            libpcre2-dev libutf8proc-dev libyaml-dev jq clang libclang-rt-dev xz-utils gzip time libxml2-utils
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
 	    grep -q '^install ok installed' || echo $$p; done); \
@@ -216,6 +221,8 @@ install: all
 	for p in $(PLUGINS); do install -m 755 $$p $(DESTDIR)$(PREFIX)/lib/ftk/plugins/$$(basename $$(dirname $$p))/; done
 	install -m 644 libcore/include/ftk/*.h $(DESTDIR)$(PREFIX)/include/ftk/
 	$(if $(TEMPLATES),install -m 644 $(TEMPLATES) $(DESTDIR)$(PREFIX)/share/ftk/templates/)
+	install -d $(DESTDIR)$(PREFIX)/share/ftk/pipelines
+	cp -R pipelines/. $(DESTDIR)$(PREFIX)/share/ftk/pipelines/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' -e 's|@PKGS@|$(PKGS)|' \
 	    libcore/ftk.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/ftk.pc
 
@@ -230,6 +237,7 @@ clean:
 help:
 	@echo "make            build libftk, tools, plugins into $(BUILD)/"
 	@echo "make deps       install the Debian packages the build and tests need"
+	@echo "make demo       deps + build + fine-tune models/stories260K end to end (demo-out/report.md)"
 	@echo "make test       deps + build + all tests (unit, sanitizers, tools, fuzz corpora)"
 	@echo "make test-cuda  GPU checks (CUDA ops against the CPU backend)"
 	@echo "make fuzz       run each parser fuzzer FUZZ_SECONDS (default 60)"

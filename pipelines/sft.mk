@@ -26,6 +26,8 @@ OUT          ?= runs/sft
 RUN          ?= run
 # tokenize
 CUTOFF       ?= 1024
+# MAX_SAMPLES: keep the first N examples (LLaMA-Factory max_samples, counted over all data)
+MAX_SAMPLES  ?=
 TOKENIZE_FLAGS ?=
 # pack
 BATCH        ?= 4
@@ -119,8 +121,14 @@ train: $(ADAPTER_OUT)
 plot: $(RUN_DIR)/loss.svg
 merged: $(RUN_DIR)/merged/config.json
 
-$(OUT)/examples.fts: $(DATA_FILES) $(MODEL_DEPS) $(call ftk_flags,$(OUT)/.tokenize.flags,$(TOK_ARGS) $(DATA_ARGS))
+$(OUT)/examples.fts: $(DATA_FILES) $(MODEL_DEPS) $(call ftk_flags,$(OUT)/.tokenize.flags,$(TOK_ARGS) $(DATA_ARGS) $(MAX_SAMPLES))
+ifeq ($(MAX_SAMPLES),)
 	$(FTK) tokenize $(TOK_ARGS) $(DATA_ARGS) > $@.tmp && mv $@.tmp $@
+else
+	$(FTK) tokenize $(TOK_ARGS) $(DATA_ARGS) > $@.all
+	$(FTK) dump --typed $@.all | $(JQ) -c 'select(.kind != "end")' | head -n $$(( $(MAX_SAMPLES) + 1 )) \
+	  | $(FTK) dump --from-json > $@.tmp && mv $@.tmp $@ && rm -f $@.all
+endif
 
 # EPOCHS > 1: the examples repeated through ftk dump (pack reads one stream).
 $(OUT)/batches.fts: $(OUT)/examples.fts $(call ftk_flags,$(OUT)/.pack.flags,$(PACK_ARGS) epochs=$(EPOCHS))
