@@ -45,7 +45,8 @@ static char *slurp(FILE *in, size_t *len)
     return b;
 }
 
-/* One CSV row (RFC 4180: quotes, "" escapes, newlines inside quotes) starting at *p. */
+/* One CSV row (RFC 4180: quotes, "" escapes, newlines inside quotes) starting at *p: 1, or 0 at
+ * the end, -1 out of memory, -2 a quoted field that never closes. */
 static int csv_row(const char **p, const char *end, char ***fields, int *n)
 {
     *n = 0;
@@ -60,17 +61,22 @@ static int csv_row(const char **p, const char *end, char ***fields, int *n)
         if (!f)
             return -1;
         if (s < end && *s == '"') {
+            int closed = 0;
             s++;
-            while (s < end) {
+            while (s < end && !closed) {
                 if (*s == '"' && s + 1 < end && s[1] == '"') {
                     f[k++] = '"';
                     s += 2;
                 } else if (*s == '"') {
                     s++;
-                    break;
+                    closed = 1;
                 } else {
                     f[k++] = *s++;
                 }
+            }
+            if (!closed) {
+                free(f);
+                return -2;
             }
         }
         while (s < end && *s != ',' && *s != '\n' && *s != '\r')
@@ -115,8 +121,11 @@ static ftk_status read_csv(const char *text, size_t len, const char *name, cJSON
     /* MMLU's csv files have no header: question,A,B,C,D,answer; CMMLU and C-Eval have one */
     static const char *const mmlu[] = {"question", "A", "B", "C", "D", "answer"};
     const char *q = p;
-    if (csv_row(&q, end, &hdr, &nh) < 0)
-        FTK_FAIL(FTK_E_NOMEM, "out of memory");
+    int r = csv_row(&q, end, &hdr, &nh);
+    if (r < 0) {
+        free_fields(hdr, nh);
+        FTK_FAIL(r == -1 ? FTK_E_NOMEM : FTK_E_FORMAT, r == -1 ? "out of memory" : "%s: row 1: a quoted field is not closed", name);
+    }
     for (int i = 0; i < nh; i++)
         header |= !strcasecmp(hdr[i], "question") || !strcasecmp(hdr[i], "answer");
     if (header)
@@ -128,11 +137,12 @@ static ftk_status read_csv(const char *text, size_t len, const char *name, cJSON
     }
     int64_t line = header ? 1 : 0;
     ftk_status s = FTK_OK;
-    int r;
     while (s == FTK_OK && (r = csv_row(&p, end, &row, &nr)) != 0) {
         line++;
         if (r < 0) {
-            s = ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
+            free_fields(row, nr);
+            s = r == -1 ? ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory")
+                        : ftk_error_set(FTK_E_FORMAT, __FILE__, __LINE__, "%s: row %lld: a quoted field is not closed", name, (long long)line);
             break;
         }
         if (nr == 1 && !row[0][0]) {   /* blank line */

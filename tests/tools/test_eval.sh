@@ -98,6 +98,8 @@ check_fail "an example stream" 1 "batch the stream with \`ftk pack\` first" ftk 
 check_fail "records for --mode loss" 1 "mc_test.jsonl" ftk eval --model "$M" --mode loss "$EV/mc_test.jsonl"
 check_fail "a bad answer letter" 1 "\"answer\" must be one of A, B, C, D" \
     ftk eval --model "$M" --template empty <(echo '{"question":"q","A":"a","B":"b","answer":"E"}')
+printf 'question,A,B,C,D,answer\n"open,a,b,c,d,A\n' > "$T/bad.csv"
+check_fail "csv: a quote that never closes" 1 "bad.csv: row 2: a quoted field is not closed" ftk eval --model "$M" --template empty "$T/bad.csv"
 check_eq "--version" "$(ftk eval --version)" "ftk-eval 0.1.0"
 check "--help has examples" bash -c "ftk eval --help | grep -q 'Examples:'"
 summary
