@@ -377,6 +377,8 @@ ftk_status ftk_generate_run(const struct ftk_generate_opts *o)
             g->eos[g->n_eos++] = ftk_tokenizer_token_to_id(r.tok, teos);
         for (int i = 0; i < o->n_eos && g->n_eos < FTK_GEN_MAX_EOS; i++)
             g->eos[g->n_eos++] = o->eos[i];
+        if (o->ignore_eos)
+            g->n_eos = 0;
         for (int i = 0; i < o->n_stop && g->n_stop < FTK_GEN_MAX_STOP; i++)
             g->stop[g->n_stop++] = o->stop[i];
         r.enc = (struct ftk_text_encoder){.ctx = r.tok, .encode = enc_encode, .token_to_id = enc_token_to_id,

@@ -24,6 +24,7 @@ static const char usage_text[] =
     "  --seed S                sampling seed (default 0)\n"
     "  --stop STR              stop when the text contains STR (repeatable; STR is cut off)\n"
     "  --eos ID                also stop on token ID (repeatable; generation_config's eos always stop)\n"
+    "  --ignore-eos            no eos stops (for benchmarks: always max-new-tokens)\n"
     "  --batch-size N          prompts generated together (default 8)\n"
     "  --context N             positions per prompt (default: max_position_embeddings)\n"
     "  --stream                one prompt: print its text as it is generated, instead of JSON\n"
@@ -89,6 +90,7 @@ static int parse_args(int argc, char **argv, struct ftk_generate_opts *o)
         else if (!strcmp(f, "--context")) { NEED(); if (num(x, f, 1, &d)) return -1; o->context = (int64_t)d; }
         else if (!strcmp(f, "--stream")) o->stream = 1;
         else if (!strcmp(f, "--quiet") || !strcmp(f, "-q")) o->quiet = 1;
+        else if (!strcmp(f, "--ignore-eos")) o->ignore_eos = 1;
         else if (!strcmp(f, "--threads")) { NEED(); if (num(x, f, 0, &d)) return -1; o->threads = (int)d; }
         else if (!strcmp(f, "--device")) { NEED(); if (strcmp(x, "cpu")) return usage_error("--device %s: only cpu is implemented so far", x); }
         else if (f[0] == '-' && f[1]) return usage_error("unknown option %s", f);

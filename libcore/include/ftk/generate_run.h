@@ -26,6 +26,7 @@ struct ftk_generate_opts {
     int stream;                    /* one prompt: print tokens as they come */
     int threads;
     int quiet;                     /* no progress on stderr */
+    int ignore_eos;                /* generate max_new_tokens whatever comes (benchmarks) */
 };
 
 FTK_API ftk_status ftk_generate_run(const struct ftk_generate_opts *o);
