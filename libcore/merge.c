@@ -538,16 +538,36 @@ static int by_str(const void *a, const void *b) { return strcmp(*(char *const *)
  * under one top-level folder `top` so that extracting it makes one directory. */
 static ftk_status pack_archive(const char *dir, const char *path, enum out_kind kind, const char *top)
 {
-    char *names[256];
-    size_t n = 0;
+    char **names = NULL;
+    size_t n = 0, cap = 0;
     DIR *d = opendir(dir);
     FTK_FAIL_IF(!d, FTK_E_IO, "%s: %s", dir, strerror(errno));
     struct dirent *e;
-    while ((e = readdir(d)) && n < 256)
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-            names[n++] = strdup(e->d_name);
+    int oom = 0;
+    while ((e = readdir(d)) && !oom)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            if (n == cap) {
+                char **g = realloc(names, (cap = cap ? 2 * cap : 64) * sizeof *g);
+                if (!g) {
+                    oom = 1;
+                    break;
+                }
+                names = g;
+            }
+            if (!(names[n] = strdup(e->d_name)))
+                oom = 1;
+            else
+                n++;
+        }
     closedir(d);
-    qsort(names, n, sizeof *names, by_str);
+    if (oom) {
+        for (size_t i = 0; i < n; i++)
+            free(names[i]);
+        free(names);
+        FTK_FAIL(FTK_E_NOMEM, "out of memory");
+    }
+    if (n)
+        qsort(names, n, sizeof *names, by_str);
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
     struct archive *a = archive_write_new();
@@ -605,6 +625,7 @@ static ftk_status pack_archive(const char *dir, const char *path, enum out_kind 
     }
     for (size_t i = 0; i < n; i++)
         free(names[i]);
+    free(names);
     if (s == FTK_OK && rename(tmp, path) != 0)
         s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: cannot rename into place: %s", path, strerror(errno));
     if (s != FTK_OK)
@@ -715,9 +736,19 @@ static ftk_status write_all(const struct ftk_merge_opts *o, struct plan *p, stru
     return copy_extras(base, dir);
 }
 
-ftk_status ftk_merge_lora(const struct ftk_merge_opts *o, struct ftk_merge_stats *stats)
+ftk_status ftk_merge_lora(const struct ftk_merge_opts *opts, struct ftk_merge_stats *stats)
 {
-    FTK_FAIL_IF(!o->model || !o->adapter || !o->output, FTK_E_INVALID, "merge needs a model, an adapter and an output");
+    FTK_FAIL_IF(!opts->model || !opts->adapter || !opts->output, FTK_E_INVALID, "merge needs a model, an adapter and an output");
+    /* "merged/" names the directory "merged": the temporary sibling must not land inside it */
+    char output[4096];
+    size_t ol = strlen(opts->output);
+    FTK_FAIL_IF(ol >= sizeof output - 64, FTK_E_INVALID, "output path too long");
+    memcpy(output, opts->output, ol + 1);
+    while (ol > 1 && output[ol - 1] == '/')
+        output[--ol] = '\0';
+    struct ftk_merge_opts oo = *opts;
+    oo.output = output;
+    const struct ftk_merge_opts *o = &oo;
     enum ftk_dtype dt = FTK_DTYPE_F32;
     if (o->dtype)
         FTK_TRY(ftk_parse_float_dtype(o->dtype, &dt));

@@ -37,6 +37,11 @@ check_eq "archive holds one folder" "$(tar --zstd -tf "$T/m.tar.zst" | sort | tr
     "m/config.json m/generation_config.json m/model.safetensors "
 check "archive as the base of another merge" ftk merge-lora -q --model "$T/m.tar.zst" --adapter "$FIX/mistral/adapter" -o "$T/m2.zip"
 
+check "output named with a trailing slash" ftk merge-lora -q --model "$FIX/llama" --adapter "$FIX/llama/adapter" -o "$T/slash/"
+check "  is the directory itself" test -f "$T/slash/model.safetensors"
+check "one tensor per shard, in a zip" ftk merge-lora -q --model "$FIX/qwen3" --adapter "$FIX/qwen3/adapter" --shard-size 1 -o "$T/many.zip"
+check_eq "  every shard in the archive" "$(unzip -Z1 "$T/many.zip" | grep -c 'model-.*-of-00024.safetensors')" "24"
+
 # errors
 check_fail "no --adapter" 2 "--model, --adapter and --output are required" ftk merge-lora --model "$FIX/llama" -o "$T/x"
 check_fail "bad --dtype" 2 "unknown dtype \"int4\"" ftk merge-lora --model "$FIX/llama" --adapter "$FIX/llama/adapter" -o "$T/x" --dtype int4
