@@ -170,6 +170,8 @@ static ftk_status encode_messages(struct gen_run *r, const cJSON *msgs, const ch
 
 static ftk_status run_jsonl(struct gen_run *r, FILE *in, const char *name)
 {
+    FTK_FAIL_IF(!r->tok, FTK_E_NOTFOUND, "%s: text prompts need a tokenizer, and %s has no tokenizer.json (give --tokenizer)",
+                name, r->o->model);
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
@@ -351,8 +353,13 @@ ftk_status ftk_generate_run(const struct ftk_generate_opts *o)
     ftk_status s = ftk_model_load(o->model, be, ctx, &r.m);
     if (s == FTK_OK && o->adapter)
         s = ftk_model_load_adapter(r.m, o->adapter, 0);
-    if (s == FTK_OK)
+    if (s == FTK_OK) {   /* without a tokenizer only id prompts (example streams) can be served */
         s = ftk_tokenizer_load_path(o->tokenizer ? o->tokenizer : o->model, &r.tok);
+        if (s == FTK_E_NOTFOUND && !o->tokenizer) {
+            r.tok = NULL;
+            s = FTK_OK;
+        }
+    }
     if (s == FTK_OK && o->template_name)
         s = ftk_template_load(o->template_name, &r.tpl);
     ftk_gen_config_init(&r.gc);
@@ -369,10 +376,10 @@ ftk_status ftk_generate_run(const struct ftk_generate_opts *o)
         if (o->repetition_penalty > 0) g->repetition_penalty = o->repetition_penalty;
         g->seed = o->seed;
         g->context = o->context;
-        int32_t eos = ftk_tokenizer_special_id(r.tok, "eos_token");
+        int32_t eos = r.tok ? ftk_tokenizer_special_id(r.tok, "eos_token") : -1;
         if (eos >= 0 && g->n_eos < FTK_GEN_MAX_EOS)
             g->eos[g->n_eos++] = eos;
-        const char *teos = r.tpl ? ftk_template_eos_token(r.tpl) : NULL;
+        const char *teos = r.tpl && r.tok ? ftk_template_eos_token(r.tpl) : NULL;
         if (teos && ftk_tokenizer_token_to_id(r.tok, teos) >= 0 && g->n_eos < FTK_GEN_MAX_EOS)
             g->eos[g->n_eos++] = ftk_tokenizer_token_to_id(r.tok, teos);
         for (int i = 0; i < o->n_eos && g->n_eos < FTK_GEN_MAX_EOS; i++)
@@ -382,8 +389,8 @@ ftk_status ftk_generate_run(const struct ftk_generate_opts *o)
         for (int i = 0; i < o->n_stop && g->n_stop < FTK_GEN_MAX_STOP; i++)
             g->stop[g->n_stop++] = o->stop[i];
         r.enc = (struct ftk_text_encoder){.ctx = r.tok, .encode = enc_encode, .token_to_id = enc_token_to_id,
-                                          .bos_id = ftk_tokenizer_special_id(r.tok, "bos_token"), .eos_id = eos};
-        if (r.tpl && ftk_template_eos_token(r.tpl))
+                                          .bos_id = r.tok ? ftk_tokenizer_special_id(r.tok, "bos_token") : -1, .eos_id = eos};
+        if (r.tpl && r.tok && ftk_template_eos_token(r.tpl))
             r.enc.eos_id = ftk_tokenizer_token_to_id(r.tok, ftk_template_eos_token(r.tpl));
         r.batch = calloc((size_t)(o->batch_size > 0 ? o->batch_size : 1), sizeof *r.batch);
         if (!r.batch)
@@ -394,7 +401,7 @@ ftk_status ftk_generate_run(const struct ftk_generate_opts *o)
     ftk_progress_start(&r.prog, "generate", "prompts", 0, o->quiet || o->stream);
     if (s == FTK_OK) {
         if (!o->input && isatty(0))
-            s = run_chat(&r);
+            s = r.tok ? run_chat(&r) : ftk_error_set(FTK_E_NOTFOUND, __FILE__, __LINE__, "chat needs a tokenizer");
         else if (!(in = o->input && strcmp(o->input, "-") ? fopen(o->input, "rb") : stdin))
             s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: %s", o->input, strerror(errno));
         else {
@@ -405,6 +412,8 @@ ftk_status ftk_generate_run(const struct ftk_generate_opts *o)
                 s = run_jsonl(&r, in, name);
             else if (c != EOF)
                 s = run_stream(&r, in, name);
+            if (s == FTK_OK && o->stream && !r.tok)
+                s = ftk_error_set(FTK_E_NOTFOUND, __FILE__, __LINE__, "--stream needs a tokenizer");
             if (s == FTK_OK && o->stream && r.n_batch == 1) {   /* one prompt: tokens as they come */
                 struct ftk_gen_result res;
                 const int32_t *p = r.batch[0].ids;
