@@ -25,17 +25,27 @@ static double now_s(void)
 
 static ftk_status write_args(const struct ftk_train_opts *o, const char *dir, int64_t total)
 {
-    char path[4200], buf[4096];
+    char path[4200], buf[16384];
     snprintf(path, sizeof path, "%.4000s/ftk_train_args.json", dir);
-    int n = snprintf(buf, sizeof buf,
+    size_t n = (size_t)snprintf(buf, sizeof buf,
                      "{\"model\": \"%s\", \"peft\": \"%s\", \"loss\": \"%s\", \"lr\": %.17g, \"weight_decay\": %.17g,\n"
                      " \"adam_beta1\": %.17g, \"adam_beta2\": %.17g, \"adam_eps\": %.17g, \"max_grad_norm\": %.17g,\n"
-                     " \"grad_accum\": %lld, \"lr_scheduler\": \"%s\", \"warmup_steps\": %lld, \"max_steps\": %lld, \"seed\": %llu}\n",
+                     " \"grad_accum\": %lld, \"lr_scheduler\": \"%s\", \"warmup_steps\": %lld, \"max_steps\": %lld, \"seed\": %llu",
                      o->model, o->peft ? o->peft : "", o->loss, o->train.lr, o->train.weight_decay, o->train.beta1,
                      o->train.beta2, o->train.eps, o->train.max_grad_norm, (long long)o->train.grad_accum,
                      ftk_schedule_name(o->train.schedule), (long long)o->train.warmup_steps, (long long)total,
                      (unsigned long long)o->seed);
-    return ftk_file_write_atomic(path, buf, (size_t)n);
+    /* the loss options and the reference: what a preference run needs to be repeated */
+    const char *sep = "";
+    if (n < sizeof buf)
+        n += (size_t)snprintf(buf + n, sizeof buf - n, ",\n \"loss_opts\": {");
+    for (const struct ftk_kv *kv = o->loss_opts; kv && kv->key && n < sizeof buf; kv++, sep = ", ")
+        n += (size_t)snprintf(buf + n, sizeof buf - n, "%s\"%s\": \"%s\"", sep, kv->key, kv->value);
+    if (n < sizeof buf)
+        n += (size_t)snprintf(buf + n, sizeof buf - n, "}, \"ref_model\": %s%s%s}\n", o->ref_model ? "\"" : "",
+                              o->ref_model ? o->ref_model : "null", o->ref_model ? "\"" : "");
+    FTK_FAIL_IF(n >= sizeof buf, FTK_E_INVALID, "%s: the run's arguments do not fit in %zu bytes", path, sizeof buf);
+    return ftk_file_write_atomic(path, buf, n);
 }
 
 static ftk_status rm_tree(const char *path)
