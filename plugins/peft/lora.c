@@ -3,7 +3,23 @@
  * (alpha / sqrt(r) with use_rslora). Init as peft: A kaiming-uniform(a=sqrt(5)), i.e.
  * U(-1/sqrt(I), 1/sqrt(I)), or N(0, 1/r) with init_lora_weights=gaussian; B = 0. Saved in
  * peft's layout: adapter_config.json + adapter_model.safetensors with names
- * base_model.model.<module>.lora_{A,B}.weight. Shapes: N tokens, I in, O out, r rank. */
+ * base_model.model.<module>.lora_{A,B}.weight. Shapes: N tokens, I in, O out, r rank.
+ *
+ * use_dora (DoRA, Liu et al. 2024; peft tuners/lora/dora.py DoraLinearLayer): a magnitude m (O)
+ * per output row, initialised to ||W + s B A||_row at init, and
+ *   y = x W^T + b + (m/n - 1) * (xd W^T) + (m/n) * s * (xd A^T B^T),   n = ||W + s B A||_row
+ * with n detached from the graph (paper section 4.3, as peft), xd = dropout(x) (peft uses the
+ * base result y - b instead of xd W^T when there is no dropout: the same number). Saved as
+ * base_model.model.<module>.lora_magnitude_vector (O). Merge: W' = (m/n) (W + s B A).
+ *
+ * init_lora_weights = pissa (Meng et al. 2024) / olora (Buyukakyuz 2024), as peft's
+ * pissa_init/olora_init: A, B from the exact SVD (one-sided Jacobi in f64) or the Householder
+ * QR of W, and the base weight W becomes the residual W - s B A (in backend memory), so the
+ * initial output is unchanged. The adapter is saved as peft saves it (init_lora_weights names the
+ * init); loading it, ftk and peft both run the init again on the ORIGINAL base (deterministic
+ * up to the signs of singular vectors, which leave s B A unchanged) and then overwrite A and B,
+ * so the pair (original base, adapter) is the model. The DoRA/LoRA elementwise parts and these
+ * inits run on the host: the CPU backend only for now. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,12 +34,16 @@
 struct lora_site {
     const struct ftk_site *s;
     float *A, *B, *gA, *gB;    /* backend memory */
+    float *m, *gm;             /* DoRA magnitude (O) */
+    float *W;                  /* base weight (O,I), backend memory (DoRA, PiSSA, OLoRA) */
+    const float *b;            /* base bias (O) or NULL */
 };
 
 struct lora {
     int64_t r;
     double alpha, dropout;
-    int rslora, gaussian;
+    int rslora, gaussian, dora;
+    char init[32];             /* "true", "gaussian", "pissa", "olora" */
     float scale;
     char targets[512];         /* comma list as given, or "all" */
     struct lora_site sites[MAX_SITES];
@@ -32,6 +52,10 @@ struct lora {
     size_t tmp_cap, tmp2_cap;
     float *mask;               /* (N, I) scratch: s u A before the dropout mask */
     size_t mask_cap;
+    float *d1, *d2, *d3;       /* DoRA scratch: (O,I) W + s B A, (N,O) base, (N,O) lora result */
+    size_t d1_cap, d2_cap, d3_cap;
+    float *mns;                /* DoRA (O) host: m / n for the site at hand */
+    size_t mns_cap;
 };
 
 /* splitmix64: init and dropout draws that depend only on (seed, what, index) */
@@ -75,6 +99,200 @@ static ftk_status grow(float **p, size_t *cap, size_t n, const struct ftk_backen
     return FTK_OK;
 }
 
+/* ---- PiSSA and OLoRA inits (host, f64) -------------------------------------------------- */
+
+/* One-sided Jacobi (Hestenes): the columns of a (m,n) are orthogonalised in place by plane
+ * rotations accumulated in v (n,n), so a_final = a v = U diag(sigma) and a = U diag(sigma) v^T.
+ * Exact to f64 rounding; O(m n^2) per sweep: meant for the sizes of tests and small models. */
+static void jacobi_svd(double *a, int64_t m, int64_t n, double *v)
+{
+    for (int64_t i = 0; i < n * n; i++)
+        v[i] = 0;
+    for (int64_t i = 0; i < n; i++)
+        v[i * n + i] = 1;
+    for (int sweep = 0; sweep < 100; sweep++) {
+        int rotated = 0;
+        for (int64_t p = 0; p < n; p++)
+            for (int64_t q = p + 1; q < n; q++) {
+                double al = 0, be = 0, ga = 0;
+                for (int64_t i = 0; i < m; i++) {
+                    al += a[i * n + p] * a[i * n + p];
+                    be += a[i * n + q] * a[i * n + q];
+                    ga += a[i * n + p] * a[i * n + q];
+                }
+                if (fabs(ga) <= 1e-15 * sqrt(al * be) || ga == 0)
+                    continue;
+                rotated = 1;
+                double zeta = (be - al) / (2 * ga);
+                double t = (zeta >= 0 ? 1.0 : -1.0) / (fabs(zeta) + sqrt(1 + zeta * zeta));
+                double c = 1 / sqrt(1 + t * t), s = c * t;
+                for (int64_t i = 0; i < m; i++) {
+                    double x = a[i * n + p], y = a[i * n + q];
+                    a[i * n + p] = c * x - s * y;
+                    a[i * n + q] = s * x + c * y;
+                }
+                for (int64_t i = 0; i < n; i++) {
+                    double x = v[i * n + p], y = v[i * n + q];
+                    v[i * n + p] = c * x - s * y;
+                    v[i * n + q] = s * x + c * y;
+                }
+            }
+        if (!rotated)
+            break;
+    }
+}
+
+/* PiSSA (peft pissa_init): W (O,I) = U S V^T; A (r,I) = sqrt(S_r/s) V_r^T, B (O,r) = U_r sqrt(S_r/s). */
+static ftk_status pissa_host(const float *W, int64_t O, int64_t I, int64_t r, double scale, float *A, float *B)
+{
+    int tr = I > O;   /* orthogonalise the fewer columns: a = W (O,I) or W^T (I,O) */
+    int64_t m = tr ? I : O, n = tr ? O : I;
+    double *a = malloc((size_t)(m * n) * sizeof *a), *v = malloc((size_t)(n * n) * sizeof *v), *sg = malloc((size_t)n * sizeof *sg);
+    int64_t *ord = malloc((size_t)n * sizeof *ord);
+    if (!a || !v || !sg || !ord) {
+        free(a), free(v), free(sg), free(ord);
+        FTK_FAIL(FTK_E_NOMEM, "out of memory");
+    }
+    for (int64_t o = 0; o < O; o++)
+        for (int64_t i = 0; i < I; i++)
+            a[tr ? i * n + o : o * n + i] = W[o * I + i];
+    jacobi_svd(a, m, n, v);
+    for (int64_t j = 0; j < n; j++) {
+        double s2 = 0;
+        for (int64_t i = 0; i < m; i++)
+            s2 += a[i * n + j] * a[i * n + j];
+        sg[j] = sqrt(s2);
+        ord[j] = j;
+    }
+    for (int64_t j = 1; j < n; j++)   /* descending singular values (insertion sort, stable) */
+        for (int64_t k = j; k > 0 && sg[ord[k]] > sg[ord[k - 1]]; k--) {
+            int64_t t = ord[k];
+            ord[k] = ord[k - 1];
+            ord[k - 1] = t;
+        }
+    for (int64_t k = 0; k < r; k++) {
+        int64_t j = k < n ? ord[k] : -1;
+        double sig = j >= 0 ? sg[j] : 0, f = sqrt(sig / scale), inv = sig > 0 ? 1 / sig : 0;
+        /* left (O) and right (I) singular vectors of W, column j */
+        for (int64_t o = 0; o < O; o++)
+            B[o * r + k] = (float)(j < 0 ? 0 : f * (tr ? v[o * n + j] : a[o * n + j] * inv));
+        for (int64_t i = 0; i < I; i++)
+            A[k * I + i] = (float)(j < 0 ? 0 : f * (tr ? a[i * n + j] * inv : v[i * n + j]));
+    }
+    free(a), free(v), free(sg), free(ord);
+    return FTK_OK;
+}
+
+/* OLoRA (peft olora_init): W (O,I) = Q R (Householder, LAPACK's signs: R_kk = -sign(a_kk) ||a||);
+ * B (O,r) = Q[:, :r], A (r,I) = R[:r]. */
+static ftk_status olora_host(const float *W, int64_t O, int64_t I, int64_t r, float *A, float *B)
+{
+    int64_t k = O < I ? O : I;
+    double *a = malloc((size_t)(O * I) * sizeof *a), *vs = calloc((size_t)(O * k), sizeof *vs), *q = calloc((size_t)(O * r), sizeof *q);
+    if (!a || !vs || !q) {
+        free(a), free(vs), free(q);
+        FTK_FAIL(FTK_E_NOMEM, "out of memory");
+    }
+    for (int64_t j = 0; j < O * I; j++)
+        a[j] = W[j];
+    for (int64_t j = 0; j < k; j++) {   /* H_j = I - 2 v v^T / (v^T v) on rows j.. */
+        double nrm = 0;
+        for (int64_t i = j; i < O; i++)
+            nrm += a[i * I + j] * a[i * I + j];
+        nrm = sqrt(nrm);
+        double *v = vs + j * O, alpha = a[j * I + j];
+        if (nrm == 0)
+            continue;
+        double beta = alpha >= 0 ? -nrm : nrm, vv = 0;
+        for (int64_t i = j; i < O; i++)
+            v[i] = a[i * I + j];
+        v[j] = alpha - beta;
+        for (int64_t i = j; i < O; i++)
+            vv += v[i] * v[i];
+        if (vv == 0)
+            continue;
+        for (int64_t c = j; c < I; c++) {
+            double d = 0;
+            for (int64_t i = j; i < O; i++)
+                d += v[i] * a[i * I + c];
+            d *= 2 / vv;
+            for (int64_t i = j; i < O; i++)
+                a[i * I + c] -= d * v[i];
+        }
+    }
+    for (int64_t i = 0; i < r && i < O; i++)   /* Q[:, :r] = H_0 ... H_{k-1} [I_r; 0] */
+        q[i * r + i] = 1;
+    for (int64_t j = k - 1; j >= 0; j--) {
+        const double *v = vs + j * O;
+        double vv = 0;
+        for (int64_t i = j; i < O; i++)
+            vv += v[i] * v[i];
+        if (vv == 0)
+            continue;
+        for (int64_t c = 0; c < r; c++) {
+            double d = 0;
+            for (int64_t i = j; i < O; i++)
+                d += v[i] * q[i * r + c];
+            d *= 2 / vv;
+            for (int64_t i = j; i < O; i++)
+                q[i * r + c] -= d * v[i];
+        }
+    }
+    for (int64_t i = 0; i < O * r; i++)
+        B[i] = (float)q[i];
+    for (int64_t c = 0; c < r; c++)
+        for (int64_t i = 0; i < I; i++)
+            A[c * I + i] = (float)(c < k && i >= c ? a[c * I + i] : 0);
+    free(a), free(vs), free(q);
+    return FTK_OK;
+}
+
+/* PiSSA/OLoRA at one site: A, B from W, then W -= s B A (f32, as peft). */
+static ftk_status init_from_weight(struct lora *L, struct lora_site *ls, const struct ftk_backend *be, void *ctx)
+{
+    int64_t O = ls->s->out, I = ls->s->in, r = L->r;
+    float *W = malloc((size_t)(O * I) * sizeof *W), *A = malloc((size_t)(r * I) * sizeof *A), *B = malloc((size_t)(O * r) * sizeof *B);
+    ftk_status st = W && A && B ? FTK_OK : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
+    if (st == FTK_OK)
+        st = be->to_host(ctx, W, ls->W, (size_t)(O * I) * sizeof *W);
+    if (st == FTK_OK)
+        st = !strcmp(L->init, "pissa") ? pissa_host(W, O, I, r, L->scale, A, B) : olora_host(W, O, I, r, A, B);
+    if (st == FTK_OK) {
+        for (int64_t o = 0; o < O; o++)
+            for (int64_t i = 0; i < I; i++) {
+                float d = 0;
+                for (int64_t k = 0; k < r; k++)
+                    d += B[o * r + k] * A[k * I + i];
+                W[o * I + i] -= L->scale * d;
+            }
+        st = be->to_device(ctx, ls->W, W, (size_t)(O * I) * sizeof *W);
+    }
+    if (st == FTK_OK)
+        st = be->to_device(ctx, ls->A, A, (size_t)(r * I) * sizeof *A);
+    if (st == FTK_OK)
+        st = be->to_device(ctx, ls->B, B, (size_t)(O * r) * sizeof *B);
+    free(W), free(A), free(B);
+    return st;
+}
+
+/* DoRA: n (O) = ||W + s B A||_row into *out (host), with (W + s B A) left in L->d1. */
+static ftk_status dora_norms(struct ftk_peft *p, struct lora *L, const struct lora_site *ls, double *out)
+{
+    void *ctx;
+    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
+    int64_t O = ls->s->out, I = ls->s->in;
+    FTK_TRY(grow(&L->d1, &L->d1_cap, (size_t)(O * I), be, ctx));
+    FTK_TRY(be->copy(ctx, L->d1, ls->W, (size_t)(O * I) * sizeof(float)));
+    FTK_TRY(be->gemm(ctx, 0, 0, O, I, L->r, L->scale, ls->B, L->r, ls->A, I, 1.0f, L->d1, I));
+    for (int64_t o = 0; o < O; o++) {
+        double acc = 0;
+        for (int64_t i = 0; i < I; i++)
+            acc += (double)L->d1[o * I + i] * L->d1[o * I + i];
+        out[o] = sqrt(acc);
+    }
+    return FTK_OK;
+}
+
 static ftk_status lora_init(struct ftk_peft *p, const struct ftk_kv *o)
 {
     struct lora *L = ftk_peft_priv(p);
@@ -82,21 +300,31 @@ static ftk_status lora_init(struct ftk_peft *p, const struct ftk_kv *o)
     FTK_TRY(ftk_kv_double(o, "lora_alpha", 2.0 * (double)L->r, &L->alpha));   /* LLaMA-Factory: 2 * rank */
     FTK_TRY(ftk_kv_double(o, "lora_dropout", 0.0, &L->dropout));
     FTK_TRY(ftk_kv_bool(o, "use_rslora", 0, &L->rslora));
+    FTK_TRY(ftk_kv_bool(o, "use_dora", 0, &L->dora));
     FTK_FAIL_IF(L->r <= 0 || L->r > 65536, FTK_E_INVALID, "r=%lld must be positive", (long long)L->r);
     FTK_FAIL_IF(L->dropout < 0 || L->dropout >= 1, FTK_E_INVALID, "lora_dropout=%g must be in [0, 1)", L->dropout);
     const char *init = ftk_kv_get(o, "init_lora_weights");
-    L->gaussian = init && !strcmp(init, "gaussian");
-    FTK_FAIL_IF(init && !L->gaussian && strcmp(init, "true") && strcmp(init, "1"), FTK_E_UNSUPPORTED,
-                "init_lora_weights=%s (supported: true, gaussian)", init);
-    FTK_FAIL_IF(ftk_kv_get(o, "use_dora") && strcmp(ftk_kv_get(o, "use_dora"), "false"), FTK_E_UNSUPPORTED, "use_dora is not supported yet");
+    if (!init || !strcmp(init, "1"))
+        init = "true";
+    snprintf(L->init, sizeof L->init, "%s", init);
+    L->gaussian = !strcmp(init, "gaussian");
+    int from_w = !strcmp(init, "pissa") || !strcmp(init, "olora");
+    FTK_FAIL_IF(!L->gaussian && !from_w && strcmp(init, "true"), FTK_E_UNSUPPORTED,
+                "init_lora_weights=%s (supported: true, gaussian, pissa, olora)", init);
     FTK_FAIL_IF(ftk_kv_get(o, "modules_to_save") && strcmp(ftk_kv_get(o, "modules_to_save"), ""), FTK_E_UNSUPPORTED,
                 "modules_to_save is not supported yet");
+    /* LoRA+ (peft create_loraplus_optimizer) is an optimizer change: lora_B and 1-D params at
+     * lr * ratio. The trainer has no per-parameter learning rate yet: refused, never ignored. */
+    FTK_FAIL_IF(ftk_kv_get(o, "loraplus_lr_ratio"), FTK_E_UNSUPPORTED,
+                "loraplus_lr_ratio (LoRA+) is not supported yet: the trainer has no per-parameter learning rate");
     const char *t = ftk_kv_get(o, "target_modules");
     snprintf(L->targets, sizeof L->targets, "%s", t ? t : "all");
     L->scale = (float)(L->rslora ? L->alpha / sqrt((double)L->r) : L->alpha / (double)L->r);
 
     void *ctx;
     const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
+    FTK_FAIL_IF((L->dora || from_w) && strcmp(be->name, "cpu"), FTK_E_UNSUPPORTED,
+                "use_dora / init_lora_weights=%s on the %s backend is not implemented yet", init, be->name);
     uint64_t seed = ftk_peft_seed(p);
     for (size_t i = 0; i < ftk_peft_n_sites(p); i++) {
         const struct ftk_site *s = ftk_peft_site(p, i);
@@ -112,22 +340,45 @@ static ftk_status lora_init(struct ftk_peft *p, const struct ftk_kv *o)
         FTK_TRY(ftk_peft_add_param(p, name, 2, sa, 1, &ls->A, &ls->gA));
         snprintf(name, sizeof name, "base_model.model.%s.lora_B.weight", s->module);
         FTK_TRY(ftk_peft_add_param(p, name, 2, sb, 1, &ls->B, &ls->gB));
-        size_t n = (size_t)(L->r * s->in);
-        float *host = malloc(n * sizeof *host);
-        FTK_FAIL_IF(!host, FTK_E_NOMEM, "out of memory");
-        double bound = 1.0 / sqrt((double)s->in), sd = 1.0 / (double)L->r;
-        for (size_t j = 0; j < n; j++) {
-            uint64_t h = mix(seed ^ mix((uint64_t)i * 0x10001 + 1) ^ mix(j));
-            if (L->gaussian) {   /* Box-Muller */
-                double u1 = uniform01(h), u2 = uniform01(mix(h));
-                host[j] = (float)(sd * sqrt(-2.0 * log(u1 > 0 ? u1 : 1e-300)) * cos(2 * M_PI * u2));
-            } else {
-                host[j] = (float)((2 * uniform01(h) - 1) * bound);
-            }
+        if (L->dora || from_w) {
+            snprintf(name, sizeof name, "%s.weight", s->module);
+            ls->W = ftk_peft_base_weight(p, name, NULL);
+            FTK_FAIL_IF(!ls->W, FTK_E_INVALID, "the model has no %s", name);
+            snprintf(name, sizeof name, "%s.bias", s->module);
+            ls->b = ftk_peft_base_weight(p, name, NULL);
         }
-        ftk_status st = be->to_device(ctx, ls->A, host, n * sizeof *host);
-        free(host);
-        FTK_TRY(st);
+        if (from_w) {
+            FTK_TRY(init_from_weight(L, ls, be, ctx));
+        } else {
+            size_t n = (size_t)(L->r * s->in);
+            float *host = malloc(n * sizeof *host);
+            FTK_FAIL_IF(!host, FTK_E_NOMEM, "out of memory");
+            double bound = 1.0 / sqrt((double)s->in), sd = 1.0 / (double)L->r;
+            for (size_t j = 0; j < n; j++) {
+                uint64_t h = mix(seed ^ mix((uint64_t)i * 0x10001 + 1) ^ mix(j));
+                if (L->gaussian) {   /* Box-Muller */
+                    double u1 = uniform01(h), u2 = uniform01(mix(h));
+                    host[j] = (float)(sd * sqrt(-2.0 * log(u1 > 0 ? u1 : 1e-300)) * cos(2 * M_PI * u2));
+                } else {
+                    host[j] = (float)((2 * uniform01(h) - 1) * bound);
+                }
+            }
+            ftk_status st = be->to_device(ctx, ls->A, host, n * sizeof *host);
+            free(host);
+            FTK_TRY(st);
+        }
+        if (L->dora) {   /* peft DoraLinearLayer.update_layer, after the LoRA init: m = ||W + s B A||_row */
+            snprintf(name, sizeof name, "base_model.model.%s.lora_magnitude_vector", s->module);
+            int64_t sm[1] = {s->out};
+            FTK_TRY(ftk_peft_add_param(p, name, 1, sm, 1, &ls->m, &ls->gm));
+            double *nrm = malloc((size_t)s->out * sizeof *nrm);
+            FTK_FAIL_IF(!nrm, FTK_E_NOMEM, "out of memory");
+            ftk_status st = dora_norms(p, L, ls, nrm);
+            for (int64_t j = 0; j < s->out && st == FTK_OK; j++)
+                ls->m[j] = (float)nrm[j];   /* host memory: the CPU backend */
+            free(nrm);
+            FTK_TRY(st);
+        }
         FTK_TRY(ftk_peft_attach(p, s));
     }
     FTK_FAIL_IF(L->n == 0, FTK_E_INVALID, "target_modules=%s matches no linear layer", L->targets);
@@ -170,12 +421,119 @@ static ftk_status dropped(struct ftk_peft *p, struct lora *L, const struct lora_
     return FTK_OK;
 }
 
+/* ---- DoRA ---------------------------------------------------------------------------------- */
+
+/* L->mns (O, host) = m / ||W + s B A||_row; the norms (detached, as peft) into nrm if not NULL. */
+static ftk_status dora_scale(struct ftk_peft *p, struct lora *L, const struct lora_site *ls, double *nrm_out)
+{
+    void *ctx;
+    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
+    int64_t O = ls->s->out;
+    FTK_TRY(grow(&L->mns, &L->mns_cap, (size_t)(2 * O + 2 * O), be, ctx));   /* O floats + O doubles */
+    double *nrm = (double *)(void *)(L->mns + 2 * O);
+    FTK_TRY(dora_norms(p, L, ls, nrm));
+    for (int64_t o = 0; o < O; o++) {
+        L->mns[o] = ls->m[o] / (float)nrm[o];
+        if (nrm_out)
+            nrm_out[o] = nrm[o];
+    }
+    return FTK_OK;
+}
+
+/* y (N,O) += (m/n - 1) * base + (m/n) * s * (xd A^T B^T); base = y - b (no dropout) or xd W^T */
+static ftk_status dora_forward(struct ftk_peft *p, struct lora *L, struct lora_site *ls, float *y, const float *x, int64_t N,
+                               int train)
+{
+    void *ctx;
+    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
+    int64_t I = ls->s->in, O = ls->s->out, r = L->r;
+    const float *xd = x;
+    if (train)
+        FTK_TRY(dropped(p, L, ls, x, N, &xd));
+    FTK_TRY(dora_scale(p, L, ls, NULL));
+    FTK_TRY(grow(&L->d2, &L->d2_cap, (size_t)(N * O), be, ctx));
+    FTK_TRY(grow(&L->d3, &L->d3_cap, (size_t)(N * O), be, ctx));
+    FTK_TRY(grow(&L->tmp, &L->tmp_cap, (size_t)(N * r), be, ctx));
+    if (xd != x) {   /* peft: base_result = F.linear(dropout(x), W) */
+        FTK_TRY(be->gemm(ctx, 0, 1, N, O, I, 1.0f, xd, I, ls->W, I, 0.0f, L->d2, O));
+    } else {         /* peft: base_result = result - bias */
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t o = 0; o < O; o++)
+                L->d2[n * O + o] = y[n * O + o] - (ls->b ? ls->b[o] : 0.0f);
+    }
+    FTK_TRY(be->gemm(ctx, 0, 1, N, r, I, 1.0f, xd, I, ls->A, I, 0.0f, L->tmp, r));     /* t  = xd A^T (N,r) */
+    FTK_TRY(be->gemm(ctx, 0, 1, N, O, r, 1.0f, L->tmp, r, ls->B, r, 0.0f, L->d3, O));  /* lr = t B^T  (N,O) */
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t o = 0; o < O; o++) {
+            float g = L->mns[o];
+            y[n * O + o] += (g - 1.0f) * L->d2[n * O + o] + g * L->d3[n * O + o] * L->scale;
+        }
+    return FTK_OK;
+}
+
+/* dm[o] += sum_n dy (base + s lr) / n[o];  A, B as LoRA with dy * m/n;
+ * dx += [(dy * (m/n - 1)) W + s ((dy * m/n) B) A] (through the dropout mask) */
+static ftk_status dora_backward(struct ftk_peft *p, struct lora *L, struct lora_site *ls, float *dx, const float *dy,
+                                const float *x, int64_t N)
+{
+    void *ctx;
+    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
+    int64_t I = ls->s->in, O = ls->s->out, r = L->r;
+    const float *xd;
+    FTK_TRY(dropped(p, L, ls, x, N, &xd));
+    FTK_TRY(dora_scale(p, L, ls, NULL));
+    const double *nrm = (const double *)(const void *)(L->mns + 2 * O);
+    FTK_TRY(grow(&L->d2, &L->d2_cap, (size_t)(N * O), be, ctx));
+    FTK_TRY(grow(&L->d3, &L->d3_cap, (size_t)(N * O), be, ctx));
+    FTK_TRY(grow(&L->tmp, &L->tmp_cap, (size_t)(2 * N * r), be, ctx));
+    float *t = L->tmp, *u = L->tmp + N * r;
+    FTK_TRY(be->gemm(ctx, 0, 1, N, O, I, 1.0f, xd, I, ls->W, I, 0.0f, L->d2, O));      /* base = xd W^T */
+    FTK_TRY(be->gemm(ctx, 0, 1, N, r, I, 1.0f, xd, I, ls->A, I, 0.0f, t, r));          /* t = xd A^T */
+    FTK_TRY(be->gemm(ctx, 0, 1, N, O, r, 1.0f, t, r, ls->B, r, 0.0f, L->d3, O));       /* lr = t B^T */
+    for (int64_t o = 0; o < O; o++) {
+        double acc = 0;
+        for (int64_t n = 0; n < N; n++)
+            acc += (double)dy[n * O + o] * (L->d2[n * O + o] + L->scale * L->d3[n * O + o]);
+        ls->gm[o] += (float)(acc / nrm[o]);
+    }
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t o = 0; o < O; o++) {
+            float g = L->mns[o], d = dy[n * O + o];
+            L->d2[n * O + o] = d * (g - 1.0f);   /* through the base path */
+            L->d3[n * O + o] = d * g;            /* through the LoRA path */
+        }
+    FTK_TRY(be->gemm(ctx, 0, 0, N, r, O, 1.0f, L->d3, O, ls->B, r, 0.0f, u, r));       /* u = dyl B (N,r) */
+    FTK_TRY(be->gemm(ctx, 1, 0, O, r, N, L->scale, L->d3, O, t, r, 1.0f, ls->gB, r));  /* dB += s dyl^T t */
+    FTK_TRY(be->gemm(ctx, 1, 0, r, I, N, L->scale, u, r, xd, I, 1.0f, ls->gA, I));     /* dA += s u^T xd */
+    if (!dx)
+        return FTK_OK;
+    float *dst = dx;
+    float beta = 1.0f;
+    if (L->dropout > 0) {
+        FTK_TRY(grow(&L->mask, &L->mask_cap, (size_t)(N * I), be, ctx));
+        dst = L->mask;
+        beta = 0.0f;
+    }
+    FTK_TRY(be->gemm(ctx, 0, 0, N, I, O, 1.0f, L->d2, O, ls->W, I, beta, dst, I));
+    FTK_TRY(be->gemm(ctx, 0, 0, N, I, r, L->scale, u, r, ls->A, I, 1.0f, dst, I));
+    if (L->dropout > 0) {
+        uint64_t key = drop_key(p, L, ls);
+        float keep = (float)(1.0 / (1.0 - L->dropout));
+        for (int64_t j = 0; j < N * I; j++)
+            if (!dropped_at(key, (size_t)j, L->dropout))
+                dx[j] += L->mask[j] * keep;
+    }
+    return FTK_OK;
+}
+
 static ftk_status lora_forward(struct ftk_peft *p, const struct ftk_site *s, float *y, const float *x, int64_t N, int train)
 {
     struct lora *L = ftk_peft_priv(p);
     struct lora_site *ls = find_site(L, s);
     if (!ls)
         return FTK_OK;
+    if (L->dora)
+        return dora_forward(p, L, ls, y, x, N, train);
     void *ctx;
     const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
     const float *xd = x;
@@ -195,6 +553,8 @@ static ftk_status lora_backward(struct ftk_peft *p, const struct ftk_site *s, fl
     struct lora_site *ls = find_site(L, s);
     if (!ls)
         return FTK_OK;
+    if (L->dora)
+        return dora_backward(p, L, ls, dx, dy, x, N);
     void *ctx;
     const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
     const float *xd;
@@ -242,6 +602,12 @@ static ftk_status lora_save(struct ftk_peft *p, const char *dir, const char *bas
         snprintf(name, sizeof name, "base_model.model.%s.lora_B.weight", ls->s->module);
         if (st == FTK_OK && (st = ftk_message_add(&msg, name, FTK_DTYPE_F32, 2, sb, NULL, &t)) == FTK_OK)
             st = be->to_host(ctx, t->data, ls->B, t->nbytes);
+        if (L->dora) {   /* peft saves the DoRA magnitude without ".weight" */
+            int64_t sm[1] = {ls->s->out};
+            snprintf(name, sizeof name, "base_model.model.%s.lora_magnitude_vector", ls->s->module);
+            if (st == FTK_OK && (st = ftk_message_add(&msg, name, FTK_DTYPE_F32, 1, sm, NULL, &t)) == FTK_OK)
+                st = be->to_host(ctx, t->data, ls->m, t->nbytes);
+        }
     }
     char path[4096];
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
@@ -272,11 +638,11 @@ static ftk_status lora_save(struct ftk_peft *p, const char *dir, const char *bas
     cJSON_AddNumberToObject(c, "lora_dropout", L->dropout);
     cJSON_AddItemToObject(c, "target_modules", tm);
     cJSON_AddBoolToObject(c, "use_rslora", L->rslora);
-    cJSON_AddBoolToObject(c, "use_dora", 0);
+    cJSON_AddBoolToObject(c, "use_dora", L->dora);
     cJSON_AddStringToObject(c, "bias", "none");
     cJSON_AddBoolToObject(c, "fan_in_fan_out", 0);
-    if (L->gaussian)
-        cJSON_AddStringToObject(c, "init_lora_weights", "gaussian");
+    if (strcmp(L->init, "true"))   /* gaussian, pissa, olora: peft runs pissa/olora again on load */
+        cJSON_AddStringToObject(c, "init_lora_weights", L->init);
     else
         cJSON_AddBoolToObject(c, "init_lora_weights", 1);
     cJSON_AddBoolToObject(c, "inference_mode", 1);
@@ -328,6 +694,25 @@ static ftk_status lora_load(struct ftk_peft *p, struct ftk_source *src)
                 seen++;
             }
         }
+        if (L->dora && s == FTK_OK) {
+            char name[256];
+            snprintf(name, sizeof name, "base_model.model.%s.lora_magnitude_vector", ls->s->module);
+            const struct ftk_tensor *t = ftk_st_model_find(st, name);
+            if (!t)
+                s = ftk_error_set(FTK_E_NOTFOUND, __FILE__, __LINE__, "%s: adapter lacks %s", ftk_source_path(src), name);
+            else if (t->ndim != 1 || t->shape[0] != ls->s->out)
+                s = ftk_error_set(FTK_E_MISMATCH, __FILE__, __LINE__, "%s: %s has %d dims [%lld], the model needs [%lld]",
+                                  ftk_source_path(src), name, t->ndim, (long long)t->shape[0], (long long)ls->s->out);
+            else {
+                float *host = malloc((size_t)ls->s->out * sizeof *host);
+                s = host ? ftk_convert_to_f32(host, t->data, t->dtype, (size_t)ls->s->out)
+                         : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
+                if (s == FTK_OK)
+                    s = be->to_device(ctx, ls->m, host, (size_t)ls->s->out * sizeof *host);
+                free(host);
+                seen++;
+            }
+        }
     }
     if (s == FTK_OK && seen != ftk_st_model_count(st))
         s = ftk_error_set(FTK_E_MISMATCH, __FILE__, __LINE__, "%s: adapter has %zu tensors, the model's LoRA sites take %zu",
@@ -358,6 +743,15 @@ static ftk_status lora_merge(struct ftk_peft *p, const struct ftk_site *s, float
                 for (int64_t i = 0; i < s->in; i++)
                     w[o * s->in + i] += b * A[k * s->in + i];
             }
+    if (st == FTK_OK && L->dora)   /* peft DoRA merge: W' = (m / ||W + s B A||_row) (W + s B A) */
+        for (int64_t o = 0; o < s->out; o++) {
+            double acc = 0;
+            for (int64_t i = 0; i < s->in; i++)
+                acc += (double)w[o * s->in + i] * w[o * s->in + i];
+            float g = ls->m[o] / (float)sqrt(acc);   /* host memory: DoRA runs on the CPU backend */
+            for (int64_t i = 0; i < s->in; i++)
+                w[o * s->in + i] *= g;
+        }
     free(A);
     free(B);
     return st;
@@ -371,6 +765,10 @@ static void lora_release(struct ftk_peft *p)
     be->free(ctx, L->tmp);
     be->free(ctx, L->tmp2);
     be->free(ctx, L->mask);
+    be->free(ctx, L->d1);
+    be->free(ctx, L->d2);
+    be->free(ctx, L->d3);
+    be->free(ctx, L->mns);
 }
 
 FTK_EXPORT const struct ftk_peft_plugin ftk_peft_plugin = {
