@@ -62,19 +62,21 @@ static struct ftk_batch_view batch_of(const struct ftk_st_model *e)
     return b;
 }
 
-/* The sft token-mean loss of a forward (no gradients), in f64. */
-static double loss_of(struct ftk_model *m, const struct ftk_batch_view *b)
+/* The sft token-mean loss of a forward (no gradients), in f64; train = 1 applies dropout with
+ * the masks backward uses (they depend on seed, step and site only). */
+static double loss_of_mode(struct ftk_model *m, const struct ftk_batch_view *b, int train)
 {
     float logps[16];
     int64_t nt[16], tot = 0;
     double sum = 0;
-    CHECK_OK(ftk_model_forward(m, b, 0, logps, nt));
+    CHECK_OK(ftk_model_forward(m, b, train, logps, nt));
     for (int64_t i = 0; i < b->B; i++) {
         sum += logps[i];
         tot += nt[i];
     }
     return -sum / (double)tot;
 }
+static double loss_of(struct ftk_model *m, const struct ftk_batch_view *b) { return loss_of_mode(m, b, 0); }
 
 /* Forward (train), the sft loss, backward; returns the loss. */
 static double step_grads(struct ftk_model *m, const struct ftk_batch_view *b)
@@ -260,7 +262,8 @@ static void merged(struct ftk_model *m, const struct ftk_st_model *e, const char
 
 /* Central differences of the loss (f64 sums of F32 forwards) against the analytic gradient at
  * `count` entries spread over the plugin parameters whose name contains `which`. */
-static void fd_check(struct ftk_model *m, const struct ftk_st_model *e, const char *which, int count, double eps, const char *what)
+static void fd_check(struct ftk_model *m, const struct ftk_st_model *e, const char *which, int count, double eps, const char *what,
+                     int train)
 {
     struct ftk_batch_view b = batch_of(e);
     step_grads(m, &b);
@@ -274,9 +277,9 @@ static void fd_check(struct ftk_model *m, const struct ftk_st_model *e, const ch
             int64_t j = (int64_t)((k * 7919 + (int)i * 131) % q->numel);
             float w0 = q->w[j];   /* host memory: the CPU backend */
             q->w[j] = w0 + (float)eps;
-            double lp = loss_of(m, &b);
+            double lp = loss_of_mode(m, &b, train);
             q->w[j] = w0 - (float)eps;
-            double lm = loss_of(m, &b);
+            double lm = loss_of_mode(m, &b, train);
             q->w[j] = w0;
             double fd = (lp - lm) / (2 * eps), g = q->g[j];
             double d = fabs(fd - g) / fmax(1e-2, fabs(g));
@@ -404,7 +407,7 @@ static void check_init(const char *arch, const char *init)
         CHECK(wa <= 1e-4);
         CHECK(wr <= 1e-5);
         if (!strcmp(arch, "llama"))
-            fd_check(m, e, "lora_", 2, 1e-2, init);
+            fd_check(m, e, "lora_", 2, 1e-2, init, 0);
     }
     ftk_model_free(m);
     char dir[256];
@@ -446,21 +449,29 @@ int main(void)
         snprintf(name, sizeof name, "OLoRA init against peft (%s)", archs[i]);
         TEST(name) check_init(archs[i], "olora");
     }
-    TEST("finite differences: (IA)3, DoRA magnitude, BitFit (llama)") {
+    TEST("finite differences: (IA)3, DoRA magnitude (with and without dropout), BitFit (llama)") {
         struct ftk_st_model *e = fixture("llama");
         struct ftk_model *m = model_with("llama", NULL, NULL, "tests/fixtures/peft_methods/llama/ia3");
         if (m && e)
-            fd_check(m, e, "ia3_l", 3, 1e-2, "ia3");
+            fd_check(m, e, "ia3_l", 3, 1e-2, "ia3", 0);
         ftk_model_free(m);
         /* DoRA's A and B get peft's gradient with the norm detached (not the loss's derivative);
          * the magnitude's is exact, and layer 0's goes through layer 1's dx */
         m = model_with("llama", "lora", dora_opts, "tests/fixtures/peft_methods/llama/dora");
         if (m && e)
-            fd_check(m, e, "magnitude", 3, 1e-2, "dora");
+            fd_check(m, e, "magnitude", 3, 1e-2, "dora", 0);
         ftk_model_free(m);
         m = model_with("llama", "bitfit", (const struct ftk_kv[]){{NULL, NULL}}, NULL);
         if (m && e)
-            fd_check(m, e, ".bias", 3, 1e-2, "bitfit");
+            fd_check(m, e, ".bias", 3, 1e-2, "bitfit", 0);
+        ftk_model_free(m);
+        /* DoRA with lora_dropout: the base path uses dropout(x) W^T too (peft), backward goes
+         * through the same mask; train-mode forwards draw the masks again */
+        const struct ftk_kv dd[] = {{"r", "4"}, {"lora_alpha", "8"}, {"target_modules", LORA_TARGETS}, {"use_dora", "true"},
+                                    {"lora_dropout", "0.3"}, {NULL, NULL}};
+        m = model_with("llama", "lora", dd, "tests/fixtures/peft_methods/llama/dora");
+        if (m && e)
+            fd_check(m, e, "magnitude", 3, 1e-2, "dora, dropout 0.3", 1);
         ftk_model_free(m);
         ftk_st_model_close(e);
     }
