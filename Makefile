@@ -49,10 +49,14 @@ ifeq ($(CUDA),1)
                -DFTK_BUILDING_LIB -DFTK_HAVE_CUDA
   CU_SRC    := $(wildcard kernels/cuda/*.cu)
   CFLAGS    += -DFTK_HAVE_CUDA -I$(CUDA_HOME)/include
-  CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart
+  CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
 endif
 
-LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
+# The CUDA code is its own library, libftk-cuda.so, that libftk opens only when a tool asks for
+# --device cuda: a CPU run never maps cuBLAS (which alone costs ~220 MB of RSS to load).
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+CU_OBJ  := $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
+LIBCUDA := $(if $(CU_SRC),$(BUILD)/lib/libftk-cuda.so)
 TOOL_SRC := $(wildcard tools/ftk-*.c)
 TOOLS   := $(TOOL_SRC:tools/%.c=$(BUILD)/bin/%) $(BUILD)/bin/ftk
 PLUGIN_SRC := $(wildcard plugins/peft/*.c plugins/loss/*.c)
@@ -85,7 +89,7 @@ all: info lib tools plugins templates
 info:
 	@echo "ftk $(VERSION): CUDA=$(CUDA) SAN=$(or $(SAN),none) BUILD=$(BUILD)"
 
-lib: $(LIBSO) $(LIBA)
+lib: $(LIBSO) $(LIBA) $(LIBCUDA)
 tools: $(TOOLS)
 plugins: $(PLUGINS)
 templates: $(TEMPLATES)
@@ -107,7 +111,11 @@ $(BUILD)/obj/kernels/cuda/%.o: kernels/cuda/%.cu
 $(LIBSO): $(LIB_OBJ)
 	@mkdir -p $(@D)
 	$(call say,LD,$@)
-	$(Q)$(CC) -shared -Wl,-soname,libftk.so $(LDFLAGS) -o $@.tmp $^ $(CUDA_LIBS) $(LDLIBS) && mv -f $@.tmp $@
+	$(Q)$(CC) -shared -Wl,-soname,libftk.so $(LDFLAGS) -o $@.tmp $^ $(LDLIBS) && mv -f $@.tmp $@
+$(BUILD)/lib/libftk-cuda.so: $(CU_OBJ) $(LIBSO)
+	$(call say,LD,$@)
+	$(Q)$(CC) -shared -Wl,-soname,libftk-cuda.so $(LDFLAGS) -o $@.tmp $(CU_OBJ) -L$(BUILD)/lib -lftk \
+	    -Wl,-rpath,'$$ORIGIN' $(CUDA_LIBS) $(LDLIBS) && mv -f $@.tmp $@
 $(LIBA): $(LIB_OBJ)
 	@mkdir -p $(@D)
 	$(call say,AR,$@)
@@ -135,7 +143,11 @@ $(BUILD)/share/ftk/templates/%: tools/templates/%
 	$(call say,CP,$@)
 	$(Q)cp $< $@
 
-# Tests that load plugins link libftk.so, as the plugins do (one copy of libftk in the process).
+# Tests that load plugins (or the CUDA library) link libftk.so, as those do: one libftk per process.
+$(BUILD)/tests/test_cuda_%: tests/unit/test_cuda_%.c tests/unit/check.h $(LIBSO) $(LIBCUDA)
+	@mkdir -p $(@D)
+	$(call say,LD,$@)
+	$(Q)$(CC) $(CFLAGS) $(DEPF) $(LDFLAGS) -Itests/unit -o $@ $< -L$(BUILD)/lib -lftk -Wl,-rpath,'$$ORIGIN/../lib' $(LDLIBS)
 $(BUILD)/tests/test_plugin_%: tests/unit/test_plugin_%.c tests/unit/check.h $(LIBSO) | $(PLUGINS)
 	@mkdir -p $(@D)
 	$(call say,LD,$@)
@@ -145,12 +157,12 @@ $(BUILD)/tests/test_plugin_%: tests/unit/test_plugin_%.c tests/unit/check.h $(LI
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/check.h $(LIBA)
 	@mkdir -p $(@D)
 	$(call say,LD,$@)
-	$(Q)$(CC) $(CFLAGS) $(DEPF) $(LDFLAGS) -Itests/unit -o $@ $< $(LIBA) $(CUDA_LIBS) $(LDLIBS)
+	$(Q)$(CC) $(CFLAGS) $(DEPF) $(LDFLAGS) -Itests/unit -o $@ $< $(LIBA) $(LDLIBS)
 
 $(BUILD)/tests/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(LIBA)
 	@mkdir -p $(@D)
 	$(call say,LD,$@)
-	$(Q)$(CC) $(CFLAGS) $(DEPF) $(LDFLAGS) -o $@ $< tests/fuzz/replay.c $(LIBA) $(CUDA_LIBS) $(LDLIBS)
+	$(Q)$(CC) $(CFLAGS) $(DEPF) $(LDFLAGS) -o $@ $< tests/fuzz/replay.c $(LIBA) $(LDLIBS)
 
 # ---- tests ---------------------------------------------------------------------------------
 # make test: deps, build, unit tests, the same unit tests under ASan+UBSan, tool tests, and the
@@ -216,7 +228,7 @@ install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/ftk/plugins/peft $(DESTDIR)$(PREFIX)/lib/ftk/plugins/loss \
 	    $(DESTDIR)$(PREFIX)/include/ftk $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/share/ftk/templates
 	install -m 755 $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
-	install -m 755 $(LIBSO) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(LIBSO) $(LIBCUDA) $(DESTDIR)$(PREFIX)/lib/
 	install -m 644 $(LIBA) $(DESTDIR)$(PREFIX)/lib/
 	for p in $(PLUGINS); do install -m 755 $$p $(DESTDIR)$(PREFIX)/lib/ftk/plugins/$$(basename $$(dirname $$p))/; done
 	install -m 644 libcore/include/ftk/*.h $(DESTDIR)$(PREFIX)/include/ftk/

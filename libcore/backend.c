@@ -3,12 +3,7 @@
 
 #include <string.h>
 
-#ifdef FTK_HAVE_CUDA
-/* kernels/cuda/backend.cu. A strong reference on purpose: a weak one would not pull that object
- * out of libftk.a into programs that link the static library. The table is returned even on a
- * machine without a GPU; its `create` then fails with FTK_E_UNSUPPORTED ("no CUDA device"). */
-const struct ftk_backend *ftk_backend_cuda(void);
-#endif
+#include "cuda-impl.h"
 
 static ftk_status check_table(const struct ftk_backend *be, const char *name,
                               const struct ftk_backend **out)
@@ -26,13 +21,12 @@ ftk_status ftk_backend_get(const char *name, const struct ftk_backend **out)
     FTK_FAIL_IF(!name, FTK_E_INVALID, "backend: no name given (cpu or cuda)");
     if (strcmp(name, "cpu") == 0)
         return check_table(ftk_backend_cpu(), name, out);
-    if (strcmp(name, "cuda") == 0) {
-#ifdef FTK_HAVE_CUDA
-        return check_table(ftk_backend_cuda(), name, out);
-#else
-        FTK_FAIL(FTK_E_UNSUPPORTED, "backend cuda: this libftk was built without CUDA (nvcc was "
-                 "not found; rebuild with `make CUDA=1`); use --device cpu");
-#endif
+    if (strcmp(name, "cuda") == 0) {   /* kernels/cuda/backend.cu, in libftk-cuda.so */
+        const char *err = NULL;
+        const struct ftk_backend *(*get)(void) =
+            (const struct ftk_backend *(*)(void))ftk_cuda_symbol("ftk_backend_cuda", &err);
+        FTK_FAIL_IF(!get, FTK_E_UNSUPPORTED, "backend cuda: %s; use --device cpu", err ? err : "unavailable");
+        return check_table(get(), name, out);
     }
     FTK_FAIL(FTK_E_NOTFOUND, "unknown backend '%s' (expected cpu or cuda)", name);
 }

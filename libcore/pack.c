@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ftk/progress.h"
 #include "ftk/stream.h"
 #include "pack-impl.h"
 
@@ -49,6 +50,7 @@ enum ex_kind { EX_TEXT, EX_SFT, EX_PAIRWISE, EX_KTO };
 
 struct packer {
     const struct ftk_pack_config *c;
+    struct ftk_progress prog;
     struct ftk_pack_params p;
     enum ex_kind kind;
     int split;                 /* text + packing: examples flow across rows (LLaMA-Factory pt) */
@@ -89,6 +91,9 @@ static ftk_status write_batch(struct packer *k, struct ftk_pack_batch *b)
     k->st.rows += b->B;
     k->st.tokens += b->tokens;
     k->st.slots += b->B * b->T;
+    char pst[48];
+    snprintf(pst, sizeof pst, "%lld tokens", (long long)k->st.tokens);
+    ftk_progress_update(&k->prog, k->st.batches, pst);
     return FTK_OK;
 }
 
@@ -797,8 +802,11 @@ ftk_status ftk_pack_run(const struct ftk_pack_config *c, FILE *in, const char *i
     ftk_status st = ftk_stream_reader_open(in, in_name, &r);
     if (st == FTK_OK)
         st = ftk_stream_writer_open(out, c->zstd_level, &k.w);
+    ftk_progress_start(&k.prog, "pack", "batches", 0, c->quiet);
     if (st == FTK_OK)
         st = run(&k, r);
+    if (st == FTK_OK)
+        ftk_progress_done(&k.prog);
     if (stats)
         *stats = k.st;
     for (int64_t i = 0; i < k.nshuf; i++)

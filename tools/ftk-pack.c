@@ -32,6 +32,7 @@ static const char usage[] =
     "                          the pad id\n"
     "  --level L               zstd level of the output, 0 = uncompressed (default 3)\n"
     "  -o, --output FILE       write there (atomically) instead of stdout\n"
+    "  --quiet                 no progress on stderr (a bar on a terminal, else a line every 10 s)\n"
     "  -h, --help, --version\n"
     "Exit status: 0 ok, 1 input or runtime error, 2 usage.\n";
 
@@ -68,7 +69,7 @@ static int num(const char *s, const char *opt, int64_t lo, int64_t *out)
 static int parse_args(int argc, char **argv, struct pack_opts *o)
 {
     enum { O_BS = 256, O_MT, O_MULT, O_SEQ, O_PAD, O_PACK, O_NEAT, O_SHUF, O_SEED, O_SBUF,
-           O_SORT, O_SORTBUF, O_TRUNC, O_DROP, O_EXPECT, O_LEVEL, O_VERSION, O_TOK };
+           O_SORT, O_SORTBUF, O_TRUNC, O_DROP, O_EXPECT, O_LEVEL, O_VERSION, O_TOK, O_QUIET };
     static const struct option longs[] = {
         {"batch-size", 1, 0, O_BS}, {"max-tokens", 1, 0, O_MT}, {"pad-to-multiple-of", 1, 0, O_MULT},
         {"seq-len", 1, 0, O_SEQ}, {"pad-id", 1, 0, O_PAD}, {"packing", 0, 0, O_PACK},
@@ -76,7 +77,7 @@ static int parse_args(int argc, char **argv, struct pack_opts *o)
         {"shuffle-buffer", 1, 0, O_SBUF}, {"sort-by-length", 0, 0, O_SORT},
         {"sort-buffer", 1, 0, O_SORTBUF}, {"truncate", 0, 0, O_TRUNC}, {"drop", 0, 0, O_DROP},
         {"expect-tokenizer", 1, 0, O_EXPECT}, {"level", 1, 0, O_LEVEL}, {"output", 1, 0, 'o'},
-        {"tokenizer", 1, 0, O_TOK},
+        {"tokenizer", 1, 0, O_TOK}, {"quiet", 0, 0, O_QUIET},
         {"help", 0, 0, 'h'}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0},
     };
     memset(o, 0, sizeof *o);
@@ -104,6 +105,7 @@ static int parse_args(int argc, char **argv, struct pack_opts *o)
         case O_DROP: c->overlong = FTK_PACK_OVERLONG_DROP; policy++; break;
         case O_EXPECT: c->expect_tokenizer = optarg; break;
         case O_LEVEL: rc = num(optarg, "--level", 0, &v); c->zstd_level = (int)v; break;
+        case O_QUIET: c->quiet = 1; break;
         case 'o': o->output = optarg; break;
         case O_TOK: o->tokenizer = optarg; break;
         case 'h': fputs(usage, stdout); return 1;

@@ -36,6 +36,7 @@ static const char usage[] =
     "  --append-eos           text: end each document with the eos token (LLaMA-Factory pre-training)\n"
     "  --skip-bad             skip bad records, each reported on stderr, and count them\n"
     "  --threads N            encode on N threads (output order is the input order)\n"
+    "  --quiet                no progress on stderr (a bar on a terminal, else a line every 10 s)\n"
     "  --level N              zstd level of the stream, 0 = uncompressed (default 3)\n"
     "  --decode               read an example stream or JSONL {\"ids\": [...]} and write JSONL {\"text\": ...}\n"
     "  --skip-special-tokens  --decode: leave special tokens out\n"
@@ -116,6 +117,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
             if (parse_int(next, 1, &v)) return bad_usage("--cutoff-len: \"%s\" is not a positive integer", next);
             o->cfg.cutoff_len = v;
         }
+        else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) o->cfg.quiet = 1;
         else if (!strcmp(a, "--threads")) {
             NEED();
             if (parse_int(next, 1, &v) || v > 1024) return bad_usage("--threads: \"%s\" is not 1..1024", next);

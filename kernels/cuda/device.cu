@@ -1,11 +1,10 @@
-// kernels/cuda/device.cu: device discovery for the CUDA build (ftk/cuda.h).
+// kernels/cuda/device.cu: device discovery in libftk-cuda.so (ftk/cuda.h, through libcore/cuda.c).
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include "ftk/cuda.h"
 
-extern "C" FTK_API int ftk_cuda_built(void) { return 1; }
-
-extern "C" FTK_API int ftk_cuda_device_count(void)
+// Exported under ftk_cudalib_* names: libcore/cuda.c finds them with dlsym (ftk/cuda.h).
+extern "C" FTK_API int ftk_cudalib_device_count(void)
 {
     int n = 0;
     // No driver or no device is a normal answer on a build machine: 0 GPUs, not an error.
@@ -16,7 +15,7 @@ extern "C" FTK_API int ftk_cuda_device_count(void)
     return n;
 }
 
-extern "C" FTK_API ftk_status ftk_cuda_device_info(int dev, char *name, size_t name_len, int *cc_major,
+extern "C" FTK_API ftk_status ftk_cudalib_device_info(int dev, char *name, size_t name_len, int *cc_major,
                                                    int *cc_minor, size_t *total_mem)
 {
     cudaDeviceProp p;

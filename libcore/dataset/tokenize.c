@@ -8,6 +8,7 @@
 #include <string.h>
 #include "ftk/message.h"
 #include "ftk/stream.h"
+#include "ftk/progress.h"
 #include "ftk/threads.h"
 #include "dataset-impl.h"
 
@@ -21,6 +22,7 @@ struct run {
     struct ftk_label_config labels;
     enum ftk_example_kind kind;
     int32_t eos_id;
+    struct ftk_progress prog;
 };
 
 enum { OUT_IDS, OUT_LABELS, OUT_REJ_IDS, OUT_REJ_LABELS, N_OUT };
@@ -274,6 +276,9 @@ static ftk_status flush(struct run *r, struct ftk_threads *pool, struct ftk_stre
     for (size_t i = 0; i < b->n; i++)
         job_clear(&b->jobs[i]);
     b->n = 0;
+    char pst[64];
+    snprintf(pst, sizeof pst, "%lld tokens", (long long)stats->tokens);
+    ftk_progress_update(&r->prog, stats->examples, pst);
     return st;
 }
 
@@ -408,6 +413,7 @@ ftk_status ftk_tokenize_run(const struct ftk_tokenize_config *c, FILE *out, stru
         st = ftk_stream_writer_open(out, c->zstd_level, &w);
     if (st == FTK_OK)
         st = write_header(&r, w);
+    ftk_progress_start(&r.prog, "tokenize", "examples", 0, c->quiet);
     size_t n_in = c->n_inputs ? c->n_inputs : 1;
     for (size_t i = 0; i < n_in && st == FTK_OK; i++) {
         struct ds_input *in = NULL;
@@ -426,6 +432,8 @@ ftk_status ftk_tokenize_run(const struct ftk_tokenize_config *c, FILE *out, stru
         }
         ds_input_close(in);
     }
+    if (st == FTK_OK)
+        ftk_progress_done(&r.prog);
     if (st == FTK_OK) {
         struct ftk_message end;
         ftk_message_init(&end);

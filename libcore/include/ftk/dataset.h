@@ -118,6 +118,7 @@ struct ftk_tokenize_config {
     /* Called for every skipped record, in input order (may be NULL). */
     void (*on_skip)(void *ctx, const char *source, int64_t index, const char *why);
     void *on_skip_ctx;
+    int quiet;                  /* no progress on stderr */
 };
 
 struct ftk_tokenize_stats {

@@ -46,6 +46,7 @@ struct ftk_pack_config {
     int64_t sort_buffer;
     const char *expect_tokenizer; /* NULL or the tokenizer_hash the stream header must carry */
     int zstd_level;              /* output compression, 0 = uncompressed */
+    int quiet;                   /* no progress on stderr */
 };
 
 /* Defaults: batch_size 8, pad_to_multiple_of 8, shuffle_buffer 10000, sort_buffer 1024,
