@@ -155,6 +155,8 @@ void ftk_loss_free(struct ftk_loss *l)
     free(l);
 }
 
+int ftk_loss_is_linear(struct ftk_loss *l) { return FTK_PLUGIN_SLOT(l->pl, linear) && l->pl->linear(l); }
+
 int ftk_loss_needs_ref(struct ftk_loss *l) { return FTK_PLUGIN_SLOT(l->pl, needs_ref) && l->pl->needs_ref(l); }
 int ftk_loss_needs_kl(struct ftk_loss *l) { return FTK_PLUGIN_SLOT(l->pl, needs_kl) && l->pl->needs_kl(l); }
 

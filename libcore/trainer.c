@@ -222,7 +222,27 @@ static ftk_status run_step(struct ftk_trainer *t, struct ftk_step_result *res)
                 break;
             }
         }
-        if ((s = ftk_model_forward(m, v, 1, logps, nt)) != FTK_OK) {
+        /* A loss linear in the log-probs (SFT) knows dlogps before the forward: the fused
+         * forward-backward makes each chunk's logits once instead of twice. */
+        int fused = ftk_loss_is_linear(t->loss) && !needs_kl;
+        if (fused) {
+            for (int64_t r = 0; r < v->B; r++) {
+                int64_t c = 0;
+                for (int64_t q = 0; q + 1 < v->T; q++)
+                    c += v->labels[r * v->T + q + 1] != FTK_IGNORE_INDEX;
+                nt[r] = c;
+                logps[r] = 0;
+            }
+            struct ftk_loss_batch pre = {.B = v->B, .logps = logps, .ref_logps = ref, .n_tokens = nt,
+                                         .n_tokens_total = labelled, .batch = &t->held[i], .accum = t->n_held};
+            double unused;
+            struct ftk_metrics none = {0};
+            if ((s = ftk_loss_compute(t->loss, &pre, &unused, dl, &none)) == FTK_OK)
+                s = ftk_model_forward_backward(m, v, dl, logps, nt);
+        } else {
+            s = ftk_model_forward(m, v, 1, logps, nt);
+        }
+        if (s != FTK_OK) {
             s = ftk_error_wrap(s, "batch %lld", (long long)idx);
             break;
         }
@@ -251,7 +271,8 @@ static ftk_status run_step(struct ftk_trainer *t, struct ftk_step_result *res)
             ftk_metrics_add(&sum, met.name[k], (j < sum.n ? sum.value[j] : 0) + met.value[k]);
             n_rep[j]++;
         }
-        s = ftk_model_backward(m, dl);
+        if (!fused)
+            s = ftk_model_backward(m, dl);
     }
     for (int j = 0; j < sum.n; j++)
         sum.value[j] /= (double)(n_rep[j] > 0 ? n_rep[j] : 1);

@@ -31,6 +31,13 @@ static ftk_status sft_compute(struct ftk_loss *l, const struct ftk_loss_batch *b
     return FTK_OK;
 }
 
+/* d loss / d logps = -1 / n_tokens_total whatever the log-probs are */
+static int sft_linear(struct ftk_loss *l)
+{
+    (void)l;
+    return 1;
+}
+
 FTK_EXPORT const struct ftk_loss_plugin ftk_loss_plugin = {
     .abi_version = FTK_LOSS_ABI,
     .struct_size = sizeof(struct ftk_loss_plugin),
@@ -38,4 +45,5 @@ FTK_EXPORT const struct ftk_loss_plugin ftk_loss_plugin = {
     .priv_size = 0,
     .init = sft_init,
     .compute = sft_compute,
+    .linear = sft_linear,
 };

@@ -164,8 +164,12 @@ struct ftk_loss_plugin {
     /* (optional, appended) 1 if the loss needs the KL rows of KTO batches (B_kl, kl_logps and,
      * with needs_ref, kl_ref_logps). */
     int (*needs_kl)(struct ftk_loss *l);
+    /* (optional, appended) 1 if dlogps does not depend on the log-probs (SFT's token mean):
+     * the trainer then asks for dlogps first and runs the fused forward-backward. */
+    int (*linear)(struct ftk_loss *l);
 };
 FTK_API void *ftk_loss_priv(struct ftk_loss *l);
+FTK_API int ftk_loss_is_linear(struct ftk_loss *l);
 
 /* ---- loading (libcore side) ------------------------------------------------------------- */
 
