@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <cjson/cJSON.h>
 #include "ftk/eval.h"
+#include "ftk/progress.h"
 #include "ftk/model.h"
 
 struct eval_run {
@@ -13,6 +14,7 @@ struct eval_run {
     struct ftk_model *m;
     FILE *per;          /* per-example JSONL, or NULL */
     cJSON *metrics;     /* the object printed at the end */
+    struct ftk_progress prog;
 };
 
 /* Writes one per-example object (consumed) when --per-example is on. */

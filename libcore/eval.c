@@ -211,6 +211,7 @@ static ftk_status eval_stream(struct eval_run *r, FILE *in, const char *name, en
         struct ftk_batch_view v;
         if ((s = rows_of(&msg, &v, name, idx)) != FTK_OK)
             break;
+        ftk_progress_update(&r->prog, (int64_t)idx, NULL);
         if (decide) {
             const char *pw = ftk_message_get_meta(&msg, "pairwise");
             *mode = pw && !strcmp(pw, "1") ? FTK_EVAL_PREFERENCE : FTK_EVAL_LOSS;
@@ -273,6 +274,7 @@ ftk_status ftk_eval_run(const struct ftk_eval_opts *o, FILE *out)
     FILE *in = NULL;
     cJSON *records = NULL;
     enum ftk_eval_mode mode = o->mode;
+    ftk_progress_start(&r.prog, "eval", "items", 0, o->quiet);
     ftk_status s = ftk_model_load(o->model, be, ctx, &r.m);
     if (s == FTK_OK && o->adapter)
         s = ftk_model_load_adapter(r.m, o->adapter, 0);

@@ -504,6 +504,7 @@ ftk_status eval_choice(struct eval_run *r, cJSON *records, const char *name)
     cJSON *subjects = cJSON_CreateObject();
     for (int i = 0; i < n && s == FTK_OK; i++) {
         struct question *q = &qs[i];
+        ftk_progress_update(&r->prog, i, NULL);
         ftk_kv_cache_reset(cache, 0);
         if ((s = ftk_model_prefill(r->m, cache, 0, q->ids.ids, (int64_t)q->ids.n, logits)) != FTK_OK) {
             s = ftk_error_wrap(s, "%s: record %d", name, i);
@@ -688,6 +689,7 @@ ftk_status eval_generation(struct eval_run *r, cJSON *records, const char *name)
         gc.eos[gc.n_eos++] = t.enc.eos_id;   /* the template's replace_eos */
     for (int i = 0; i < n && s == FTK_OK; i++) {
         char where[600];
+        ftk_progress_update(&r->prog, i, NULL);
         snprintf(where, sizeof where, "%s: record %d", name, i);
         const cJSON *rec = cJSON_GetArrayItem(records, i);
         if (!references(rec))

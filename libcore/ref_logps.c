@@ -2,6 +2,7 @@
  * batches with the reference model's per-row log-prob sums out. Streaming: one message held. */
 #include <stdlib.h>
 #include <string.h>
+#include "ftk/progress.h"
 #include "ftk/model.h"
 #include "ftk/ref_logps.h"
 #include "ftk/stream.h"
@@ -82,6 +83,8 @@ ftk_status ftk_ref_logps_run(const struct ftk_ref_logps_opts *o, FILE *in, const
     if (s == FTK_OK)
         s = ftk_stream_write(w, &msg);
     int ended = 0;
+    struct ftk_progress prog;
+    ftk_progress_start(&prog, "ref-logps", "batches", 0, o->quiet);
     while (s == FTK_OK) {
         if ((s = ftk_stream_read(r, &msg)) != FTK_OK)
             break;
@@ -117,10 +120,15 @@ ftk_status ftk_ref_logps_run(const struct ftk_ref_logps_opts *o, FILE *in, const
             }
             st.batches++;
             st.rows += v.B;
+            char pst[48];
+            snprintf(pst, sizeof pst, "%lld rows", (long long)st.rows);
+            ftk_progress_update(&prog, st.batches, pst);
         }
         if (s == FTK_OK)
             s = ftk_stream_write(w, &msg);
     }
+    if (s == FTK_E_EOF && ended)
+        ftk_progress_done(&prog);
     if (s == FTK_E_EOF)
         s = ended ? FTK_OK : ftk_error_set(FTK_E_TRUNCATED, __FILE__, __LINE__, "%s: the stream has no end message", name);
     ftk_message_free(&msg);

@@ -13,6 +13,7 @@
 #include "ftk/fileio.h"
 #include "ftk/hash.h"
 #include "ftk/model.h"
+#include "ftk/progress.h"
 #include "ftk/stream.h"
 #include "ftk/train_run.h"
 
@@ -233,6 +234,8 @@ ftk_status ftk_train_run(const struct ftk_train_opts *o)
     /* the steps */
     int64_t skip = t ? ftk_trainer_batches_done(t) : 0, seen = 0;
     double t0 = now_s(), last = t0;
+    struct ftk_progress prog;
+    ftk_progress_start(&prog, "train-step", "steps", total, o->quiet);
     while (s == FTK_OK && ftk_trainer_step(t) < total) {
         s = ftk_stream_read(r, &msg);
         if (s != FTK_OK)
@@ -255,6 +258,9 @@ ftk_status ftk_train_run(const struct ftk_train_opts *o)
             continue;
         double tn = now_s();
         put_metrics(mf ? mf : stdout, &res, tn - t0, tn - last);
+        char pst[64];
+        snprintf(pst, sizeof pst, "loss %.4f, %.0f tokens/s", res.loss, tn > last ? (double)res.tokens / (tn - last) : 0.0);
+        ftk_progress_update(&prog, res.step, pst);
         last = tn;
         if (o->save_steps > 0 && res.step % o->save_steps == 0 && res.step < total) {
             char dir[4096];
@@ -271,6 +277,8 @@ ftk_status ftk_train_run(const struct ftk_train_opts *o)
         if ((s = ftk_trainer_flush(t, &stepped, &res)) == FTK_OK && stepped)
             put_metrics(mf ? mf : stdout, &res, now_s() - t0, now_s() - last);
     }
+    if (s == FTK_OK)
+        ftk_progress_done(&prog);
     if (s == FTK_OK && ftk_trainer_step(t) == 0)
         s = ftk_error_set(FTK_E_INVALID, __FILE__, __LINE__, "%s: no batch to train on", name);
     if (s == FTK_OK && o->output)

@@ -21,6 +21,7 @@ static const char usage_text[] =
     "  --mode M             auto (default), loss, preference, choice, generation\n"
     "  --per-example FILE   one JSON line per row / pair / question there\n"
     "  --threads N          CPU threads (default: all cores)\n"
+    "  --quiet              no progress on stderr (a bar on a terminal, else a line every 10 s)\n"
     "Preference (pairwise batches; the reference is the stream's ref_logps, else --ref-model,\n"
     "else the model with its adapter off):\n"
     "  --beta X             DPO beta of the implicit reward beta*(logp - ref_logp) (0.1)\n"
@@ -85,6 +86,7 @@ static int parse_args(int argc, char **argv, struct ftk_eval_opts *o)
         else if (!strcmp(f, "--version")) { printf("ftk-eval %s\n", FTK_VERSION); exit(0); }
         else if (!strcmp(f, "--model")) o->model = x;
         else if (!strcmp(f, "--adapter")) o->adapter = x;
+        else if (!strcmp(f, "--quiet") || !strcmp(f, "-q")) o->quiet = 1;
         else if (!strcmp(f, "--mode")) {
             if (ftk_eval_mode_parse(x, &o->mode) != FTK_OK)
                 return usage_error("--mode: ", ftk_last_error());

@@ -19,7 +19,7 @@ static const char usage[] =
     "  --device cpu            only the CPU backend so far\n"
     "  --level L               zstd level of the output, 0 = uncompressed (default 3)\n"
     "  -o, --output FILE       write there (atomically) instead of stdout\n"
-    "  -q, --quiet             no summary on stderr\n"
+    "  -q, --quiet             no progress and no summary on stderr\n"
     "  -h, --help, --version\n"
     "Example: ftk pack --batch-size 4 < pairs.fts | ftk ref-logps --model base/ > train.fts\n"
     "Exit status: 0 ok, 1 input or runtime error, 2 usage.\n";
@@ -77,7 +77,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
             break;
         case O_LEVEL: rc = num(optarg, "--level", 0, 19, &o->r.zstd_level); break;
         case 'o': o->output = optarg; break;
-        case 'q': o->quiet = 1; break;
+        case 'q': o->quiet = 1; o->r.quiet = 1; break;
         case 'h': fputs(usage, stdout); return 1;
         case O_VERSION: printf("ftk-ref-logps %s\n", FTK_VERSION); return 1;
         default: return bad("unknown or incomplete option '%s'", argv[optind - 1]);

@@ -41,6 +41,7 @@ static const char usage_text[] =
     "  --metrics FILE          metrics JSONL there instead of stdout\n"
     "  --resume DIR            continue from a checkpoint (same data and flags): bit-identical\n"
     "  --recompute             recompute activations in backward: less memory, same numbers\n"
+    "  --quiet                 no progress on stderr (a bar on a terminal with the loss, else a line every 10 s)\n"
     "  --threads N  --seed S (42)  --device cpu\n"
     "  -h, --help, --version\n"
     "\n"
@@ -180,6 +181,7 @@ static int parse_args(int argc, char **argv, struct args *a)
         else if (!strcmp(f, "--metrics")) { NEED(); o->metrics = x; }
         else if (!strcmp(f, "--resume")) { NEED(); o->resume = x; }
         else if (!strcmp(f, "--recompute")) o->recompute = 1;
+        else if (!strcmp(f, "--quiet") || !strcmp(f, "-q")) o->quiet = 1;
         else if (!strcmp(f, "--threads")) { NEED(); if (i64(x, f, 0, &v)) return -1; o->threads = (int)v; }
         else if (!strcmp(f, "--seed")) { NEED(); if (i64(x, f, 0, &v)) return -1; o->seed = (uint64_t)v; }
         else if (!strcmp(f, "--device")) {

@@ -60,6 +60,7 @@ struct ftk_eval_opts {
     int64_t max_new_tokens;     /* 0: 64 */
     int64_t batch_size;         /* prompts generated together; 0: 8 */
     int ignore_case;            /* compare case-insensitively */
+    int quiet;                  /* no progress on stderr */
 };
 
 /* Runs the evaluation and writes the metrics object (one line) to `out`. */

@@ -20,6 +20,7 @@ struct ftk_ref_logps_opts {
     const char *adapter;       /* NULL, or a peft adapter applied to it */
     int threads;               /* 0: all cores */
     int zstd_level;            /* of the output; 0 uncompressed */
+    int quiet;                 /* no progress on stderr */
 };
 
 /* Counts of a run, for the caller's summary. */

@@ -29,6 +29,7 @@ struct ftk_train_opts {
     const char *resume;         /* a checkpoint directory */
     int threads;
     int recompute;              /* activation recomputation */
+    int quiet;                  /* no progress on stderr */
     uint64_t seed;
     const char *save_dtype;     /* full fine-tuning: "float32", "bfloat16", "float16"; NULL: the base's */
     /* appended: reference log-probs for losses that need them (dpo, kto), used for batches
