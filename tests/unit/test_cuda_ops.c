@@ -292,6 +292,101 @@ static void case_attention_long(void)
     case_attention(NULL, 1, 1031, 2, 1, 32);
 }
 
+/* n floats of other-backend memory, to the host */
+static float *fetch(const float *d, int64_t n)
+{
+    float *h = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+    CHECK_OK(oth->to_host(octx, h, d, (size_t)n * sizeof(float)));
+    return h;
+}
+
+/* the same call twice from the same state gives the same bits (bit-identical resume, DESIGN.md
+ * section 4): run 0 keeps a copy of each result in call order, run 1 compares with it;
+ * D NULL frees the copies */
+static void same_bits(const char *what, float *D, int64_t n, int run)
+{
+    static float *kept[16];
+    static int k, last = -1;
+    if (!D) {
+        for (int i = 0; i < 16; i++) {
+            free(kept[i]);
+            kept[i] = NULL;
+        }
+        last = -1;
+        return;
+    }
+    if (run != last) {
+        k = 0;
+        last = run;
+    }
+    if (k >= 16) {
+        CHECK_FAIL_("same_bits: more than 16 results");
+        return;
+    }
+    if (run == 0) {
+        kept[k++] = fetch(D, n);
+        return;
+    }
+    float *again = fetch(D, n);
+    if (memcmp(kept[k++], again, (size_t)n * sizeof(float)) != 0)
+        CHECK_FAIL_("%s: two runs differ", what);
+    free(again);
+}
+
+static void case_determinism(void)
+{
+    const int64_t B = 2, T = 300, H = 4, Hkv = 2, D = 64, N = B * T, C = 96, V = 517;
+    const int64_t nq = B * T * H * D, nk = B * T * Hkv * D;
+    static int32_t seg[2 * 300], ids[600], lab[600];
+    const int l0[] = { 100, 150, 50 }, l1[] = { 300 };
+    segs(seg, T, l0, 3);
+    segs(seg + T, T, l1, 1);
+    for (int64_t i = 0; i < N; i++) {
+        ids[i] = (int32_t)((i * 13) % 7);   /* many repeats: scatter order matters if any */
+        lab[i] = (int32_t)((i * 31) % V);
+    }
+    float *q = ops_rand(nq, -1, 1), *k = ops_rand(nk, -1, 1), *v = ops_rand(nk, -1, 1), *go = ops_rand(nq, -1, 1);
+    float *x = ops_rand(N * C, -1, 1), *w = ops_rand(V * C, -1, 1), *dl = ops_rand(N, -1, 1);
+    float *Q = DEVF(q, nq), *K = DEVF(k, nk), *Vv = DEVF(v, nk), *GO = DEVF(go, nq), *O = DEVF(NULL, nq);
+    float *L = DEVF(NULL, B * T * H), *DQ = DEVF(NULL, nq), *DK = DEVF(NULL, nk), *DV = DEVF(NULL, nk);
+    float *X = DEVF(x, N * C), *W = DEVF(w, V * C), *DL = DEVF(dl, N), *DX = DEVF(NULL, N * C), *DW = DEVF(NULL, V * C);
+    float *R = DEVF(NULL, N), *Y = DEVF(NULL, N * C), *G = DEVF(NULL, C), *S2 = DEVF(NULL, 1), *LP = DEVF(NULL, N);
+    int32_t *SEG = DEVI(seg, B * T), *IDS = DEVI(ids, N), *LAB = DEVI(lab, N);
+    CHECK_OK(oth->attention_forward(octx, O, L, Q, K, Vv, SEG, B, T, H, Hkv, D, 0.125f));
+    for (int run = 0; run < 2; run++) {
+        CHECK_OK(oth->zero(octx, DQ, (size_t)nq * 4));
+        CHECK_OK(oth->zero(octx, DK, (size_t)nk * 4));
+        CHECK_OK(oth->zero(octx, DV, (size_t)nk * 4));
+        CHECK_OK(oth->attention_backward(octx, DQ, DK, DV, GO, Q, K, Vv, O, L, SEG, B, T, H, Hkv, D, 0.125f));
+        same_bits("attention dq", DQ, nq, run);
+        same_bits("attention dk", DK, nk, run);
+        same_bits("attention dv", DV, nk, run);
+        CHECK_OK(oth->zero(octx, DW, (size_t)(V * C) * 4));
+        CHECK_OK(oth->embedding_backward(octx, DW, X, IDS, N, C, V));
+        same_bits("embedding dwte", DW, V * C, run);
+        CHECK_OK(oth->rmsnorm_forward(octx, Y, R, X, W, N, C, 1e-6f));
+        CHECK_OK(oth->zero(octx, G, (size_t)C * 4));
+        CHECK_OK(oth->rmsnorm_backward(octx, NULL, G, X, X, W, R, N, C));
+        same_bits("rmsnorm dw", G, C, run);
+        CHECK_OK(oth->zero(octx, G, (size_t)C * 4));
+        CHECK_OK(oth->linear_backward(octx, NULL, NULL, G, X, X, W, N, C, C));
+        same_bits("linear db", G, C, run);
+        CHECK_OK(oth->zero(octx, DX, (size_t)(N * C) * 4));
+        CHECK_OK(oth->zero(octx, DW, (size_t)(V * C) * 4));
+        CHECK_OK(oth->logprob_fused(octx, LP, DX, DW, DL, X, W, LAB, N, C, V, 64));
+        same_bits("logprob logp", LP, N, run);
+        same_bits("logprob dh", DX, N * C, run);
+        same_bits("logprob dw", DW, V * C, run);
+        CHECK_OK(oth->sumsq(octx, S2, Q, nq));
+        same_bits("sumsq", S2, 1, run);
+    }
+    same_bits(NULL, NULL, 0, 0);   /* frees the kept copy */
+    free(q); free(k); free(v); free(go); free(x); free(w); free(dl);
+    DFREE(Q); DFREE(K); DFREE(Vv); DFREE(GO); DFREE(O); DFREE(L); DFREE(DQ); DFREE(DK); DFREE(DV);
+    DFREE(X); DFREE(W); DFREE(DL); DFREE(DX); DFREE(DW); DFREE(R); DFREE(Y); DFREE(G); DFREE(S2); DFREE(LP);
+    DFREE(SEG); DFREE(IDS); DFREE(LAB);
+}
+
 static void decode_once(int64_t B, int64_t S, int64_t H, int64_t Hkv, int64_t D, const int32_t *len)
 {
     const int64_t nq = B * H * D, nc = B * S * Hkv * D;
@@ -431,7 +526,7 @@ static void case_optim(void)
     DFREE(P); DFREE(M); DFREE(Vv); DFREE(G); DFREE(SS); DFREE(X);
 }
 
-#define NCASES 10
+#define NCASES 11
 
 int main(int argc, char **argv)
 {
@@ -456,6 +551,7 @@ int main(int argc, char **argv)
     TEST("attention_decode against a KV cache, bad lengths") case_decode();
     TEST("logprob forward/backward/fused, ignored labels, chunks, V=32003") case_logprob();
     TEST("adamw, sumsq, axpy, scale, add, copy, zero") case_optim();
+    TEST("determinism: backward ops and reductions give the same bits twice") case_determinism();
     TEST("another context on the same backend") {
         void *c2 = NULL;
         CHECK_OK(oth->create(&o, &c2));
