@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <cjson/cJSON.h>
 #include "ftk/generate.h"
 
@@ -165,6 +166,13 @@ int32_t ftk_gen_pick(const struct ftk_gen_config *c, float *lg, int64_t V, const
     return id;
 }
 
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 static int is_eos(const struct ftk_gen_config *c, int32_t id)
 {
     for (int i = 0; i < c->n_eos; i++)
@@ -225,14 +233,17 @@ ftk_status ftk_generate(struct ftk_model *m, const struct ftk_tokenizer *tok, co
             s = ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
             break;
         }
+        double t0 = now_s();
         if ((s = ftk_model_prefill(m, kc, i, prompts[i], lens[i], logits + i * V)) != FTK_OK)
             s = ftk_error_wrap(s, "prompt %lld", (long long)i);
+        out[i].prefill_s = now_s() - t0;
         if (lens[i] + c->max_new_tokens > cap)
             cap = lens[i] + c->max_new_tokens;
     }
     if (s == FTK_OK && !(seen = malloc((size_t)cap * sizeof *seen)))
         s = ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
     int64_t live = n;
+    double decode_s = 0;
     for (int64_t step = 0; s == FTK_OK && step < c->max_new_tokens && live > 0; step++) {
         for (int64_t i = 0; i < n; i++) {
             if (done[i])
@@ -257,9 +268,14 @@ ftk_status ftk_generate(struct ftk_model *m, const struct ftk_tokenizer *tok, co
             if (done[i])
                 live--;
         }
-        if (s == FTK_OK && live > 0 && step + 1 < c->max_new_tokens)
+        if (s == FTK_OK && live > 0 && step + 1 < c->max_new_tokens) {
+            double t0 = now_s();
             s = ftk_model_decode(m, kc, next, logits);
+            decode_s += now_s() - t0;
+        }
     }
+    for (int64_t i = 0; i < n; i++)
+        out[i].decode_s = decode_s;
     for (int64_t i = 0; i < n && s == FTK_OK && tok; i++) {
         int stopped;
         if (!out[i].text || !c->n_stop)

@@ -77,8 +77,10 @@ static ftk_status flush_batch(struct gen_run *r)
         fputs(", \"ids\": [", r->out);
         for (int64_t k = 0; k < res[i].n; k++)
             fprintf(r->out, "%s%d", k ? ", " : "", res[i].ids[k]);
-        fprintf(r->out, "], \"finish_reason\": \"%s\", \"prompt_tokens\": %lld, \"completion_tokens\": %lld}\n",
-                res[i].finish_reason, (long long)res[i].prompt_tokens, (long long)res[i].n);
+        fprintf(r->out, "], \"finish_reason\": \"%s\", \"prompt_tokens\": %lld, \"completion_tokens\": %lld, "
+                        "\"prefill_s\": %.6f, \"decode_s\": %.6f}\n",
+                res[i].finish_reason, (long long)res[i].prompt_tokens, (long long)res[i].n, res[i].prefill_s,
+                res[i].decode_s);
         r->n_done++;
         r->tokens_out += res[i].n;
         ftk_gen_result_free(&res[i]);

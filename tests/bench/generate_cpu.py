@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Generation speed on the CPU: ftk generate against transformers' generate, side by side, same
-model, prompt and thread count. Greedy, batch 1; prefill tokens/s from the time to the first new
-token, decode tokens/s from the time of the remaining new tokens. Model loading is taken out by
-timing two runs (1 and 1+N new tokens) for ftk, and by timing inside the process for torch.
+model, prompt and thread count. Greedy, batch 1; prefill tokens/s from the prompt's prefill, decode
+tokens/s from the N decode steps after the first new token. ftk generate reports both times
+(prefill_s, decode_s); torch is timed inside its process (generate of 1 and of 1+N tokens).
 
 Usage: .venv/bin/python tests/bench/generate_cpu.py [--threads 2] [--prompt 128] [--new 64] [--shapes 100m]
 Prints a markdown table (docs/PERF.md keeps it); medians of --repeats runs."""
@@ -12,11 +12,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 from train_cpu import SHAPES, make_model  # noqa: E402
 
 
-def ftk_time(ftk, model, fts, new, threads):
-    t0 = time.perf_counter()
-    subprocess.run([ftk, "generate", "--model", model, "--greedy", "--quiet", "--ignore-eos", "--max-new-tokens", str(new),
-                    "--threads", str(threads), fts], check=True, capture_output=True)
-    return time.perf_counter() - t0
+def ftk_run(ftk, model, fts, new, threads):
+    """(prefill seconds, decode seconds) as ftk generate reports them for the prompt."""
+    p = subprocess.run([ftk, "generate", "--model", model, "--greedy", "--quiet", "--ignore-eos", "--max-new-tokens", str(new),
+                        "--threads", str(threads), fts], check=True, capture_output=True)
+    r = json.loads(p.stdout.decode().splitlines()[0])
+    return r["prefill_s"], r["decode_s"]
 
 
 TORCH = r'''
@@ -58,23 +59,12 @@ def main():
             lines = [json.dumps({"kind": "stream", "meta": {"producer": "bench"}}),
                      json.dumps({"kind": "example", "tensors": {"input_ids": ids}})]
             subprocess.run([a.ftk, "dump", "--from-json"], input="\n".join(lines).encode(), stdout=open(fts, "wb"), check=True)
-            pre, dec = [], []
-            for _ in range(a.repeats):
-                t1 = ftk_time(a.ftk, d, fts, 1, a.threads)
-                tn = ftk_time(a.ftk, d, fts, a.new + 1, a.threads)
-                t0 = ftk_time(a.ftk, d, fts, 1, a.threads)   # load + prefill + 1, twice to cancel loading noise
-                pre.append(min(t0, t1))
-                dec.append(tn - min(t0, t1))
+            runs = [ftk_run(a.ftk, d, fts, a.new + 1, a.threads) for _ in range(a.repeats)]
             p = subprocess.run([sys.executable, "-c", TORCH, d, json.dumps(ids), str(a.new), str(a.threads), str(a.repeats)],
                                capture_output=True, check=True)
             tt = json.loads(p.stdout.decode().splitlines()[-1])
-            # ftk's t(1 token) includes loading the model: measure loading alone with a 1-token prompt
-            one = os.path.join(tmp, "one.fts")
-            lines1 = [lines[0], json.dumps({"kind": "example", "tensors": {"input_ids": ids[:1]}})]
-            subprocess.run([a.ftk, "dump", "--from-json"], input="\n".join(lines1).encode(), stdout=open(one, "wb"), check=True)
-            base = statistics.median([ftk_time(a.ftk, d, one, 1, a.threads) for _ in range(a.repeats)])
-            fp = a.prompt / max(statistics.median(pre) - base, 1e-6)
-            fd = a.new / statistics.median(dec)
+            fp = a.prompt / statistics.median([x[0] for x in runs])
+            fd = a.new / statistics.median([x[1] for x in runs])
             tp = a.prompt / statistics.median([x[0] for x in tt])
             td = a.new / statistics.median([x[1] for x in tt])
             print(f"| {name} | {a.prompt} | {a.new} | {fp:.0f} | {tp:.0f} | {fp / tp:.2f}x | {fd:.1f} | {td:.1f} | {fd / td:.2f}x |", flush=True)

@@ -37,6 +37,8 @@ struct ftk_gen_result {
     char *text;                    /* decoded (skip_special_tokens), cut at a stop string */
     const char *finish_reason;     /* "stop" (eos or stop string) or "length" */
     int64_t prompt_tokens;
+    double prefill_s;              /* seconds of this prompt's prefill */
+    double decode_s;               /* seconds of the decode steps of its batch (shared) */
 };
 
 /* Called after each generated token of prompt `i` (streaming); may be NULL. */
