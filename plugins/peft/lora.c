@@ -56,7 +56,37 @@ struct lora {
     size_t d1_cap, d2_cap, d3_cap;
     float *mns;                /* DoRA (O) host: m / n for the site at hand */
     size_t mns_cap;
+    char mts[256];             /* modules_to_save: comma list of top-level modules trained whole */
 };
+
+/* modules_to_save (peft): whole modules outside the layers that train and are saved with the
+ * adapter as base_model.model.<HF name>. Their HF weight names: */
+static int mts_name(const char *item, int k, char *out, size_t n)
+{
+    static const char *fmt[] = {"%s.weight", "model.%s.weight"};   /* lm_head; embed_tokens, norm */
+    if (k >= 2)
+        return 0;
+    snprintf(out, n, fmt[k], item);
+    return 1;
+}
+
+/* Is base weight `name` in modules_to_save? */
+static int mts_has(const struct lora *L, const char *name)
+{
+    char buf[256], cand[300];
+    snprintf(buf, sizeof buf, "%s", L->mts);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
+        for (int k = 0; mts_name(t, k, cand, sizeof cand); k++)
+            if (!strcmp(cand, name))
+                return 1;
+    return 0;
+}
+
+static int lora_base_trainable(struct ftk_peft *p, const char *name)
+{
+    struct lora *L = ftk_peft_priv(p);
+    return L->mts[0] && mts_has(L, name);
+}
 
 /* splitmix64: init and dropout draws that depend only on (seed, what, index) */
 static uint64_t mix(uint64_t x)
@@ -184,10 +214,14 @@ static ftk_status pissa_host(const float *W, int64_t O, int64_t I, int64_t r, do
 }
 
 /* OLoRA (peft olora_init): W (O,I) = Q R (Householder, LAPACK's signs: R_kk = -sign(a_kk) ||a||);
- * B (O,r) = Q[:, :r], A (r,I) = R[:r]. */
+ * B (O,r) = Q[:, :r], A (r,I) = R[:r]. Only the first r reflections matter: row j of R is final
+ * after reflection j, and H_j (j >= r) leaves the first r columns of [I_r; 0] alone, so the cost
+ * is O(O I r), not O(O I min(O,I)). */
 static ftk_status olora_host(const float *W, int64_t O, int64_t I, int64_t r, float *A, float *B)
 {
     int64_t k = O < I ? O : I;
+    if (k > r)
+        k = r;
     double *a = malloc((size_t)(O * I) * sizeof *a), *vs = calloc((size_t)(O * k), sizeof *vs), *q = calloc((size_t)(O * r), sizeof *q);
     if (!a || !vs || !q) {
         free(a), free(vs), free(q);
@@ -311,8 +345,21 @@ static ftk_status lora_init(struct ftk_peft *p, const struct ftk_kv *o)
     int from_w = !strcmp(init, "pissa") || !strcmp(init, "olora");
     FTK_FAIL_IF(!L->gaussian && !from_w && strcmp(init, "true"), FTK_E_UNSUPPORTED,
                 "init_lora_weights=%s (supported: true, gaussian, pissa, olora)", init);
-    FTK_FAIL_IF(ftk_kv_get(o, "modules_to_save") && strcmp(ftk_kv_get(o, "modules_to_save"), ""), FTK_E_UNSUPPORTED,
-                "modules_to_save is not supported yet");
+    const char *mts = ftk_kv_get(o, "modules_to_save");
+    snprintf(L->mts, sizeof L->mts, "%s", mts ? mts : "");
+    if (L->mts[0]) {   /* top-level modules only: lm_head, embed_tokens, norm */
+        char buf[256], cand[300];
+        snprintf(buf, sizeof buf, "%s", L->mts);
+        for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+            int found = 0;
+            for (int k = 0; mts_name(t, k, cand, sizeof cand) && !found; k++)
+                found = ftk_peft_base_weight(p, cand, NULL) != NULL;
+            FTK_FAIL_IF(!found, FTK_E_UNSUPPORTED, "modules_to_save: \"%s\" is not a top-level module of this model "
+                        "(lm_head, embed_tokens, norm)", t);
+            FTK_FAIL_IF(!strcmp(t, "lm_head") && ftk_peft_config(p)->tie_word_embeddings, FTK_E_UNSUPPORTED,
+                        "modules_to_save: lm_head is tied to embed_tokens in this model");
+        }
+    }
     /* LoRA+ (peft create_loraplus_optimizer) is an optimizer change: lora_B and 1-D params at
      * lr * ratio. The trainer has no per-parameter learning rate yet: refused, never ignored. */
     FTK_FAIL_IF(ftk_kv_get(o, "loraplus_lr_ratio"), FTK_E_UNSUPPORTED,
@@ -609,6 +656,22 @@ static ftk_status lora_save(struct ftk_peft *p, const char *dir, const char *bas
                 st = be->to_host(ctx, t->data, ls->m, t->nbytes);
         }
     }
+    char mbuf[256], cand[300];
+    snprintf(mbuf, sizeof mbuf, "%s", L->mts);
+    for (char *save = NULL, *t = strtok_r(mbuf, ",", &save); t && st == FTK_OK; t = strtok_r(NULL, ",", &save))
+        for (int k = 0; mts_name(t, k, cand, sizeof cand) && st == FTK_OK; k++) {
+            int64_t numel;
+            const float *w = ftk_peft_base_weight(p, cand, &numel);
+            if (!w)
+                continue;
+            const struct ftk_model_config *mc = ftk_peft_config(p);
+            int64_t shape[2] = {strstr(cand, "norm") ? numel : numel / mc->C, mc->C};
+            char name[400];
+            struct ftk_tensor *t2;
+            snprintf(name, sizeof name, "base_model.model.%s", cand);
+            if ((st = ftk_message_add(&msg, name, FTK_DTYPE_F32, strstr(cand, "norm") ? 1 : 2, shape, NULL, &t2)) == FTK_OK)
+                st = be->to_host(ctx, t2->data, w, t2->nbytes);
+        }
     char path[4096];
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     if (st == FTK_OK)
@@ -646,7 +709,16 @@ static ftk_status lora_save(struct ftk_peft *p, const char *dir, const char *bas
     else
         cJSON_AddBoolToObject(c, "init_lora_weights", 1);
     cJSON_AddBoolToObject(c, "inference_mode", 1);
-    cJSON_AddNullToObject(c, "modules_to_save");
+    if (L->mts[0]) {
+        cJSON *mt = cJSON_CreateArray();
+        char b2[256];
+        snprintf(b2, sizeof b2, "%s", L->mts);
+        for (char *save = NULL, *t = strtok_r(b2, ",", &save); t; t = strtok_r(NULL, ",", &save))
+            cJSON_AddItemToArray(mt, cJSON_CreateString(t));
+        cJSON_AddItemToObject(c, "modules_to_save", mt);
+    } else {
+        cJSON_AddNullToObject(c, "modules_to_save");
+    }
     cJSON_AddNullToObject(c, "layers_to_transform");
     cJSON_AddItemToObject(c, "rank_pattern", cJSON_CreateObject());
     cJSON_AddItemToObject(c, "alpha_pattern", cJSON_CreateObject());
@@ -714,6 +786,32 @@ static ftk_status lora_load(struct ftk_peft *p, struct ftk_source *src)
             }
         }
     }
+    char mbuf[256], cand[300];
+    snprintf(mbuf, sizeof mbuf, "%s", L->mts);
+    for (char *save = NULL, *t = strtok_r(mbuf, ",", &save); t && s == FTK_OK; t = strtok_r(NULL, ",", &save))
+        for (int k = 0; mts_name(t, k, cand, sizeof cand) && s == FTK_OK; k++) {
+            int64_t numel;
+            float *w = ftk_peft_base_weight(p, cand, &numel);
+            char name[400];
+            snprintf(name, sizeof name, "base_model.model.%s", cand);
+            const struct ftk_tensor *t2 = w ? ftk_st_model_find(st, name) : NULL;
+            if (!w)
+                continue;
+            if (!t2) {
+                s = ftk_error_set(FTK_E_NOTFOUND, __FILE__, __LINE__, "%s: adapter lacks %s (modules_to_save)", ftk_source_path(src), name);
+            } else if (ftk_tensor_numel(t2) != numel) {
+                s = ftk_error_set(FTK_E_MISMATCH, __FILE__, __LINE__, "%s: %s has %lld elements, the model %lld", ftk_source_path(src),
+                                  name, (long long)ftk_tensor_numel(t2), (long long)numel);
+            } else {
+                float *host = malloc((size_t)numel * sizeof *host);
+                s = host ? ftk_convert_to_f32(host, t2->data, t2->dtype, (size_t)numel)
+                         : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
+                if (s == FTK_OK)
+                    s = be->to_device(ctx, w, host, (size_t)numel * sizeof *host);
+                free(host);
+                seen++;
+            }
+        }
     if (s == FTK_OK && seen != ftk_st_model_count(st))
         s = ftk_error_set(FTK_E_MISMATCH, __FILE__, __LINE__, "%s: adapter has %zu tensors, the model's LoRA sites take %zu",
                           ftk_source_path(src), ftk_st_model_count(st), seen);
@@ -783,4 +881,5 @@ FTK_EXPORT const struct ftk_peft_plugin ftk_peft_plugin = {
     .load = lora_load,
     .merge = lora_merge,
     .release = lora_release,
+    .base_trainable = lora_base_trainable,
 };

@@ -289,6 +289,55 @@ int main(void)
         ftk_model_free(f);
         ftk_st_model_close(e);
     }
+    TEST("LoRA with modules_to_save (peft adapter with a trained lm_head): logits, grads, save and load") {
+        struct ftk_st_model *e, *x;
+        struct ftk_model *m, *m2;
+        CHECK_OK(ftk_st_file_open("tests/fixtures/hf_tiny/llama/expected.safetensors", &e));
+        CHECK_OK(ftk_st_file_open("tests/fixtures/hf_tiny/llama/mts/expected.safetensors", &x));
+        CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &m));
+        CHECK_OK(ftk_model_load_adapter(m, "tests/fixtures/hf_tiny/llama/mts", 0));
+        struct ftk_batch_view b = batch_of(e, "", 1);
+        int64_t n = b.B * b.T * ftk_model_get_config(m)->V;
+        float *lg = malloc((size_t)n * sizeof *lg), *lg2 = malloc((size_t)n * sizeof *lg2);
+        CHECK_OK(ftk_model_logits(m, &b, lg));
+        double err = rel_err(lg, exp_t(x, "logits")->data, n);
+        printf("  modules_to_save logits rel err %.2e\n", err);
+        CHECK(err <= 1e-4);
+        double L = step_grads(m, loss, &b);
+        CHECK_NEAR(L, ((const float *)exp_t(x, "loss")->data)[0], 1e-5);
+        double worst = 0;
+        size_t K = ftk_model_n_trainable(m);
+        for (size_t i = 0; i < K; i++) {
+            struct ftk_param *q = ftk_model_trainable(m, i);
+            char nm[300];
+            snprintf(nm, sizeof nm, "grad.%s%s", q->base ? "base_model.model." : "", q->name);
+            const struct ftk_tensor *t = exp_t(x, nm);
+            if (!t) { CHECK(0); continue; }
+            double r = rel_err(q->g, t->data, q->numel);
+            if (!(r <= worst)) worst = r;
+        }
+        printf("  modules_to_save grads (%zu tensors, lm_head included) worst rel err %.2e\n", K, worst);
+        CHECK_INT(K, 9);
+        CHECK(worst <= 1e-3);
+        const struct ftk_peft_plugin *pl = ftk_peft_get_plugin(ftk_model_peft(m));
+        char dir[] = "/tmp/ftk-mts-XXXXXX";
+        CHECK(mkdtemp(dir) != NULL);
+        CHECK_OK(pl->save(ftk_model_peft(m), dir, "tests/fixtures/hf_tiny/llama"));
+        CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &m2));
+        CHECK_OK(ftk_model_load_adapter(m2, dir, 0));
+        CHECK_OK(ftk_model_logits(m, &b, lg));
+        CHECK_OK(ftk_model_logits(m2, &b, lg2));
+        CHECK(memcmp(lg, lg2, (size_t)n * sizeof *lg) == 0);
+        char cmd[300];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+        CHECK_INT(system(cmd), 0);
+        free(lg);
+        free(lg2);
+        ftk_model_free(m);
+        ftk_model_free(m2);
+        ftk_st_model_close(e);
+        ftk_st_model_close(x);
+    }
     TEST("bad input to the model is an error naming it") {
         struct ftk_model *m;
         CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &m));
