@@ -9,12 +9,14 @@ def rows_logps: batches | map(.tensors.ref_logps as $lp | (($lp | length) / 2) a
                               | range($p) | {c: $lp[.], r: $lp[. + $p]});
 ($test | batches) as $tb
 | {model: $model,
-   loss: (- ($tb | map(.tensors.ref_logps | add) | add)
-          / ($tb | map([.tensors.labels[][] | select(. != -100)] | length) | add)),
-   uses_name: (([$prompts, $gen] | transpose | map(select(.[0].name as $n | .[1].text | uses($n))) | length)
-               / ($gen | length)),
+   loss: (($tb | map([.tensors.labels[][] | select(. != -100)] | length) | add // 0) as $n
+          | if $n == 0 then null else - ($tb | map(.tensors.ref_logps | add) | add) / $n end),
+   uses_name: (if ($gen | length) == 0 then null else
+               (([$prompts, $gen] | transpose | map(select(.[0].name as $n | .[1].text | uses($n))) | length)
+               / ($gen | length)) end),
    n_prompts: ($gen | length)}
 | . + ([($pairs | rows_logps), ($ref | rows_logps)] | transpose
-       | {pair_acc: ((map(select(.[0].c > .[0].r)) | length) / length),
-          reward_acc: ((map(select(.[0].c - .[1].c > .[0].r - .[1].r)) | length) / length),
-          n_pairs: length})
+       | (if length == 0 then {pair_acc: null, reward_acc: null, n_pairs: 0}   # an unlucky QUICK run
+          else {pair_acc: ((map(select(.[0].c > .[0].r)) | length) / length),
+                reward_acc: ((map(select(.[0].c - .[1].c > .[0].r - .[1].r)) | length) / length),
+                n_pairs: length} end))
