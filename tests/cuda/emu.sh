@@ -6,7 +6,12 @@
 # behave as on the GPU; device memory starts as NaN; cuBLAS is OpenBLAS in column-major).
 # The only rewrite of the sources is the launch syntax (k<<<grid, block, smem, stream>>>(args)
 # becomes emu_launch([&]{ k(args); }, grid, block, smem, stream)) and the dynamic shared-memory
-# declaration. SAN=address adds AddressSanitizer (out-of-bounds device accesses).
+# declaration. SAN=address adds AddressSanitizer (out-of-bounds device accesses);
+# FTK_EMU_ORDER picks the order in which the threads of a block are resumed: forward (default),
+# reverse, random, or warp-ahead / warp-ahead-reverse (one warp runs until it waits at a block
+# barrier before the next starts: the largest skew between warps the barriers allow, which turns
+# a missing __syncthreads into NaN or a wrong result; a removed end-of-tile barrier in the
+# attention forward fails there with NMSE ~0.1 while passing in the other orders).
 # What it cannot check: see tests/cuda/emu/emu.cpp; a pass here is not a pass on a GPU.
 # Needs BUILD/lib/libftk.a (make CUDA=1 lib) for libcore. Builds into BUILD/cuda-emu/.
 set -eu

@@ -87,6 +87,8 @@ static struct emu_cleanup {
 
 static void yield_(void) { emu_swap(&E.f[E.cur].sp, E.sched_sp); }
 
+static void open_barrier(void);
+
 extern "C" void emu_trampoline(void)
 {
     (*E.body)();
@@ -95,10 +97,8 @@ extern "C" void emu_trampoline(void)
     E.live--;
     E.wlive[E.cur / 32]--;
     // an exited thread no longer holds a barrier back (as on sm_70 and later)
-    if (E.bar_arrived > 0 && E.bar_arrived == E.live) {
-        E.bar_arrived = 0;
-        E.bar_gen++;
-    }
+    if (E.bar_arrived > 0 && E.bar_arrived == E.live)
+        open_barrier();
     const int w = E.cur / 32;
     if (E.warr[w] > 0 && E.warr[w] == E.wlive[w]) {
         E.warr[w] = 0;
@@ -111,14 +111,22 @@ extern "C" void emu_trampoline(void)
 const emu_thread_ids *emu_ids(void) { return &E.f[E.cur].ids; }
 void *emu_dyn_smem(void) { return E.dyn.data(); }
 
+static void open_barrier(void)
+{
+    E.bar_arrived = 0;
+    E.bar_gen++;
+    for (int t = 0; t < E.nthreads; t++)
+        E.f[t].at_block_barrier = 0;
+}
+
 void __syncthreads(void)
 {
     unsigned g = E.bar_gen;
     if (++E.bar_arrived == E.live) {
-        E.bar_arrived = 0;
-        E.bar_gen++;
+        open_barrier();
         return;
     }
+    E.f[E.cur].at_block_barrier = 1;
     while (E.bar_gen == g)
         yield_();
 }
@@ -176,6 +184,15 @@ cudaError_t emu_launch(const std::function<void()> &body, dim3 grid, dim3 block,
         last_err = cudaErrorInvalidValue;
         return cudaErrorInvalidValue;
     }
+    // FTK_EMU_ORDER: the order in which a pass resumes the threads of a block (forward,
+    // reverse, random): hazards that a missing barrier leaves open show up in some order
+    const char *om = getenv("FTK_EMU_ORDER");
+    // warp-ahead: one warp at a time runs until every lane waits at a block barrier (or ends),
+    // the next warp after it (warp-ahead-reverse: from the last warp): the largest skew between
+    // warps that the barriers allow, where a missing __syncthreads at a tile's end shows
+    const int order_mode = !om ? 0 : !strcmp(om, "reverse") ? 1 : !strcmp(om, "random") ? 2
+                         : !strcmp(om, "warp-ahead") ? 3 : !strcmp(om, "warp-ahead-reverse") ? 4 : 0;
+    static uint64_t rng = 0x9E3779B97F4A7C15ull;
     E.body = &body;
     E.nthreads = n;
     if ((int)E.f.size() < n) {
@@ -199,6 +216,7 @@ cudaError_t emu_launch(const std::function<void()> &body, dim3 grid, dim3 block,
                 for (int t = 0; t < n; t++) {
                     fiber &f = E.f[t];
                     f.done = 0;
+                    f.at_block_barrier = 0;
                     f.ids.tid = dim3((unsigned)t, 0, 0);
                     f.ids.bid = dim3(bx, by, bz);
                     f.ids.bdim = block;
@@ -211,6 +229,9 @@ cudaError_t emu_launch(const std::function<void()> &body, dim3 grid, dim3 block,
                     for (int r = 0; r < 6; r++) sp[r] = 0;
                     f.sp = sp;
                 }
+                std::vector<int> order(n);
+                for (int i = 0; i < n; i++)
+                    order[i] = order_mode == 1 ? n - 1 - i : i;
                 int running = n;
                 long stalled = 0;   // passes in which no barrier opened and no thread ended
                 while (running) {
@@ -218,7 +239,36 @@ cudaError_t emu_launch(const std::function<void()> &body, dim3 grid, dim3 block,
                     unsigned w0 = 0;
                     for (unsigned x : E.wgen) w0 += x;
                     const int r0 = running;
-                    for (int t = 0; t < n; t++) {
+                    if (order_mode == 2)   // a fresh random order each pass (xorshift, fixed seed)
+                        for (int i = n - 1; i > 0; i--) {
+                            rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+                            int j = (int)(rng % (uint64_t)(i + 1)), x = order[i];
+                            order[i] = order[j];
+                            order[j] = x;
+                        }
+                    if (order_mode >= 3) {
+                        for (int wi = 0; wi < n / 32; wi++) {
+                            const int w = order_mode == 3 ? wi : n / 32 - 1 - wi;
+                            for (int idle = 0; idle < 3;) {   // 3 rounds without a shuffle opening: stuck
+                                const unsigned wg = E.wgen[w], bg = E.bar_gen;
+                                int any = 0;
+                                for (int t = w * 32; t < w * 32 + 32; t++) {
+                                    if (E.f[t].done || E.f[t].at_block_barrier)
+                                        continue;
+                                    any = 1;
+                                    E.cur = t;
+                                    emu_swap(&E.sched_sp, E.f[t].sp);
+                                    if (E.f[t].done)
+                                        running--;
+                                }
+                                if (!any)
+                                    break;
+                                idle = (E.wgen[w] == wg && E.bar_gen == bg) ? idle + 1 : 0;
+                            }
+                        }
+                    } else
+                    for (int oi = 0; oi < n; oi++) {
+                        const int t = order[oi];
                         if (E.f[t].done)
                             continue;
                         E.cur = t;
