@@ -222,8 +222,12 @@ ftk_status ftk_train_run(const struct ftk_train_opts *o)
                                   o->ref_model, (long long)ftk_model_get_config(refm)->V, (long long)ftk_model_get_config(m)->V);
             if (s == FTK_OK)
                 ftk_trainer_set_reference(t, refm);
-        } else if (!FTK_PLUGIN_SLOT(pl, base_trainable)) {   /* LoRA-like: the base is the reference */
-            ftk_trainer_set_reference(t, m);
+        } else {   /* LoRA-like (no base weight trains): the base, adapter off, is the reference */
+            int base_trains = 0;
+            for (size_t i = 0; i < ftk_model_n_trainable(m); i++)
+                base_trains |= ftk_model_trainable(m, i)->base;
+            if (!base_trains)
+                ftk_trainer_set_reference(t, m);
         }
     }
     if (s == FTK_OK && o->resume)
