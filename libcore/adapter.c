@@ -75,7 +75,7 @@ static ftk_status check_supported(const struct ftk_kv *kv, const char *where)
 {
     static const struct { const char *key, *ok; } fixed[] = {
         {"bias", "none"}, {"fan_in_fan_out", "false"}, {"rank_pattern", "{}"}, {"alpha_pattern", "{}"},
-        {"use_dora", "false"}, {"layer_replication", ""}, {"layers_to_transform", ""},
+        {"layer_replication", ""}, {"layers_to_transform", ""},
     };
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++) {
         const char *v = ftk_kv_get(kv, fixed[i].key);

@@ -144,6 +144,12 @@ static ftk_status check_config(const cJSON *c, const char *where)
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, must_be_false[i]);
         FTK_FAIL_IF(cJSON_IsTrue(v), FTK_E_UNSUPPORTED, "%s: %s = true cannot be merged by ftk", where, must_be_false[i]);
     }
+    /* PiSSA/OLoRA adapters belong to a residual base (W - s B A at init, recomputed from the
+     * original W when loaded): adding s B A to the original W would be wrong. */
+    const cJSON *init = cJSON_GetObjectItemCaseSensitive(c, "init_lora_weights");
+    FTK_FAIL_IF(cJSON_IsString(init) && (!strncmp(init->valuestring, "pissa", 5) || !strcmp(init->valuestring, "olora")),
+                FTK_E_UNSUPPORTED, "%s: init_lora_weights = %s: the adapter belongs to a residual base; "
+                "merge it with peft (which converts it) rather than ftk merge-lora", where, init->valuestring);
     const cJSON *bias = cJSON_GetObjectItemCaseSensitive(c, "bias");
     FTK_FAIL_IF(bias && !cJSON_IsNull(bias) && !(cJSON_IsString(bias) && !strcmp(bias->valuestring, "none")),
                 FTK_E_UNSUPPORTED, "%s: bias = %s cannot be merged by ftk (only \"none\")", where,

@@ -50,6 +50,10 @@ check_fail "unknown option" 2 "unknown option --nope" ftk merge-lora --nope
 check_fail "adapter for another base" 1 "adapter for another base" ftk merge-lora --model "$FIX/llama" --adapter "$FIX/qwen3/adapter" -o "$T/x"
 check_fail "missing adapter" 1 "$T/none" ftk merge-lora --model "$FIX/llama" --adapter "$T/none" -o "$T/x"
 check_fail "output not empty" 1 "exists and is not empty" ftk merge-lora --model "$FIX/llama" --adapter "$FIX/llama/adapter" -o "$T/m"
+mkdir -p "$T/pissa" && cp "$FIX/llama/adapter/adapter_model.safetensors" "$T/pissa/" \
+    && jq '.init_lora_weights = "pissa"' "$FIX/llama/adapter/adapter_config.json" > "$T/pissa/adapter_config.json"
+check_fail "a PiSSA adapter (residual base) is refused" 1 "belongs to a residual base" \
+    ftk merge-lora --model "$FIX/llama" --adapter "$T/pissa" -o "$T/xpissa"
 check "no partial output after the failures" bash -c "! ls -d '$T'/x* 2>/dev/null"
 check "--help has examples" bash -c "ftk merge-lora --help | grep -q 'Examples:'"
 check_eq "--version" "$(ftk merge-lora --version)" "ftk-merge-lora 0.1.0"
