@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "ftk/fileio.h"
 #include "ftk/safetensors.h"
 #include "model-impl.h"
 
@@ -371,4 +372,39 @@ float *ftk_peft_base_weight(struct ftk_peft *p, const char *hf_name, int64_t *nu
             return p->model->params[i].w;
         }
     return NULL;
+}
+
+ftk_status ftk_peft_load_tensor(struct ftk_peft *p, const struct ftk_st_model *st, const char *where, const char *name,
+                                int ndim, int64_t d0, int64_t d1, float *dst)
+{
+    const struct ftk_tensor *t = ftk_st_model_find(st, name);
+    FTK_FAIL_IF(!t, FTK_E_NOTFOUND, "%s: adapter lacks %s", where, name);
+    int ok = t->ndim == ndim && t->shape[0] == d0 && (ndim == 1 || t->shape[1] == d1);
+    FTK_FAIL_IF(!ok, FTK_E_MISMATCH, "%s: %s has shape [%lld%s%lld], the model needs [%lld%s%lld] (adapter for another base, or "
+                "other options?)", where, name, (long long)(t->ndim > 0 ? t->shape[0] : 0), t->ndim > 1 ? "," : "",
+                (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)d0, ndim > 1 ? "," : "", (long long)(ndim > 1 ? d1 : 0));
+    size_t n = (size_t)(d0 * (ndim > 1 ? d1 : 1));
+    float *host = malloc(n * sizeof *host);
+    FTK_FAIL_IF(!host, FTK_E_NOMEM, "out of memory");
+    ftk_status s = ftk_convert_to_f32(host, t->data, t->dtype, n);
+    if (s == FTK_OK)
+        s = p->model->be->to_device(p->model->ctx, dst, host, n * sizeof *host);
+    free(host);
+    if (s != FTK_OK)
+        return ftk_error_wrap(s, "%s: %s", where, name);
+    return FTK_OK;
+}
+
+ftk_status ftk_peft_write_config(const char *dir, const char *json)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%.4000s/adapter_config.json", dir);
+    size_t n = strlen(json);
+    char *text = malloc(n + 1);
+    FTK_FAIL_IF(!text, FTK_E_NOMEM, "out of memory");
+    memcpy(text, json, n);
+    text[n] = '\n';
+    ftk_status s = ftk_file_write_atomic(path, text, n + 1);
+    free(text);
+    return s;
 }

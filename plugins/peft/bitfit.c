@@ -206,10 +206,7 @@ static ftk_status bitfit_save(struct ftk_peft *p, const char *dir, const char *b
     char *text = cJSON_Print(c);
     cJSON_Delete(c);
     FTK_FAIL_IF(!text, FTK_E_NOMEM, "out of memory");
-    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    size_t n = strlen(text);
-    text[n] = '\n';   /* replaces the NUL; written with its length */
-    st = ftk_file_write_atomic(path, text, n + 1);
+    st = ftk_peft_write_config(dir, text);
     free(text);
     return st;
 }
@@ -217,8 +214,6 @@ static ftk_status bitfit_save(struct ftk_peft *p, const char *dir, const char *b
 static ftk_status bitfit_load(struct ftk_peft *p, struct ftk_source *src)
 {
     struct bitfit *S = ftk_peft_priv(p);
-    void *ctx;
-    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
     struct ftk_st_model *st;
     FTK_TRY(ftk_st_model_open(src, "adapter_model", &st));
     ftk_status s = FTK_OK;
@@ -226,20 +221,7 @@ static ftk_status bitfit_load(struct ftk_peft *p, struct ftk_source *src)
         struct bitfit_site *bs = &S->sites[i];
         char name[300];
         snprintf(name, sizeof name, "base_model.model.%s.bias", bs->s->module);
-        const struct ftk_tensor *t = ftk_st_model_find(st, name);
-        if (!t)
-            s = ftk_error_set(FTK_E_NOTFOUND, __FILE__, __LINE__, "%s: adapter lacks %s", ftk_source_path(src), name);
-        else if (t->ndim != 1 || t->shape[0] != bs->s->out)
-            s = ftk_error_set(FTK_E_MISMATCH, __FILE__, __LINE__, "%s: %s has %d dims [%lld], the model needs [%lld] (adapter for another base?)",
-                              ftk_source_path(src), name, t->ndim, (long long)t->shape[0], (long long)bs->s->out);
-        else {
-            size_t n = (size_t)bs->s->out;
-            float *host = malloc(n * sizeof *host);
-            s = host ? ftk_convert_to_f32(host, t->data, t->dtype, n) : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
-            if (s == FTK_OK)
-                s = be->to_device(ctx, bs->c, host, n * sizeof *host);
-            free(host);
-        }
+        s = ftk_peft_load_tensor(p, st, ftk_source_path(src), name, 1, bs->s->out, 0, bs->c);
     }
     if (s == FTK_OK && (size_t)S->n != ftk_st_model_count(st))
         s = ftk_error_set(FTK_E_MISMATCH, __FILE__, __LINE__, "%s: adapter has %zu tensors, the model's BitFit sites take %d",

@@ -255,10 +255,7 @@ static ftk_status ia3_save(struct ftk_peft *p, const char *dir, const char *base
     char *text = cJSON_Print(c);
     cJSON_Delete(c);
     FTK_FAIL_IF(!text, FTK_E_NOMEM, "out of memory");
-    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    size_t n = strlen(text);
-    text[n] = '\n';   /* replaces the NUL; written with its length */
-    st = ftk_file_write_atomic(path, text, n + 1);
+    st = ftk_peft_write_config(dir, text);
     free(text);
     return st;
 }
@@ -266,8 +263,6 @@ static ftk_status ia3_save(struct ftk_peft *p, const char *dir, const char *base
 static ftk_status ia3_load(struct ftk_peft *p, struct ftk_source *src)
 {
     struct ia3 *S = ftk_peft_priv(p);
-    void *ctx;
-    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
     struct ftk_st_model *st;
     FTK_TRY(ftk_st_model_open(src, "adapter_model", &st));
     ftk_status s = FTK_OK;
@@ -275,24 +270,8 @@ static ftk_status ia3_load(struct ftk_peft *p, struct ftk_source *src)
         struct ia3_site *is = &S->sites[i];
         char name[300];
         snprintf(name, sizeof name, "base_model.model.%s.ia3_l", is->s->module);
-        const struct ftk_tensor *t = ftk_st_model_find(st, name);
-        int64_t w0 = is->ff ? 1 : is->s->out, w1 = is->ff ? is->s->in : 1;
-        if (!t)
-            s = ftk_error_set(FTK_E_NOTFOUND, __FILE__, __LINE__, "%s: adapter lacks %s", ftk_source_path(src), name);
-        else if (t->ndim != 2 || t->shape[0] != w0 || t->shape[1] != w1)
-            s = ftk_error_set(FTK_E_MISMATCH, __FILE__, __LINE__,
-                              "%s: %s has shape [%lld,%lld], the model needs [%lld,%lld] (adapter for another base, or "
-                              "feedforward_modules differ?)",
-                              ftk_source_path(src), name, (long long)t->shape[0], (long long)(t->ndim > 1 ? t->shape[1] : 0),
-                              (long long)w0, (long long)w1);
-        else {
-            size_t n = (size_t)(w0 * w1);
-            float *host = malloc(n * sizeof *host);
-            s = host ? ftk_convert_to_f32(host, t->data, t->dtype, n) : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
-            if (s == FTK_OK)
-                s = be->to_device(ctx, is->l, host, n * sizeof *host);
-            free(host);
-        }
+        int64_t w0 = is->ff ? 1 : is->s->out, w1 = is->ff ? is->s->in : 1;   /* feed-forward: scales the input */
+        s = ftk_peft_load_tensor(p, st, ftk_source_path(src), name, 2, w0, w1, is->l);
     }
     if (s == FTK_OK && (size_t)S->n != ftk_st_model_count(st))
         s = ftk_error_set(FTK_E_MISMATCH, __FILE__, __LINE__, "%s: adapter has %zu tensors, the model's (IA)3 sites take %d",

@@ -726,10 +726,7 @@ static ftk_status lora_save(struct ftk_peft *p, const char *dir, const char *bas
     char *text = cJSON_Print(c);
     cJSON_Delete(c);
     FTK_FAIL_IF(!text, FTK_E_NOMEM, "out of memory");
-    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    size_t n = strlen(text);
-    text[n] = '\n';   /* replaces the NUL; written with its length */
-    st = ftk_file_write_atomic(path, text, n + 1);
+    st = ftk_peft_write_config(dir, text);
     free(text);
     return st;
 }
@@ -737,8 +734,6 @@ static ftk_status lora_save(struct ftk_peft *p, const char *dir, const char *bas
 static ftk_status lora_load(struct ftk_peft *p, struct ftk_source *src)
 {
     struct lora *L = ftk_peft_priv(p);
-    void *ctx;
-    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
     struct ftk_st_model *st;
     FTK_TRY(ftk_st_model_open(src, "adapter_model", &st));
     ftk_status s = FTK_OK;
@@ -748,42 +743,15 @@ static ftk_status lora_load(struct ftk_peft *p, struct ftk_source *src)
         for (int ab = 0; ab < 2 && s == FTK_OK; ab++) {
             char name[256];
             snprintf(name, sizeof name, "base_model.model.%s.lora_%c.weight", ls->s->module, ab ? 'B' : 'A');
-            const struct ftk_tensor *t = ftk_st_model_find(st, name);
             int64_t want0 = ab ? ls->s->out : L->r, want1 = ab ? L->r : ls->s->in;
-            if (!t)
-                s = ftk_error_set(FTK_E_NOTFOUND, __FILE__, __LINE__, "%s: adapter lacks %s", ftk_source_path(src), name);
-            else if (t->ndim != 2 || t->shape[0] != want0 || t->shape[1] != want1)
-                s = ftk_error_set(FTK_E_MISMATCH, __FILE__, __LINE__, "%s: %s has shape [%lld,%lld], the model needs [%lld,%lld] (adapter for another base?)",
-                                  ftk_source_path(src), name, (long long)t->shape[0], (long long)(t->ndim > 1 ? t->shape[1] : 0),
-                                  (long long)want0, (long long)want1);
-            else {
-                size_t n = (size_t)(want0 * want1);
-                float *host = malloc(n * sizeof *host);
-                s = host ? ftk_convert_to_f32(host, t->data, t->dtype, n) : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
-                if (s == FTK_OK)
-                    s = be->to_device(ctx, ab ? ls->B : ls->A, host, n * sizeof *host);
-                free(host);
+            if ((s = ftk_peft_load_tensor(p, st, ftk_source_path(src), name, 2, want0, want1, ab ? ls->B : ls->A)) == FTK_OK)
                 seen++;
-            }
         }
         if (L->dora && s == FTK_OK) {
             char name[256];
             snprintf(name, sizeof name, "base_model.model.%s.lora_magnitude_vector", ls->s->module);
-            const struct ftk_tensor *t = ftk_st_model_find(st, name);
-            if (!t)
-                s = ftk_error_set(FTK_E_NOTFOUND, __FILE__, __LINE__, "%s: adapter lacks %s", ftk_source_path(src), name);
-            else if (t->ndim != 1 || t->shape[0] != ls->s->out)
-                s = ftk_error_set(FTK_E_MISMATCH, __FILE__, __LINE__, "%s: %s has %d dims [%lld], the model needs [%lld]",
-                                  ftk_source_path(src), name, t->ndim, (long long)t->shape[0], (long long)ls->s->out);
-            else {
-                float *host = malloc((size_t)ls->s->out * sizeof *host);
-                s = host ? ftk_convert_to_f32(host, t->data, t->dtype, (size_t)ls->s->out)
-                         : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
-                if (s == FTK_OK)
-                    s = be->to_device(ctx, ls->m, host, (size_t)ls->s->out * sizeof *host);
-                free(host);
+            if ((s = ftk_peft_load_tensor(p, st, ftk_source_path(src), name, 1, ls->s->out, 0, ls->m)) == FTK_OK)
                 seen++;
-            }
         }
     }
     char mbuf[256], cand[300];
@@ -794,23 +762,12 @@ static ftk_status lora_load(struct ftk_peft *p, struct ftk_source *src)
             float *w = ftk_peft_base_weight(p, cand, &numel);
             char name[400];
             snprintf(name, sizeof name, "base_model.model.%s", cand);
-            const struct ftk_tensor *t2 = w ? ftk_st_model_find(st, name) : NULL;
             if (!w)
                 continue;
-            if (!t2) {
-                s = ftk_error_set(FTK_E_NOTFOUND, __FILE__, __LINE__, "%s: adapter lacks %s (modules_to_save)", ftk_source_path(src), name);
-            } else if (ftk_tensor_numel(t2) != numel) {
-                s = ftk_error_set(FTK_E_MISMATCH, __FILE__, __LINE__, "%s: %s has %lld elements, the model %lld", ftk_source_path(src),
-                                  name, (long long)ftk_tensor_numel(t2), (long long)numel);
-            } else {
-                float *host = malloc((size_t)numel * sizeof *host);
-                s = host ? ftk_convert_to_f32(host, t2->data, t2->dtype, (size_t)numel)
-                         : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
-                if (s == FTK_OK)
-                    s = be->to_device(ctx, w, host, (size_t)numel * sizeof *host);
-                free(host);
+            int64_t C = ftk_peft_config(p)->C;   /* norm (C); lm_head, embed_tokens (V,C) */
+            int norm = strstr(cand, "norm") != NULL;
+            if ((s = ftk_peft_load_tensor(p, st, ftk_source_path(src), name, norm ? 1 : 2, norm ? numel : numel / C, C, w)) == FTK_OK)
                 seen++;
-            }
         }
     if (s == FTK_OK && seen != ftk_st_model_count(st))
         s = ftk_error_set(FTK_E_MISMATCH, __FILE__, __LINE__, "%s: adapter has %zu tensors, the model's LoRA sites take %zu",

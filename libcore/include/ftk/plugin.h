@@ -114,6 +114,14 @@ FTK_API size_t ftk_peft_n_sites(struct ftk_peft *p);
 FTK_API const struct ftk_site *ftk_peft_site(struct ftk_peft *p, size_t i);
 /* Marks a site as hooked: linear_forward/backward are called there. */
 FTK_API ftk_status ftk_peft_attach(struct ftk_peft *p, const struct ftk_site *s);
+/* Adapter files, shared by the plugins' save and load. An adapter tensor `name` of checkpoint
+ * `st` (opened from `where`) into backend memory `dst` as F32, after checking its shape is
+ * (d0) for ndim 1 or (d0,d1) for ndim 2: FTK_E_NOTFOUND / FTK_E_MISMATCH name file and tensor. */
+struct ftk_st_model;
+FTK_API ftk_status ftk_peft_load_tensor(struct ftk_peft *p, const struct ftk_st_model *st, const char *where,
+                                        const char *name, int ndim, int64_t d0, int64_t d1, float *dst);
+/* Writes adapter_config.json (JSON text) into dir, crash-safely, ending with a newline. */
+FTK_API ftk_status ftk_peft_write_config(const char *dir, const char *json);
 /* A base weight, F32, backend memory (for PiSSA-like inits and merges). NULL if absent. */
 FTK_API float *ftk_peft_base_weight(struct ftk_peft *p, const char *hf_name, int64_t *numel);
 
