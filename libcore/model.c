@@ -2,6 +2,7 @@
  * the PEFT instance that plugins see (ftk/model.h, ftk/plugin.h). Forward and backward are in
  * model_run.c. */
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "ftk/fileio.h"
@@ -25,6 +26,7 @@ static struct ftk_param *add_base(struct ftk_param *tab, size_t *n, const char *
     p->numel = d0 * (ndim > 1 ? d1 : 1);
     p->decay = ndim > 1;   /* HF Trainer: no decay on biases and norm weights */
     p->base = 1;
+    p->lr_scale = 1.0f;
     return p;
 }
 
@@ -297,6 +299,18 @@ void *ftk_peft_priv(struct ftk_peft *p) { return p->priv; }
 const struct ftk_peft_plugin *ftk_peft_get_plugin(const struct ftk_peft *p) { return p->pl; }
 const struct ftk_model_config *ftk_peft_config(struct ftk_peft *p) { return &p->model->cfg; }
 uint64_t ftk_peft_seed(struct ftk_peft *p) { return p->seed; }
+
+ftk_status ftk_peft_set_lr_scale(struct ftk_peft *p, const char *name, float scale)
+{
+    struct ftk_model *m = p->model;
+    FTK_FAIL_IF(!(scale >= 0) || !isfinite(scale), FTK_E_INVALID, "parameter \"%s\": learning-rate scale %g", name, scale);
+    for (size_t i = 0; i < m->n_extra; i++)
+        if (!strcmp(m->extra[i].name, name)) {
+            m->extra[i].lr_scale = scale;
+            return FTK_OK;
+        }
+    return ftk_error_set(FTK_E_NOTFOUND, __FILE__, __LINE__, "no plugin parameter \"%s\"", name);
+}
 int64_t ftk_peft_step(struct ftk_peft *p) { return p->model->step; }
 size_t ftk_peft_n_sites(struct ftk_peft *p) { return p->model->n_sites; }
 const struct ftk_site *ftk_peft_site(struct ftk_peft *p, size_t i) { return i < p->model->n_sites ? &p->model->sites[i] : NULL; }
@@ -346,6 +360,7 @@ ftk_status ftk_peft_add_param(struct ftk_peft *p, const char *name, int ndim, co
     q->shape[1] = ndim > 1 ? shape[1] : 1;
     q->numel = q->shape[0] * q->shape[1];
     q->decay = decay;
+    q->lr_scale = 1.0f;
     FTK_FAIL_IF(!q->name, FTK_E_NOMEM, "out of memory");
     ftk_status s = m->be->alloc(m->ctx, (size_t)q->numel * sizeof(float), (void **)&q->w);
     if (s == FTK_OK)

@@ -281,6 +281,16 @@ static ftk_status run_step(struct ftk_trainer *t, struct ftk_step_result *res)
     free(refs);
     FTK_TRY(s);
 
+    /* the plugin's regularisers (AdaLoRA, diff pruning) add their gradients before clipping */
+    struct ftk_peft *pp = ftk_model_peft(m);
+    const struct ftk_peft_plugin *pl = pp ? ftk_peft_get_plugin(pp) : NULL;
+    if (pl && FTK_PLUGIN_SLOT(pl, before_update)) {
+        double reg = 0;
+        if ((s = pl->before_update(pp, &reg)) != FTK_OK)
+            return ftk_error_wrap(s, "step %lld: peft \"%s\" before the update", (long long)t->step + 1, pl->name);
+        res->loss += reg;
+    }
+
     /* clip_grad_norm_ over every trainable parameter, then AdamW */
     float *sq = calloc(t->n, sizeof *sq);
     FTK_FAIL_IF(!sq, FTK_E_NOMEM, "out of memory");
@@ -295,12 +305,14 @@ static ftk_status run_step(struct ftk_trainer *t, struct ftk_step_result *res)
     double lr = t->c.lr * ftk_schedule_factor(t->c.schedule, t->step, t->c.warmup_steps, t->c.total_steps);
     for (size_t i = 0; i < t->n && s == FTK_OK; i++) {
         struct ftk_param *q = ftk_model_trainable(m, i);
-        struct ftk_adamw_params hp = {.lr = (float)lr, .beta1 = (float)t->c.beta1, .beta2 = (float)t->c.beta2,
+        struct ftk_adamw_params hp = {.lr = (float)(lr * q->lr_scale), .beta1 = (float)t->c.beta1, .beta2 = (float)t->c.beta2,
                                       .eps = (float)t->c.eps, .weight_decay = q->decay ? (float)t->c.weight_decay : 0.0f,
                                       .step = t->step + 1, .grad_scale = coef};
         s = be->adamw_step(ctx, q->w, t->mom[i], t->var[i], q->g, q->numel, &hp);
     }
     FTK_TRY(s);
+    if (pl && FTK_PLUGIN_SLOT(pl, after_update) && (s = pl->after_update(pp, t->step)) != FTK_OK)
+        return ftk_error_wrap(s, "step %lld: peft \"%s\" after the update", (long long)t->step + 1, pl->name);
     t->step++;
     res->step = t->step;
     res->lr = lr;

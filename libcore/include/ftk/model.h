@@ -33,6 +33,7 @@ struct ftk_param {
     float *g;          /* gradient, backend memory; NULL when frozen */
     int decay;         /* 1: weight decay applies */
     int base;          /* 1: a weight of the base model */
+    float lr_scale;    /* the learning rate is multiplied by this (1; LoRA+ sets lora_B's) */
 };
 
 /* One batch as the model reads it (host memory, I32 (B,T) each; segment_ids may be NULL). */

@@ -65,6 +65,15 @@ struct ftk_site {
 
 struct ftk_peft;   /* an instance: the plugin, its options, the model it is attached to */
 
+/* One sublayer of the model, for the sublayer_out hook. */
+enum ftk_sublayer_kind { FTK_SUB_ATTN = 0, FTK_SUB_MLP = 1 };
+struct ftk_sublayer {
+    int layer;
+    enum ftk_sublayer_kind kind;
+    int64_t B, T;              /* N = B*T rows; T includes virtual tokens */
+    const int32_t *seg;        /* (B,T) segment ids, backend memory, or NULL (plain causal) */
+};
+
 struct ftk_peft_plugin {
     uint32_t abi_version;      /* FTK_PEFT_ABI */
     uint32_t struct_size;      /* sizeof(struct ftk_peft_plugin) at build time */
@@ -92,6 +101,56 @@ struct ftk_peft_plugin {
     ftk_status (*merge)(struct ftk_peft *p, const struct ftk_site *s, float *w_host);
     /* (optional) frees what the plugin allocated itself (scratch); its parameters are libcore's. */
     void (*release)(struct ftk_peft *p);
+
+    /* ---- appended (ABI 1): the optimizer step and the hook points beyond `linear` ----------
+     * All slots below are optional; a hook is active when its slot is set, at every layer (the
+     * plugin skips layers itself, e.g. AdapterDrop). docs/plugins.md has the call order. */
+
+    /* Once per optimizer step, after the backward of every micro-batch and before gradient
+     * clipping: a regulariser adds its gradient to the plugin's parameters and its value to
+     * *loss (AdaLoRA's orthogonality, diff pruning's L0 penalty). */
+    ftk_status (*before_update)(struct ftk_peft *p, double *loss);
+    /* Once per optimizer step, after the update, gradients still holding the step's (clipped)
+     * values: AdaLoRA's rank allocation, diff pruning's magnitude projection. `step` is the
+     * 0-based index of the step just taken. */
+    ftk_status (*after_update)(struct ftk_peft *p, int64_t step);
+
+    /* Once per forward, before layer 0: B rows of T tokens (virtual tokens included). What the
+     * whole forward shares is computed here (prefix keys/values from a reparameterising MLP,
+     * a prompt encoder's output). */
+    ftk_status (*forward_begin)(struct ftk_peft *p, int64_t B, int64_t T, int train);
+    /* Once per backward, after layer 0's and before the embedding's: the gradients collected
+     * for what forward_begin computed flow into the plugin's parameters. */
+    ftk_status (*backward_end)(struct ftk_peft *p);
+
+    /* sublayer_out. h (N,C) is a sublayer's output before the residual add (attention: after
+     * o_proj; MLP: after down_proj), x (N,C) the normed input that sublayer read. The plugin
+     * replaces h by h + delta(h, x) in place; in training it keeps what its backward needs
+     * (called again for the same layer when the model recomputes activations). */
+    ftk_status (*sublayer_forward)(struct ftk_peft *p, const struct ftk_sublayer *s, float *h,
+                                   const float *x, int train);
+    /* dy (N,C): the gradient w.r.t. the new h. The core has copied dy into dh; the plugin adds
+     * the delta's part: dh (N,C) += (d delta/dh)^T dy, dx (N,C) += (d delta/dx)^T dy, and its
+     * own gradients +=. */
+    ftk_status (*sublayer_backward)(struct ftk_peft *p, const struct ftk_sublayer *s, float *dh,
+                                    float *dx, const float *dy, const float *x);
+
+    /* attn_kv. Prefix keys and values of layer `layer`, shared by every row and seen by every
+     * query (peft PREFIX_TUNING: used as already-rotated cached keys, so no RoPE; the real
+     * tokens' positions start at *P). *P is the same for every layer (0: no prefix). pk, pv
+     * (P,Hkv,D) stay valid until the next forward_begin; the core adds their gradients into
+     * dpk, dpv (P,Hkv,D) (NULL when not training). */
+    ftk_status (*attn_prefix)(struct ftk_peft *p, int layer, int64_t *P, const float **pk,
+                              const float **pv, float **dpk, float **dpv);
+
+    /* embed. P virtual tokens prepended to every row (peft PROMPT_TUNING, P_TUNING): the core
+     * runs rows of P + T tokens whose first P are the plugin's, at positions 0..P-1 (the real
+     * tokens follow at P..), unlabelled. Returns P (constant for the instance's life). */
+    int64_t (*n_virtual)(struct ftk_peft *p);
+    /* x (B,T,C), T including the P virtual tokens: writes rows x[b, 0..P-1, :]. */
+    ftk_status (*embed_forward)(struct ftk_peft *p, float *x, int64_t B, int64_t T, int train);
+    /* dx (B,T,C): the gradient w.r.t. the layer-0 input; the plugin reads its rows' part. */
+    ftk_status (*embed_backward)(struct ftk_peft *p, const float *dx, int64_t B, int64_t T);
 };
 
 /* What a plugin may ask of its instance. */
@@ -109,6 +168,9 @@ FTK_API int64_t ftk_peft_step(struct ftk_peft *p);
  * weight decay. */
 FTK_API ftk_status ftk_peft_add_param(struct ftk_peft *p, const char *name, int ndim, const int64_t *shape,
                                       int decay, float **w, float **g);
+/* Multiplies the learning rate of the plugin's parameter `name` by `scale` (LoRA+'s ratio for
+ * lora_B). FTK_E_NOTFOUND when the plugin registered no such parameter. */
+FTK_API ftk_status ftk_peft_set_lr_scale(struct ftk_peft *p, const char *name, float scale);
 /* Sites of the model, for plugins that pick by name (LoRA's target_modules). */
 FTK_API size_t ftk_peft_n_sites(struct ftk_peft *p);
 FTK_API const struct ftk_site *ftk_peft_site(struct ftk_peft *p, size_t i);
