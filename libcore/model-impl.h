@@ -4,6 +4,7 @@
 #define FTK_MODEL_IMPL_H
 
 #include "ftk/model.h"
+#include "ftk/plugin.h"
 
 /* Pointers into the parameter table for one layer (backend memory; NULL when absent). */
 struct layer_w {
@@ -67,6 +68,8 @@ struct ftk_model {
     float *x_final, *xf, *rstdf;   /* (N,C), (N,C), (N) */
     float *logp_tok, *lse_tok;     /* (N) */
     int32_t *ids, *labels_shift, *pos, *seg;   /* (N) device copies; labels shifted */
+    int64_t n_virtual;             /* embed hook: virtual tokens at the head of each row (of T) */
+    int64_t n_prefix;              /* attn_kv hook: prefix keys/values of every layer */
     float *inv_freq;               /* (D/2) */
     int64_t rot_dim;
     float rope_scale;
@@ -88,8 +91,25 @@ struct ftk_kv_cache {
 ftk_status model_workspace(struct ftk_model *m, int64_t B, int64_t T, int train);
 ftk_status model_lin_fwd(struct ftk_model *m, int l, int k, float *y, const float *x, int train);
 ftk_status model_run_forward(struct ftk_model *m, const struct ftk_batch_view *b, int train, int32_t *host_shift);
-/* model_infer.c: copies the layer's k, v of a prefill (N tokens, one row) into the cache */
-ftk_status model_capture_kv(struct ftk_model *m, int l, const float *k, const float *v, int64_t N);
+/* model_infer.c: copies N positions of keys, values of layer l of a prefill (one row) into the
+ * cache from position `at` */
+ftk_status model_capture_kv(struct ftk_model *m, int l, const float *k, const float *v, int64_t N, int64_t at);
+
+/* The PEFT hooks beyond `linear` (model_hooks.c). Each is a no-op when the plugin lacks it or
+ * the adapter is off. */
+#define MODEL_HOOK(m, slot) ((m)->adapter_on && (m)->peft && FTK_PLUGIN_SLOT((m)->peft->pl, slot))
+/* Virtual tokens the embed hook prepends (0 without). */
+int64_t model_n_virtual(struct ftk_model *m);
+/* b with n_virtual unlabelled tokens (id 0) at the head of each row, positions 0..P-1 then
+ * the row's own + P; *buf (free it) holds the arrays. */
+ftk_status model_expand_virtual(struct ftk_model *m, const struct ftk_batch_view *b, struct ftk_batch_view *out,
+                                int32_t **buf);
+ftk_status model_sublayer_fwd(struct ftk_model *m, int l, enum ftk_sublayer_kind kind, float *h, const float *x,
+                              int train, int decoding);
+/* dh = dy + the plugin's part; dx += the plugin's part (dh may not alias dy) */
+ftk_status model_sublayer_bwd(struct ftk_model *m, int l, enum ftk_sublayer_kind kind, float *dh, float *dx,
+                              const float *dy, const float *x);
+ftk_status model_prefix(struct ftk_model *m, int l, const float **pk, const float **pv, float **dpk, float **dpv);
 
 /* peft hook dispatch (model.c) */
 int ftk_peft_hooked(const struct ftk_peft *p, int layer, enum ftk_linear k);

@@ -63,10 +63,13 @@ void ftk_kv_cache_reset(struct ftk_kv_cache *kc, int64_t row)
         kc->len[row] = 0;
 }
 
-ftk_status model_capture_kv(struct ftk_model *m, int l, const float *k, const float *v, int64_t N)
+ftk_status model_capture_kv(struct ftk_model *m, int l, const float *k, const float *v, int64_t N, int64_t at)
 {
     struct ftk_kv_cache *kc = m->capture;
-    size_t per = (size_t)(m->cfg.Hkv * m->cfg.D), off = (size_t)(m->capture_row * kc->S) * per;
+    FTK_FAIL_IF(at + N > kc->S, FTK_E_INVALID,
+                "prompt of %lld positions (virtual and prefix positions of the adapter included) is longer than the context of %lld",
+                (long long)(at + N), (long long)kc->S);
+    size_t per = (size_t)(m->cfg.Hkv * m->cfg.D), off = (size_t)(m->capture_row * kc->S + at) * per;
     FTK_TRY(m->be->copy(m->ctx, kc->k[l] + off, k, (size_t)N * per * sizeof(float)));
     return m->be->copy(m->ctx, kc->v[l] + off, v, (size_t)N * per * sizeof(float));
 }
@@ -101,10 +104,12 @@ ftk_status ftk_model_prefill(struct ftk_model *m, struct ftk_kv_cache *kc, int64
     if (s == FTK_OK)
         s = model_run_forward(m, &b, 0, shift);
     m->capture = NULL;
+    /* the cache holds the prefix (attn_kv), the virtual tokens (embed), then the prompt */
+    int64_t held = m->n_prefix + m->T;
     if (s == FTK_OK && logits)
-        s = head_logits(m, m->xf + (n - 1) * m->cfg.C, 1, logits);
+        s = head_logits(m, m->xf + (m->T - 1) * m->cfg.C, 1, logits);
     if (s == FTK_OK)
-        kc->len[row] = (int32_t)n;
+        kc->len[row] = (int32_t)held;
     free(pos);
     free(shift);
     return s;
@@ -166,12 +171,14 @@ ftk_status ftk_model_decode(struct ftk_model *m, struct ftk_kv_cache *kc, const 
         }
         FTK_TRY(be->attention_decode(ctx, a->o, a->q, kc->k[l], kc->v[l], kc->len_dev, B, kc->S, c->H, c->Hkv, c->D, scale));
         FTK_TRY(model_lin_fwd(m, l, FTK_LIN_O, m->dtmp, a->o, 0));
+        FTK_TRY(model_sublayer_fwd(m, l, FTK_SUB_ATTN, m->dtmp, a->a, 0, 1));
         FTK_TRY(be->add(ctx, a->x_mid, a->x_in, m->dtmp, B * C));
         FTK_TRY(be->rmsnorm_forward(ctx, a->m, a->rstd2, a->x_mid, w->ln2->w, B, C, c->rms_norm_eps));
         FTK_TRY(model_lin_fwd(m, l, FTK_LIN_GATE, a->gate, a->m, 0));
         FTK_TRY(model_lin_fwd(m, l, FTK_LIN_UP, a->up, a->m, 0));
         FTK_TRY(be->swiglu_forward(ctx, a->h, a->gate, a->up, B * c->F));
         FTK_TRY(model_lin_fwd(m, l, FTK_LIN_DOWN, m->dtmp, a->h, 0));
+        FTK_TRY(model_sublayer_fwd(m, l, FTK_SUB_MLP, m->dtmp, a->m, 0, 1));
         FTK_TRY(be->add(ctx, next, a->x_mid, m->dtmp, B * C));
     }
     FTK_TRY(be->rmsnorm_forward(ctx, m->xf, m->rstdf, m->x_final, m->norm->w, B, C, c->rms_norm_eps));

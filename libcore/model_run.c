@@ -162,7 +162,7 @@ static ftk_status check_batch(struct ftk_model *m, const struct ftk_batch_view *
 }
 
 /* Copies the batch to the device; labels shifted HF-style: hidden t predicts labels[t+1]. */
-static ftk_status upload(struct ftk_model *m, const struct ftk_batch_view *b, int32_t *host_shift)
+static ftk_status upload(struct ftk_model *m, const struct ftk_batch_view *b, int32_t *host_shift, int32_t pos_off)
 {
     int64_t N = m->N;
     int32_t *tmp = malloc((size_t)N * sizeof *tmp);
@@ -175,7 +175,7 @@ static ftk_status upload(struct ftk_model *m, const struct ftk_batch_view *b, in
         s = m->be->to_device(m->ctx, m->labels_shift, host_shift, (size_t)N * 4);
     if (s == FTK_OK) {
         for (int64_t i = 0; i < N; i++)
-            tmp[i] = b->position_ids ? b->position_ids[i] : (int32_t)(i % b->T);
+            tmp[i] = pos_off + (b->position_ids ? b->position_ids[i] : (int32_t)(i % b->T));
         s = m->be->to_device(m->ctx, m->pos, tmp, (size_t)N * 4);
     }
     if (s == FTK_OK && b->segment_ids)
@@ -207,21 +207,32 @@ static ftk_status layer_forward(struct ftk_model *m, int l, int train)
     }
     FTK_TRY(be->rope_forward(ctx, a->q, m->pos, m->inv_freq, m->rope_scale, N, c->H, c->D, R));
     FTK_TRY(be->rope_forward(ctx, a->k, m->pos, m->inv_freq, m->rope_scale, N, c->Hkv, c->D, R));
-    if (m->capture)   /* prefill: this row's keys and values into the cache, positions 0..T-1 */
-        FTK_TRY(model_capture_kv(m, l, a->k, a->v, N));
+    const float *pk = NULL, *pv = NULL;
+    if (m->n_prefix)
+        FTK_TRY(model_prefix(m, l, &pk, &pv, NULL, NULL));
+    if (m->capture) {   /* prefill: the prefix, then this row's keys and values into the cache */
+        if (m->n_prefix)
+            FTK_TRY(model_capture_kv(m, l, pk, pv, m->n_prefix, 0));
+        FTK_TRY(model_capture_kv(m, l, a->k, a->v, N, m->n_prefix));
+    }
     FTK_TRY(be->attention_forward(ctx, a->o, a->lse, a->q, a->k, a->v, seg, m->B, m->T, c->H, c->Hkv, c->D, scale));
+    if (m->n_prefix)
+        FTK_TRY(be->attention_prefix_forward(ctx, a->o, a->lse, a->q, pk, pv, N, m->n_prefix, c->H, c->Hkv, c->D, scale));
     FTK_TRY(model_lin_fwd(m, l, FTK_LIN_O, m->dtmp, a->o, train));
+    FTK_TRY(model_sublayer_fwd(m, l, FTK_SUB_ATTN, m->dtmp, a->a, train, 0));
     FTK_TRY(be->add(ctx, a->x_mid, a->x_in, m->dtmp, N * C));
     FTK_TRY(be->rmsnorm_forward(ctx, a->m, a->rstd2, a->x_mid, w->ln2->w, N, C, c->rms_norm_eps));
     FTK_TRY(model_lin_fwd(m, l, FTK_LIN_GATE, a->gate, a->m, train));
     FTK_TRY(model_lin_fwd(m, l, FTK_LIN_UP, a->up, a->m, train));
     FTK_TRY(be->swiglu_forward(ctx, a->h, a->gate, a->up, N * c->F));
     FTK_TRY(model_lin_fwd(m, l, FTK_LIN_DOWN, m->dtmp, a->h, train));
+    FTK_TRY(model_sublayer_fwd(m, l, FTK_SUB_MLP, m->dtmp, a->m, train, 0));
     FTK_TRY(be->add(ctx, next, a->x_mid, m->dtmp, N * C));
     return FTK_OK;
 }
 
-ftk_status model_run_forward(struct ftk_model *m, const struct ftk_batch_view *b, int train, int32_t *host_shift)
+/* The forward of b (rows of b->T + model_n_virtual(m) tokens, host_shift sized for them). */
+static ftk_status run_forward(struct ftk_model *m, const struct ftk_batch_view *b, int train, int32_t *host_shift)
 {
     const struct ftk_model_config *c = &m->cfg;
     const struct ftk_backend *be = m->be;
@@ -229,16 +240,34 @@ ftk_status model_run_forward(struct ftk_model *m, const struct ftk_batch_view *b
     int32_t max_pos = 0;
     FTK_TRY(check_batch(m, b, &max_pos));
     FTK_TRY(model_workspace(m, b->B, b->T, train));
-    FTK_TRY(upload(m, b, host_shift));
+    m->has_seg = b->segment_ids != NULL;
+    m->n_prefix = 0;
+    if (MODEL_HOOK(m, forward_begin))
+        FTK_TRY(m->peft->pl->forward_begin(m->peft, m->B, m->T, train));
+    if (MODEL_HOOK(m, attn_prefix)) {   /* P of layer 0 holds for all; real positions start at P */
+        const float *pk, *pv;
+        float *gk, *gv;
+        FTK_TRY(m->peft->pl->attn_prefix(m->peft, 0, &m->n_prefix, &pk, &pv, &gk, &gv));
+        FTK_FAIL_IF(m->n_prefix < 0 || m->n_prefix > INT32_MAX / 2, FTK_E_INVALID, "peft \"%s\": %lld prefix positions",
+                    m->peft->pl->name, (long long)m->n_prefix);
+        FTK_FAIL_IF(m->n_prefix && !FTK_BACKEND_HAS(be, attention_prefix_forward), FTK_E_UNSUPPORTED,
+                    "peft \"%s\" needs prefix attention, which backend %s lacks", m->peft->pl->name, be->name);
+        max_pos += (int32_t)m->n_prefix;
+        FTK_FAIL_IF(c->sliding_window && max_pos + 1 > c->sliding_window, FTK_E_UNSUPPORTED,
+                    "sequence of %d positions with the prefix exceeds the model's sliding window %lld", max_pos + 1,
+                    (long long)c->sliding_window);
+    }
+    FTK_TRY(upload(m, b, host_shift, (int32_t)m->n_prefix));
     int64_t N = m->N, C = c->C, R;
     float inv[1024];
     FTK_FAIL_IF(c->D / 2 > 1024, FTK_E_UNSUPPORTED, "head_dim %lld too large", (long long)c->D);
     FTK_TRY(ftk_rope_inv_freq(&c->rope, max_pos + 1, inv, &R, &m->rope_scale));
     m->rot_dim = R;
     FTK_TRY(be->to_device(ctx, m->inv_freq, inv, (size_t)(R / 2) * sizeof(float)));
-    m->has_seg = b->segment_ids != NULL;
 
     FTK_TRY(be->embedding_forward(ctx, m->act[0].x_in, m->ids, m->wte->w, N, C, c->V));
+    if (m->n_virtual)
+        FTK_TRY(m->peft->pl->embed_forward(m->peft, m->act[0].x_in, m->B, m->T, train));
     for (int l = 0; l < c->L; l++)
         FTK_TRY(layer_forward(m, l, train));
     FTK_TRY(be->rmsnorm_forward(ctx, m->xf, m->rstdf, m->x_final, m->norm->w, N, C, c->rms_norm_eps));
@@ -246,13 +275,27 @@ ftk_status model_run_forward(struct ftk_model *m, const struct ftk_batch_view *b
     return FTK_OK;
 }
 
+ftk_status model_run_forward(struct ftk_model *m, const struct ftk_batch_view *b, int train, int32_t *host_shift)
+{
+    m->n_virtual = model_n_virtual(m);
+    if (!m->n_virtual)
+        return run_forward(m, b, train, host_shift);
+    struct ftk_batch_view x;
+    int32_t *buf = NULL;
+    FTK_TRY(model_expand_virtual(m, b, &x, &buf));
+    ftk_status s = run_forward(m, &x, train, host_shift);
+    free(buf);
+    return s;
+}
+
 ftk_status ftk_model_forward(struct ftk_model *m, const struct ftk_batch_view *b, int train, float *logps,
                              int64_t *n_tokens)
 {
     FTK_FAIL_IF(m->peft && ftk_peft_hooked(m->peft, -1, FTK_LIN_LM_HEAD), FTK_E_UNSUPPORTED,
                 "a PEFT method on lm_head is not supported by the log-prob head yet");
-    int32_t *shift = malloc((size_t)(b->B * b->T > 0 ? b->B * b->T : 1) * sizeof *shift);
-    float *lp = malloc((size_t)(b->B * b->T > 0 ? b->B * b->T : 1) * sizeof *lp);
+    int64_t T = b->T + model_n_virtual(m), n_all = b->B * T > 0 ? b->B * T : 1;
+    int32_t *shift = malloc((size_t)n_all * sizeof *shift);
+    float *lp = malloc((size_t)n_all * sizeof *lp);
     ftk_status s = shift && lp ? FTK_OK : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
     if (s == FTK_OK)
         s = model_run_forward(m, b, train, shift);
@@ -265,9 +308,9 @@ ftk_status ftk_model_forward(struct ftk_model *m, const struct ftk_batch_view *b
         for (int64_t r = 0; r < b->B; r++) {
             double sum = 0;
             int64_t n = 0;
-            for (int64_t t = 0; t < b->T; t++)
-                if (shift[r * b->T + t] != FTK_IGNORE_INDEX) {
-                    sum += lp[r * b->T + t];
+            for (int64_t t = 0; t < T; t++)
+                if (shift[r * T + t] != FTK_IGNORE_INDEX) {
+                    sum += lp[r * T + t];
                     n++;
                 }
             if (logps)
@@ -284,7 +327,8 @@ ftk_status ftk_model_forward(struct ftk_model *m, const struct ftk_batch_view *b
 
 ftk_status ftk_model_logits(struct ftk_model *m, const struct ftk_batch_view *b, float *logits)
 {
-    int32_t *shift = malloc((size_t)(b->B * b->T) * sizeof *shift);
+    int64_t P = model_n_virtual(m);
+    int32_t *shift = malloc((size_t)(b->B * (b->T + P)) * sizeof *shift);
     FTK_FAIL_IF(!shift, FTK_E_NOMEM, "out of memory");
     ftk_status s = model_run_forward(m, b, 0, shift);
     free(shift);
@@ -295,8 +339,9 @@ ftk_status ftk_model_logits(struct ftk_model *m, const struct ftk_batch_view *b,
     s = m->be->linear_forward(m->ctx, dev, m->xf, m->lm_head->w, NULL, m->N, m->cfg.C, m->cfg.V);
     if (s == FTK_OK && hooked(m, -1, FTK_LIN_LM_HEAD))
         s = m->peft->pl->linear_forward(m->peft, site_of(m, -1, FTK_LIN_LM_HEAD), dev, m->xf, m->N, 0);
-    if (s == FTK_OK)
-        s = m->be->to_host(m->ctx, logits, dev, bytes);
+    for (int64_t r = 0; s == FTK_OK && r < b->B; r++)   /* the virtual tokens' rows stay behind */
+        s = m->be->to_host(m->ctx, logits + r * b->T * m->cfg.V, dev + (r * m->T + P) * m->cfg.V,
+                           (size_t)(b->T * m->cfg.V) * sizeof(float));
     m->be->free(m->ctx, dev);
     return s;
 }
@@ -366,7 +411,8 @@ ftk_status ftk_model_forward_backward(struct ftk_model *m, const struct ftk_batc
 {
     FTK_FAIL_IF(m->peft && ftk_peft_hooked(m->peft, -1, FTK_LIN_LM_HEAD), FTK_E_UNSUPPORTED,
                 "a PEFT method on lm_head is not supported by the log-prob head yet");
-    int32_t *shift = malloc((size_t)(b->B * b->T > 0 ? b->B * b->T : 1) * sizeof *shift);
+    int64_t n_all = b->B * (b->T + model_n_virtual(m));
+    int32_t *shift = malloc((size_t)(n_all > 0 ? n_all : 1) * sizeof *shift);
     FTK_FAIL_IF(!shift, FTK_E_NOMEM, "out of memory");
     ftk_status s = model_run_forward(m, b, 1, shift);
     if (s == FTK_OK)
@@ -402,26 +448,46 @@ static ftk_status body_backward(struct ftk_model *m, float *dxf)
         if (m->recompute && l + 1 < c->L)   /* the shared buffers hold the last layer's: redo this one */
             FTK_TRY(layer_forward(m, l, 1));
         const struct layer_w *w = &m->layers[l];
-        /* MLP branch; m->dx is d loss / d (layer output) */
+        /* MLP branch; m->dx is d loss / d (layer output); with a sublayer hook the down_proj
+         * output's gradient (into dtmp, free in backward) differs from it */
+        float *dm = m->scratch1;
+        FTK_TRY(zero(m, dm, N * C));
+        const float *dsub = m->dx;
+        if (MODEL_HOOK(m, sublayer_backward)) {
+            FTK_TRY(model_sublayer_bwd(m, l, FTK_SUB_MLP, m->dtmp, dm, m->dx, a->m));
+            dsub = m->dtmp;
+        }
         FTK_TRY(zero(m, m->dh, N * F));
-        FTK_TRY(lin_bwd(m, l, FTK_LIN_DOWN, m->dh, m->dx, a->h));
+        FTK_TRY(lin_bwd(m, l, FTK_LIN_DOWN, m->dh, dsub, a->h));
         FTK_TRY(zero(m, m->dgate, N * F));
         FTK_TRY(zero(m, m->dup, N * F));
         FTK_TRY(be->swiglu_backward(ctx, m->dgate, m->dup, m->dh, a->gate, a->up, N * F));
-        float *dm = m->scratch1;
-        FTK_TRY(zero(m, dm, N * C));
         FTK_TRY(lin_bwd(m, l, FTK_LIN_GATE, dm, m->dgate, a->m));
         FTK_TRY(lin_bwd(m, l, FTK_LIN_UP, dm, m->dup, a->m));
         /* residual: dx stays, the norm's gradient is added: dx = d loss / d x_mid */
         FTK_TRY(be->rmsnorm_backward(ctx, m->dx, w->ln2->g, dm, a->x_mid, w->ln2->w, a->rstd2, N, C));
-        /* attention branch */
+        /* attention branch; da collects the sublayer hook's part first */
+        float *da = m->scratch1;
+        FTK_TRY(zero(m, da, N * C));
+        dsub = m->dx;
+        if (MODEL_HOOK(m, sublayer_backward)) {
+            FTK_TRY(model_sublayer_bwd(m, l, FTK_SUB_ATTN, m->dtmp, da, m->dx, a->a));
+            dsub = m->dtmp;
+        }
         FTK_TRY(zero(m, m->do_, N * HD));
-        FTK_TRY(lin_bwd(m, l, FTK_LIN_O, m->do_, m->dx, a->o));
+        FTK_TRY(lin_bwd(m, l, FTK_LIN_O, m->do_, dsub, a->o));
         FTK_TRY(zero(m, m->dq, N * HD));
         FTK_TRY(zero(m, m->dk, N * KD));
         FTK_TRY(zero(m, m->dv, N * KD));
         FTK_TRY(be->attention_backward(ctx, m->dq, m->dk, m->dv, m->do_, a->q, a->k, a->v, a->o, a->lse,
                                        seg, m->B, m->T, c->H, c->Hkv, c->D, scale));
+        if (m->n_prefix) {   /* the prefix keys' share of dq, and the prefix's own gradients */
+            const float *pk, *pv;
+            float *dpk, *dpv;
+            FTK_TRY(model_prefix(m, l, &pk, &pv, &dpk, &dpv));
+            FTK_TRY(be->attention_prefix_backward(ctx, m->dq, dpk, dpv, m->do_, a->q, pk, pv, a->o, a->lse, N,
+                                                  m->n_prefix, c->H, c->Hkv, c->D, scale));
+        }
         FTK_TRY(be->rope_backward(ctx, m->dq, m->pos, m->inv_freq, m->rope_scale, N, c->H, c->D, R));
         FTK_TRY(be->rope_backward(ctx, m->dk, m->pos, m->inv_freq, m->rope_scale, N, c->Hkv, c->D, R));
         float *dq = m->dq, *dk = m->dk;
@@ -433,13 +499,18 @@ static ftk_status body_backward(struct ftk_model *m, float *dxf)
             dq = m->scratch2;
             dk = m->do_;
         }
-        float *da = m->scratch1;
-        FTK_TRY(zero(m, da, N * C));
         FTK_TRY(lin_bwd(m, l, FTK_LIN_Q, da, dq, a->a));
         FTK_TRY(lin_bwd(m, l, FTK_LIN_K, da, dk, a->a));
         FTK_TRY(lin_bwd(m, l, FTK_LIN_V, da, m->dv, a->a));
         FTK_TRY(be->rmsnorm_backward(ctx, m->dx, w->ln1->g, da, a->x_in, w->ln1->w, a->rstd1, N, C));
     }
+    if (m->n_virtual) {   /* the virtual rows' gradient is the plugin's, not the embedding's */
+        FTK_TRY(m->peft->pl->embed_backward(m->peft, m->dx, m->B, m->T));
+        for (int64_t r = 0; r < m->B; r++)
+            FTK_TRY(zero(m, m->dx + r * m->T * C, m->n_virtual * C));
+    }
+    if (MODEL_HOOK(m, backward_end))
+        FTK_TRY(m->peft->pl->backward_end(m->peft));
     if (m->wte->g)
         FTK_TRY(be->embedding_backward(ctx, m->wte->g, m->dx, m->ids, N, C, c->V));
     return FTK_OK;

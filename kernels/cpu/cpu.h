@@ -83,4 +83,13 @@ ftk_status cpu_scale(void *ctx, float *x, int64_t n, float a);
 ftk_status cpu_axpy(void *ctx, float *y, const float *x, int64_t n, float a);
 ftk_status cpu_add(void *ctx, float *y, const float *a, const float *b, int64_t n);
 
+/* attention_prefix.c */
+ftk_status cpu_attention_prefix_forward(void *ctx, float *o, float *lse, const float *q, const float *pk,
+                                        const float *pv, int64_t N, int64_t P, int64_t H, int64_t Hkv, int64_t D,
+                                        float scale);
+ftk_status cpu_attention_prefix_backward(void *ctx, float *dq, float *dpk, float *dpv, const float *dout,
+                                         const float *q, const float *pk, const float *pv, const float *o,
+                                         const float *lse, int64_t N, int64_t P, int64_t H, int64_t Hkv,
+                                         int64_t D, float scale);
+
 #endif

@@ -255,6 +255,9 @@ static const struct ftk_backend cuda_backend = {
     .axpy = cu_axpy,
     .add = cu_add,
     .attention_decode = cu_attention_decode,
+    /* prefix attention (prefix tuning) has no CUDA kernel yet: the model refuses it on cuda */
+    .attention_prefix_forward = NULL,
+    .attention_prefix_backward = NULL,
 };
 
 extern "C" FTK_API const struct ftk_backend *ftk_backend_cuda(void) { return &cuda_backend; }

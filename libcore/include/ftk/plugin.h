@@ -72,6 +72,8 @@ struct ftk_sublayer {
     enum ftk_sublayer_kind kind;
     int64_t B, T;              /* N = B*T rows; T includes virtual tokens */
     const int32_t *seg;        /* (B,T) segment ids, backend memory, or NULL (plain causal) */
+    int decoding;              /* 1: a KV-cache decode step, one new token per row (T = 1, rows
+                                  are independent sequences, earlier tokens are not here) */
 };
 
 struct ftk_peft_plugin {
