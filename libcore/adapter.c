@@ -8,9 +8,16 @@
 #include <cjson/cJSON.h>
 #include "ftk/model.h"
 
-/* peft_type -> plugin name ("LORA" -> "lora") */
+/* peft_type -> plugin name ("LORA" -> "lora"; ftk's own types whose plugin is named otherwise
+ * from the table) */
 static void plugin_name(const char *peft_type, char *out, size_t n)
 {
+    static const char *const renamed[][2] = {{"DIFF_PRUNING", "diffprune"}};
+    for (size_t k = 0; k < sizeof renamed / sizeof *renamed; k++)
+        if (!strcmp(peft_type, renamed[k][0])) {
+            snprintf(out, n, "%s", renamed[k][1]);
+            return;
+        }
     size_t i = 0;
     for (; peft_type[i] && i + 1 < n; i++)
         out[i] = (char)tolower((unsigned char)peft_type[i]);
