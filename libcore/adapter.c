@@ -77,14 +77,17 @@ static ftk_status config_to_kv(const cJSON *root, const char *where, struct ftk_
     return FTK_OK;
 }
 
-/* What peft can express that ftk's plugins would silently get wrong: refuse it. */
-static ftk_status check_supported(const struct ftk_kv *kv, const char *where)
+/* What peft can express that ftk's plugins would silently get wrong: refuse it. AdaLoRA's
+ * rank_pattern (the ranks its allocator kept) is read by the adalora plugin. */
+static ftk_status check_supported(const struct ftk_kv *kv, const char *where, const char *peft_type)
 {
     static const struct { const char *key, *ok; } fixed[] = {
         {"bias", "none"}, {"fan_in_fan_out", "false"}, {"rank_pattern", "{}"}, {"alpha_pattern", "{}"},
         {"layer_replication", ""}, {"layers_to_transform", ""},
     };
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++) {
+        if (!strcmp(fixed[i].key, "rank_pattern") && !strcmp(peft_type, "ADALORA"))
+            continue;
         const char *v = ftk_kv_get(kv, fixed[i].key);
         FTK_FAIL_IF(v && strcmp(v, fixed[i].ok), FTK_E_UNSUPPORTED, "%s: %s = %s is not supported", where, fixed[i].key, v);
     }
@@ -116,7 +119,7 @@ ftk_status ftk_model_load_adapter(struct ftk_model *m, const char *path, uint64_
     if (s == FTK_OK)
         s = config_to_kv(root, where, &kv, &strs, &n_strs);
     if (s == FTK_OK)
-        s = check_supported(kv, where);
+        s = check_supported(kv, where, pt->valuestring);
     if (s == FTK_OK)
         s = ftk_model_set_peft(m, pl, kv, seed, NULL);
     if (s == FTK_OK) {
