@@ -105,10 +105,11 @@ int64_t model_n_virtual(struct ftk_model *m);
 ftk_status model_expand_virtual(struct ftk_model *m, const struct ftk_batch_view *b, struct ftk_batch_view *out,
                                 int32_t **buf);
 ftk_status model_sublayer_fwd(struct ftk_model *m, int l, enum ftk_sublayer_kind kind, float *h, const float *x,
-                              int train, int decoding);
-/* dh = dy + the plugin's part; dx += the plugin's part (dh may not alias dy) */
+                              const float *resid, int train, int decoding);
+/* dh = dy + the plugin's part; dx += the plugin's part (dh may not alias dy); dy, the stream's
+ * gradient, becomes d loss / d resid but for the norm's part (the plugin's part added) */
 ftk_status model_sublayer_bwd(struct ftk_model *m, int l, enum ftk_sublayer_kind kind, float *dh, float *dx,
-                              const float *dy, const float *x);
+                              float *dy, const float *x, const float *resid);
 ftk_status model_prefix(struct ftk_model *m, int l, const float **pk, const float **pv, float **dpk, float **dpv);
 
 /* peft hook dispatch (model.c) */

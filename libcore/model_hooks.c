@@ -35,22 +35,23 @@ ftk_status model_expand_virtual(struct ftk_model *m, const struct ftk_batch_view
 }
 
 ftk_status model_sublayer_fwd(struct ftk_model *m, int l, enum ftk_sublayer_kind kind, float *h, const float *x,
-                              int train, int decoding)
+                              const float *resid, int train, int decoding)
 {
     if (!MODEL_HOOK(m, sublayer_forward))
         return FTK_OK;
     struct ftk_sublayer s = {.layer = l, .kind = kind, .B = m->B, .T = m->T,
-                             .seg = m->has_seg && !decoding ? m->seg : NULL, .decoding = decoding};
+                             .seg = m->has_seg && !decoding ? m->seg : NULL, .decoding = decoding, .resid = resid};
     return m->peft->pl->sublayer_forward(m->peft, &s, h, x, train);
 }
 
 ftk_status model_sublayer_bwd(struct ftk_model *m, int l, enum ftk_sublayer_kind kind, float *dh, float *dx,
-                              const float *dy, const float *x)
+                              float *dy, const float *x, const float *resid)
 {
     FTK_TRY(m->be->copy(m->ctx, dh, dy, (size_t)(m->N * m->cfg.C) * sizeof(float)));
     if (!MODEL_HOOK(m, sublayer_backward))
         return FTK_OK;
-    struct ftk_sublayer s = {.layer = l, .kind = kind, .B = m->B, .T = m->T, .seg = m->has_seg ? m->seg : NULL};
+    struct ftk_sublayer s = {.layer = l, .kind = kind, .B = m->B, .T = m->T, .seg = m->has_seg ? m->seg : NULL,
+                             .resid = resid, .dresid = dy};
     return m->peft->pl->sublayer_backward(m->peft, &s, dh, dx, dy, x);
 }
 

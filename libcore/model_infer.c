@@ -171,14 +171,14 @@ ftk_status ftk_model_decode(struct ftk_model *m, struct ftk_kv_cache *kc, const 
         }
         FTK_TRY(be->attention_decode(ctx, a->o, a->q, kc->k[l], kc->v[l], kc->len_dev, B, kc->S, c->H, c->Hkv, c->D, scale));
         FTK_TRY(model_lin_fwd(m, l, FTK_LIN_O, m->dtmp, a->o, 0));
-        FTK_TRY(model_sublayer_fwd(m, l, FTK_SUB_ATTN, m->dtmp, a->a, 0, 1));
+        FTK_TRY(model_sublayer_fwd(m, l, FTK_SUB_ATTN, m->dtmp, a->a, a->x_in, 0, 1));
         FTK_TRY(be->add(ctx, a->x_mid, a->x_in, m->dtmp, B * C));
         FTK_TRY(be->rmsnorm_forward(ctx, a->m, a->rstd2, a->x_mid, w->ln2->w, B, C, c->rms_norm_eps));
         FTK_TRY(model_lin_fwd(m, l, FTK_LIN_GATE, a->gate, a->m, 0));
         FTK_TRY(model_lin_fwd(m, l, FTK_LIN_UP, a->up, a->m, 0));
         FTK_TRY(be->swiglu_forward(ctx, a->h, a->gate, a->up, B * c->F));
         FTK_TRY(model_lin_fwd(m, l, FTK_LIN_DOWN, m->dtmp, a->h, 0));
-        FTK_TRY(model_sublayer_fwd(m, l, FTK_SUB_MLP, m->dtmp, a->m, 0, 1));
+        FTK_TRY(model_sublayer_fwd(m, l, FTK_SUB_MLP, m->dtmp, a->m, a->x_mid, 0, 1));
         FTK_TRY(be->add(ctx, next, a->x_mid, m->dtmp, B * C));
     }
     FTK_TRY(be->rmsnorm_forward(ctx, m->xf, m->rstdf, m->x_final, m->norm->w, B, C, c->rms_norm_eps));

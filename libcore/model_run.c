@@ -219,14 +219,14 @@ static ftk_status layer_forward(struct ftk_model *m, int l, int train)
     if (m->n_prefix)
         FTK_TRY(be->attention_prefix_forward(ctx, a->o, a->lse, a->q, pk, pv, N, m->n_prefix, c->H, c->Hkv, c->D, scale));
     FTK_TRY(model_lin_fwd(m, l, FTK_LIN_O, m->dtmp, a->o, train));
-    FTK_TRY(model_sublayer_fwd(m, l, FTK_SUB_ATTN, m->dtmp, a->a, train, 0));
+    FTK_TRY(model_sublayer_fwd(m, l, FTK_SUB_ATTN, m->dtmp, a->a, a->x_in, train, 0));
     FTK_TRY(be->add(ctx, a->x_mid, a->x_in, m->dtmp, N * C));
     FTK_TRY(be->rmsnorm_forward(ctx, a->m, a->rstd2, a->x_mid, w->ln2->w, N, C, c->rms_norm_eps));
     FTK_TRY(model_lin_fwd(m, l, FTK_LIN_GATE, a->gate, a->m, train));
     FTK_TRY(model_lin_fwd(m, l, FTK_LIN_UP, a->up, a->m, train));
     FTK_TRY(be->swiglu_forward(ctx, a->h, a->gate, a->up, N * c->F));
     FTK_TRY(model_lin_fwd(m, l, FTK_LIN_DOWN, m->dtmp, a->h, train));
-    FTK_TRY(model_sublayer_fwd(m, l, FTK_SUB_MLP, m->dtmp, a->m, train, 0));
+    FTK_TRY(model_sublayer_fwd(m, l, FTK_SUB_MLP, m->dtmp, a->m, a->x_mid, train, 0));
     FTK_TRY(be->add(ctx, next, a->x_mid, m->dtmp, N * C));
     return FTK_OK;
 }
@@ -454,7 +454,7 @@ static ftk_status body_backward(struct ftk_model *m, float *dxf)
         FTK_TRY(zero(m, dm, N * C));
         const float *dsub = m->dx;
         if (MODEL_HOOK(m, sublayer_backward)) {
-            FTK_TRY(model_sublayer_bwd(m, l, FTK_SUB_MLP, m->dtmp, dm, m->dx, a->m));
+            FTK_TRY(model_sublayer_bwd(m, l, FTK_SUB_MLP, m->dtmp, dm, m->dx, a->m, a->x_mid));
             dsub = m->dtmp;
         }
         FTK_TRY(zero(m, m->dh, N * F));
@@ -471,7 +471,7 @@ static ftk_status body_backward(struct ftk_model *m, float *dxf)
         FTK_TRY(zero(m, da, N * C));
         dsub = m->dx;
         if (MODEL_HOOK(m, sublayer_backward)) {
-            FTK_TRY(model_sublayer_bwd(m, l, FTK_SUB_ATTN, m->dtmp, da, m->dx, a->a));
+            FTK_TRY(model_sublayer_bwd(m, l, FTK_SUB_ATTN, m->dtmp, da, m->dx, a->a, a->x_in));
             dsub = m->dtmp;
         }
         FTK_TRY(zero(m, m->do_, N * HD));

@@ -74,6 +74,13 @@ struct ftk_sublayer {
     const int32_t *seg;        /* (B,T) segment ids, backend memory, or NULL (plain causal) */
     int decoding;              /* 1: a KV-cache decode step, one new token per row (T = 1, rows
                                   are independent sequences, earlier tokens are not here) */
+    /* appended: the residual stream the sublayer's norm read (N,C), backend memory: the layer's
+     * input for attention, the stream after attention for the MLP. Bottleneck adapters read it
+     * where adapter-transformers does (Pfeiffer's h + resid, the parallel adapter's input). */
+    const float *resid;
+    /* appended, backward only: d loss / d resid (N,C) += the plugin's part. It is the gradient
+     * of the stream itself, the same memory as dy: read dy fully before adding into it. */
+    float *dresid;
 };
 
 struct ftk_peft_plugin {
