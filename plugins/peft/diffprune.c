@@ -243,7 +243,7 @@ static ftk_status dp_forward(struct ftk_peft *p, const struct ftk_site *s, float
 
 /* G = dy^T x (O,I) is the gradient of delta; dx (N,I) += dy delta; dw += G ⊙ z zg;
  * dalpha_i += G_i w_i zg dz_i; dalpha_g += sum_i G_i w_i z_i dzg. Always after a train forward
- * of the same step: the same gates. */
+ * of the same step: the same gates, drawn once here for delta and the gradients. */
 static ftk_status dp_backward(struct ftk_peft *p, const struct ftk_site *s, float *dx, const float *dy, const float *x, int64_t N)
 {
     struct diffprune *S = ftk_peft_priv(p);
@@ -253,28 +253,28 @@ static ftk_status dp_backward(struct ftk_peft *p, const struct ftk_site *s, floa
     void *ctx;
     const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
     int64_t O = s->out, I = s->in, n = O * I;
-    FTK_TRY(build_delta(p, S, ds, 1));
-    if (dx)
-        FTK_TRY(be->gemm(ctx, 0, 0, N, I, O, 1.0f, dy, O, S->delta, I, 1.0f, dx, I));
     FTK_TRY(grow(&S->gd, &S->gd_cap, (size_t)n, be, ctx));
     float *G = S->gd;
     FTK_TRY(be->gemm(ctx, 1, 0, O, I, N, 1.0f, dy, O, x, I, 0.0f, G, I));
     if (S->projected) {
+        FTK_TRY(build_delta(p, S, ds, 1));
         for (int64_t t = 0; t < ds->n_keep; t++)
             ds->gw[ds->keep[t]] += G[ds->keep[t]];
-        return FTK_OK;
+    } else {
+        FTK_TRY(grow(&S->delta, &S->delta_cap, (size_t)n, be, ctx));
+        uint64_t key = key_of(p, ds);
+        double dzg, zg = group_gate(S, ds, 1, key, &dzg), dz, gsum = 0;
+        for (int64_t j = 0; j < n; j++) {
+            double z = hc_z(ds->a[j], hc_u(key, (uint64_t)j), &S->hc, &dz), gwj = (double)G[j] * ds->w[j];
+            S->delta[j] = (float)(z * zg * ds->w[j]);
+            ds->gw[j] += (float)(G[j] * z * zg);
+            ds->ga[j] += (float)(gwj * zg * dz);
+            gsum += gwj * z;
+        }
+        if (ds->gag)
+            ds->gag[0] += (float)(gsum * dzg);
     }
-    uint64_t key = key_of(p, ds);
-    double dzg, zg = group_gate(S, ds, 1, key, &dzg), dz, gsum = 0;
-    for (int64_t j = 0; j < n; j++) {
-        double z = hc_z(ds->a[j], hc_u(key, (uint64_t)j), &S->hc, &dz), gwj = (double)G[j] * ds->w[j];
-        ds->gw[j] += (float)(G[j] * z * zg);
-        ds->ga[j] += (float)(gwj * zg * dz);
-        gsum += gwj * z;
-    }
-    if (ds->gag)
-        ds->gag[0] += (float)(gsum * dzg);
-    return FTK_OK;
+    return dx ? be->gemm(ctx, 0, 0, N, I, O, 1.0f, dy, O, S->delta, I, 1.0f, dx, I) : FTK_OK;
 }
 
 /* The L0 penalty lambda * sum_i P(z_i != 0) [* P(z_g != 0)] into *loss, its gradient into
