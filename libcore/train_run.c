@@ -235,6 +235,13 @@ ftk_status ftk_train_run(const struct ftk_train_opts *o)
     if (s == FTK_OK && o->metrics && !(mf = fopen(o->metrics, o->resume ? "a" : "w")))
         s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: %s", o->metrics, strerror(errno));
 
+    if (s == FTK_OK && !o->quiet) {   /* as peft's print_trainable_parameters */
+        int64_t n = 0;
+        for (size_t i = 0; i < ftk_model_n_trainable(m); i++)
+            n += ftk_model_trainable(m, i)->numel;
+        fprintf(stderr, "train-step: %lld trainable parameters in %zu tensors\n", (long long)n, ftk_model_n_trainable(m));
+    }
+
     /* the steps */
     int64_t skip = t ? ftk_trainer_batches_done(t) : 0, seen = 0;
     double t0 = now_s(), last = t0;
