@@ -19,7 +19,10 @@
  * init); loading it, ftk and peft both run the init again on the ORIGINAL base (deterministic
  * up to the signs of singular vectors, which leave s B A unchanged) and then overwrite A and B,
  * so the pair (original base, adapter) is the model. The DoRA/LoRA elementwise parts and these
- * inits run on the host: the CPU backend only for now. */
+ * inits run on the host: the CPU backend only for now.
+ *
+ * loraplus_lr_ratio (LoRA+): lora_B and 1-D parameters get the learning rate times the ratio
+ * (ftk_peft_set_lr_scale), as peft's create_loraplus_optimizer groups them. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,6 +60,7 @@ struct lora {
     float *mns;                /* DoRA (O) host: m / n for the site at hand */
     size_t mns_cap;
     char mts[256];             /* modules_to_save: comma list of top-level modules trained whole */
+    double loraplus;           /* LoRA+ lr ratio of lora_B and 1-D parameters; 0: off */
 };
 
 /* modules_to_save (peft): whole modules outside the layers that train and are saved with the
@@ -360,10 +364,20 @@ static ftk_status lora_init(struct ftk_peft *p, const struct ftk_kv *o)
                         "modules_to_save: lm_head is tied to embed_tokens in this model");
         }
     }
-    /* LoRA+ (peft create_loraplus_optimizer) is an optimizer change: lora_B and 1-D params at
-     * lr * ratio. The trainer has no per-parameter learning rate yet: refused, never ignored. */
-    FTK_FAIL_IF(ftk_kv_get(o, "loraplus_lr_ratio"), FTK_E_UNSUPPORTED,
-                "loraplus_lr_ratio (LoRA+) is not supported yet: the trainer has no per-parameter learning rate");
+    /* LoRA+ (Hayou et al. 2024; peft create_loraplus_optimizer, LLaMA-Factory
+     * _create_loraplus_optimizer): an optimizer change only. lora_B and every 1-D parameter (the
+     * DoRA magnitude) train at lr * ratio, the rest at lr; weight decay stays as without it
+     * (LLaMA-Factory: A, B and the magnitude decay). The embedding group (loraplus_lr_embedding)
+     * holds LoRA on embedding layers, which ftk has none of: the option is checked and unused. */
+    FTK_TRY(ftk_kv_double(o, "loraplus_lr_ratio", 0.0, &L->loraplus));
+    FTK_FAIL_IF(ftk_kv_get(o, "loraplus_lr_ratio") && !(L->loraplus > 0 && isfinite(L->loraplus)), FTK_E_INVALID,
+                "loraplus_lr_ratio=%s must be a positive number (LoRA+ suggests 2 to 16)", ftk_kv_get(o, "loraplus_lr_ratio"));
+    double lr_emb;
+    FTK_TRY(ftk_kv_double(o, "loraplus_lr_embedding", 1e-6, &lr_emb));
+    FTK_FAIL_IF(!(lr_emb >= 0 && isfinite(lr_emb)), FTK_E_INVALID, "loraplus_lr_embedding=%g must be >= 0", lr_emb);
+    FTK_FAIL_IF(L->loraplus > 0 && mts_has(L, "model.norm.weight"), FTK_E_UNSUPPORTED,
+                "loraplus_lr_ratio with modules_to_save=norm: LoRA+ would train the (1-D) norm weight at lr * ratio "
+                "with weight decay, which ftk's trainer cannot express for a base weight");
     const char *t = ftk_kv_get(o, "target_modules");
     snprintf(L->targets, sizeof L->targets, "%s", t ? t : "all");
     L->scale = (float)(L->rslora ? L->alpha / sqrt((double)L->r) : L->alpha / (double)L->r);
@@ -387,6 +401,8 @@ static ftk_status lora_init(struct ftk_peft *p, const struct ftk_kv *o)
         FTK_TRY(ftk_peft_add_param(p, name, 2, sa, 1, &ls->A, &ls->gA));
         snprintf(name, sizeof name, "base_model.model.%s.lora_B.weight", s->module);
         FTK_TRY(ftk_peft_add_param(p, name, 2, sb, 1, &ls->B, &ls->gB));
+        if (L->loraplus > 0)
+            FTK_TRY(ftk_peft_set_lr_scale(p, name, (float)L->loraplus));
         if (L->dora || from_w) {
             snprintf(name, sizeof name, "%s.weight", s->module);
             ls->W = ftk_peft_base_weight(p, name, NULL);
@@ -418,6 +434,8 @@ static ftk_status lora_init(struct ftk_peft *p, const struct ftk_kv *o)
             snprintf(name, sizeof name, "base_model.model.%s.lora_magnitude_vector", s->module);
             int64_t sm[1] = {s->out};
             FTK_TRY(ftk_peft_add_param(p, name, 1, sm, 1, &ls->m, &ls->gm));
+            if (L->loraplus > 0)   /* LoRA+: 1-D parameters go with lora_B */
+                FTK_TRY(ftk_peft_set_lr_scale(p, name, (float)L->loraplus));
             double *nrm = malloc((size_t)s->out * sizeof *nrm);
             FTK_FAIL_IF(!nrm, FTK_E_NOMEM, "out of memory");
             ftk_status st = dora_norms(p, L, ls, nrm);

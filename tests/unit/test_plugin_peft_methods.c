@@ -578,8 +578,8 @@ int main(void)
                   FTK_E_UNSUPPORTED, "pissa_niter_4");
         ftk_model_free(m);
         CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &m));
-        CHECK_ERR(ftk_model_set_peft(m, pl, (const struct ftk_kv[]){{"loraplus_lr_ratio", "16"}, {NULL, NULL}}, 0, NULL),
-                  FTK_E_UNSUPPORTED, "loraplus_lr_ratio");
+        CHECK_ERR(ftk_model_set_peft(m, pl, (const struct ftk_kv[]){{"loraplus_lr_ratio", "-1"}, {NULL, NULL}}, 0, NULL),
+                  FTK_E_INVALID, "loraplus_lr_ratio");
         ftk_model_free(m);
         CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/qwen2", be, ctx, &m));   /* (IA)3 on q_proj with a bias */
         CHECK_OK(ftk_model_load_adapter(m, "tests/fixtures/peft_methods/qwen2/ia3", 0));
