@@ -512,6 +512,22 @@ int main(void)
         }
     }
     TEST("recompute and gradient accumulation (qwen3, projection)") check_recompute_accum("qwen3");
+    TEST("packed rows (segment_ids): each document sees the prefix, as if it were its own row") {
+        struct ftk_model *m = model_with("qwen3", proj_opts, NULL);
+        if (m) {
+            static const int32_t ids[8] = {5, 9, 13, 2, 40, 41, 7, 7}, pos[8] = {0, 1, 2, 3, 0, 1, 2, 3},
+                                 seg[8] = {1, 1, 1, 1, 2, 2, 2, 2};
+            struct ftk_batch_view packed = {.B = 1, .T = 8, .input_ids = ids, .position_ids = pos, .segment_ids = seg},
+                                  rows = {.B = 2, .T = 4, .input_ids = ids, .position_ids = pos};
+            float *a = logits_of(m, &packed), *c = logits_of(m, &rows);
+            double err = rel_err(a, c, 8 * ftk_model_get_config(m)->V);
+            printf("  qwen3 proj: two packed documents vs two rows, logits rel err %.2e\n", err);
+            CHECK(err <= 1e-6);
+            free(a);
+            free(c);
+        }
+        ftk_model_free(m);
+    }
     TEST("a fresh adapter: seeded init, peft's shapes, trains and saves with the MLP") {
         struct ftk_model *m = model_with("qwen3", proj_opts, NULL), *m2 = model_with("qwen3", proj_opts, NULL);
         struct ftk_st_model *e = fixture("qwen3");
