@@ -34,6 +34,9 @@ static ftk_status fill(void *arg, size_t i, void *dst, size_t nbytes)
 
 ftk_status ftk_model_save(struct ftk_model *m, const char *src_path, const char *dir, enum ftk_dtype dtype, int merge)
 {
+    /* a plugin with its own parameters and no merge slot (prefix tuning, ...) would be dropped */
+    FTK_FAIL_IF(merge && m->peft && m->n_extra && !FTK_PLUGIN_SLOT(m->peft->pl, merge), FTK_E_UNSUPPORTED,
+                "peft \"%s\" cannot be merged into the weights: save its adapter instead", m->peft->pl->name);
     FTK_TRY(ftk_mkdirs(dir));
     struct ftk_st_entry *e = calloc(m->n_params, sizeof *e);
     struct ftk_param **order = calloc(m->n_params, sizeof *order);
