@@ -591,6 +591,17 @@ int main(void)
             ftk_source_close(src);
         }
         ftk_model_free(m);
+        /* merging is refused, not silently dropped (the prefix is no weight delta) */
+        m = model_with("llama", noproj_opts, NULL);
+        if (m) {
+            char dir[64];
+            snprintf(dir, sizeof dir, "/tmp/ftk_prefix_merge_XXXXXX");
+            CHECK(mkdtemp(dir) != NULL);
+            CHECK_ERR(ftk_model_save(m, "tests/fixtures/hf_tiny/llama", dir, FTK_DTYPE_F32, 1), FTK_E_UNSUPPORTED,
+                      "peft \"prefix_tuning\" cannot be merged into the weights");
+            rmdir(dir);
+        }
+        ftk_model_free(m);
         /* ftk's projection adapter without its prefix_encoder.safetensors */
         m = model_with("llama", proj_opts, NULL);
         if (m) {
