@@ -311,6 +311,11 @@ static ftk_status run_step(struct ftk_trainer *t, struct ftk_step_result *res)
         s = be->adamw_step(ctx, q->w, t->mom[i], t->var[i], q->g, q->numel, &hp);
     }
     FTK_TRY(s);
+    /* after_update sees the clipped gradients, as peft's update_and_allocate does after
+     * clip_grad_norm_ (AdamW above applied the clip factor without writing it back) */
+    for (size_t i = 0; pl && FTK_PLUGIN_SLOT(pl, after_update) && coef < 1 && i < t->n && s == FTK_OK; i++)
+        s = be->scale(ctx, ftk_model_trainable(m, i)->g, ftk_model_trainable(m, i)->numel, coef);
+    FTK_TRY(s);
     if (pl && FTK_PLUGIN_SLOT(pl, after_update) && (s = pl->after_update(pp, t->step)) != FTK_OK)
         return ftk_error_wrap(s, "step %lld: peft \"%s\" after the update", (long long)t->step + 1, pl->name);
     t->step++;
