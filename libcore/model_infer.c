@@ -94,7 +94,8 @@ ftk_status ftk_model_prefill(struct ftk_model *m, struct ftk_kv_cache *kc, int64
     FTK_FAIL_IF(kc->len[row] != 0, FTK_E_INVALID, "prefill: row %lld is not empty (reset it first)", (long long)row);
     FTK_FAIL_IF(n <= 0, FTK_E_INVALID, "prefill: empty prompt");
     FTK_FAIL_IF(n > kc->S, FTK_E_INVALID, "prompt of %lld tokens is longer than the context of %lld", (long long)n, (long long)kc->S);
-    int32_t *pos = malloc((size_t)n * sizeof *pos), *shift = malloc((size_t)n * sizeof *shift);
+    /* the forward's shifted labels cover the embed hook's virtual tokens too */
+    int32_t *pos = malloc((size_t)n * sizeof *pos), *shift = malloc((size_t)(n + model_n_virtual(m)) * sizeof *shift);
     ftk_status s = pos && shift ? FTK_OK : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
     for (int64_t t = 0; pos && t < n; t++)
         pos[t] = (int32_t)t;
