@@ -214,7 +214,9 @@ static ftk_status init_weights(struct ftk_peft *p, struct p_tuning *S)
 static ftk_status ptu_init(struct ftk_peft *p, const struct ftk_kv *o)
 {
     struct p_tuning *S = ftk_peft_priv(p);
-    FTK_TRY(vt_parse(p, o, "P_TUNING", &S->v));
+    static const char *const keys[] = {"encoder_reparameterization_type", "encoder_hidden_size", "encoder_num_layers",
+                                       "encoder_dropout", NULL};
+    FTK_TRY(vt_parse(p, o, "P_TUNING", keys, &S->v));
     const char *t = ftk_kv_get(o, "encoder_reparameterization_type");
     snprintf(S->enc_name, sizeof S->enc_name, "%s", t ? t : "MLP");
     FTK_FAIL_IF(strcmp(S->enc_name, "MLP") && strcmp(S->enc_name, "LSTM"), FTK_E_UNSUPPORTED,

@@ -56,7 +56,9 @@ static ftk_status pt_init(struct ftk_peft *p, const struct ftk_kv *o)
     const struct ftk_model_config *cfg = ftk_peft_config(p);
     void *ctx;
     const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
-    FTK_TRY(vt_parse(p, o, "PROMPT_TUNING", &S->v));
+    static const char *const keys[] = {"prompt_tuning_init", "prompt_tuning_init_text", "tokenizer_name_or_path",
+                                       "tokenizer_kwargs", NULL};
+    FTK_TRY(vt_parse(p, o, "PROMPT_TUNING", keys, &S->v));
     int64_t P = S->v.P, C = S->v.C;
     const char *init = ftk_kv_get(o, "prompt_tuning_init"), *text = ftk_kv_get(o, "prompt_tuning_init_text"),
                *tok = ftk_kv_get(o, "tokenizer_name_or_path"), *kw = ftk_kv_get(o, "tokenizer_kwargs");

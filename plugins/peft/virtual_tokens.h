@@ -22,11 +22,32 @@ struct vt_common {
 };
 
 /* peft's PromptLearningConfig as a causal LM uses it. `peft_type` is the method's
- * ("PROMPT_TUNING"): an adapter's must match. token_dim, when given, must be the model's hidden
- * size (an adapter for another base otherwise). */
-static ftk_status vt_parse(struct ftk_peft *p, const struct ftk_kv *o, const char *peft_type, struct vt_common *v)
+ * ("PROMPT_TUNING"): an adapter's must match. token_dim, num_layers and num_attention_heads, when
+ * given, must be the model's (an adapter for another base otherwise). An option that is neither
+ * PromptLearningConfig's (peft 0.21) nor in the method's NULL-ended `keys` is refused (a typo). */
+static ftk_status vt_parse(struct ftk_peft *p, const struct ftk_kv *o, const char *peft_type, const char *const *keys,
+                           struct vt_common *v)
 {
+    static const char *const common[] = {
+        "task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
+        "inference_mode", "num_virtual_tokens", "token_dim", "num_transformer_submodules", "num_attention_heads",
+        "num_layers", "modules_to_save", NULL};
     const struct ftk_model_config *cfg = ftk_peft_config(p);
+    for (const struct ftk_kv *kv = o; kv && kv->key; kv++) {
+        int known = 0;
+        for (int i = 0; common[i]; i++)
+            known |= !strcmp(kv->key, common[i]);
+        for (int i = 0; keys[i]; i++)
+            known |= !strcmp(kv->key, keys[i]);
+        FTK_FAIL_IF(!known, FTK_E_INVALID, "unknown option \"%s\" for %s (it takes num_virtual_tokens, %s%s)", kv->key,
+                    peft_type, keys[0], keys[1] ? ", ..." : "");
+    }
+    int64_t nl, nh;
+    FTK_TRY(ftk_kv_int(o, "num_layers", cfg->L, &nl));
+    FTK_TRY(ftk_kv_int(o, "num_attention_heads", cfg->H, &nh));
+    FTK_FAIL_IF(nl != cfg->L || nh != cfg->H, FTK_E_MISMATCH,
+                "num_layers %lld, num_attention_heads %lld, but the model has %lld and %lld (adapter for another base?)",
+                (long long)nl, (long long)nh, (long long)cfg->L, (long long)cfg->H);
     const char *pt = ftk_kv_get(o, "peft_type"), *task = ftk_kv_get(o, "task_type");
     v->from_adapter = pt != NULL;
     FTK_FAIL_IF(pt && strcmp(pt, peft_type), FTK_E_INVALID, "peft_type %s given to the %s plugin", pt, peft_type);
