@@ -15,21 +15,40 @@ ftk_status model_expand_virtual(struct ftk_model *m, const struct ftk_batch_view
 {
     int64_t P = model_n_virtual(m), B = b->B, T = b->T, X = T + P;
     FTK_FAIL_IF(P < 0, FTK_E_INVALID, "peft \"%s\": %lld virtual tokens", m->peft->pl->name, (long long)P);
-    /* Packed rows would need the virtual tokens before every document, not once per row. */
-    FTK_FAIL_IF(b->segment_ids, FTK_E_UNSUPPORTED,
-                "peft \"%s\" prepends virtual tokens to each row, which packed batches (segment_ids) cannot take: "
-                "pack without --neat-packing", m->peft->pl->name);
-    int32_t *a = malloc((size_t)(3 * B * X) * sizeof *a);
+    /* segment_ids: every padded batch of ftk pack has them (the row's tokens 1, padding 0); the
+     * virtual tokens join the row's one document. Rows of several documents (neat packing) would
+     * need the virtual tokens before every document, not once per row: refused. */
+    int32_t *rowseg = calloc((size_t)B, sizeof *rowseg);
+    FTK_FAIL_IF(!rowseg, FTK_E_NOMEM, "out of memory");
+    for (int64_t r = 0; b->segment_ids && r < B; r++)
+        for (int64_t t = 0; t < T; t++) {
+            int32_t sg = b->segment_ids[r * T + t];
+            if (sg != 0 && rowseg[r] != 0 && sg != rowseg[r]) {
+                free(rowseg);
+                FTK_FAIL(FTK_E_UNSUPPORTED,
+                         "peft \"%s\" prepends virtual tokens to each row; row %lld packs several documents (segment_ids "
+                         "%d and %d), which would each need them: pack without --neat-packing", m->peft->pl->name,
+                         (long long)r, rowseg[r], sg);
+            }
+            if (sg != 0)
+                rowseg[r] = sg;
+        }
+    int32_t *a = malloc((size_t)(4 * B * X) * sizeof *a);
+    if (!a)
+        free(rowseg);
     FTK_FAIL_IF(!a, FTK_E_NOMEM, "out of memory");
-    int32_t *ids = a, *lab = a + B * X, *pos = a + 2 * B * X;
+    int32_t *ids = a, *lab = a + B * X, *pos = a + 2 * B * X, *seg = a + 3 * B * X;
     for (int64_t r = 0; r < B; r++)
         for (int64_t t = 0; t < X; t++) {
             int64_t i = r * X + t, j = r * T + t - P;
             ids[i] = t < P ? 0 : b->input_ids[j];
             lab[i] = t < P || !b->labels ? FTK_IGNORE_INDEX : b->labels[j];
             pos[i] = t < P ? (int32_t)t : (int32_t)P + (b->position_ids ? b->position_ids[j] : (int32_t)(t - P));
+            seg[i] = t < P ? rowseg[r] : b->segment_ids ? b->segment_ids[j] : 0;
         }
-    *out = (struct ftk_batch_view){.B = B, .T = X, .input_ids = ids, .labels = lab, .position_ids = pos};
+    free(rowseg);
+    *out = (struct ftk_batch_view){.B = B, .T = X, .input_ids = ids, .labels = lab, .position_ids = pos,
+                                   .segment_ids = b->segment_ids ? seg : NULL};
     *buf = a;
     return FTK_OK;
 }
