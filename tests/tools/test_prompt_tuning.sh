@@ -83,15 +83,20 @@ for want in "pt_random [1,21,15,8,21,15,8,21,46,42]" "pt_text [16,15,1,21,5,2,16
 done
 check "generate with ftk's trained adapter" bash -c "ftk generate --model '$M' --adapter '$T/pl' --max-new-tokens 4 --ignore-eos '$T/ex.fts' | jq -e '.ids | length == 4'"
 
-# ref-logps: the virtual tokens change the reference log-probs (packed preference batches with
-# segment_ids are refused by the core: the virtual tokens would go before each document)
-check "ref-logps --adapter" ftk ref-logps --model "$M" --adapter "$PT/llama/pt_random" -q -o "$T/r_pt.fts" "$T/b1.fts"
-check "ref-logps base" ftk ref-logps --model "$M" -q -o "$T/r_base.fts" "$T/b1.fts"
-check "the adapter is applied" test "$(ftk dump "$T/r_pt.fts" | jq -c 'select(.kind=="batch") | .tensors.ref_logps')" \
-    != "$(ftk dump "$T/r_base.fts" | jq -c 'select(.kind=="batch") | .tensors.ref_logps')"
+# ref-logps: the virtual tokens change the reference log-probs; the DPO batch's rows are padded
+# (segment_ids 1, padding 0) as ftk pack writes them. Rows packing several documents (neat
+# packing) are refused by the core: the virtual tokens would go before each document.
 ftk dump --from-json < "$ROOT/tests/fixtures/pref/dpo_batch.jsonl" > "$T/dpo.fts"
-check_fail "packed rows (segment_ids) are refused" 1 "pack without --neat-packing" ftk ref-logps --model "$M" \
-    --adapter "$PT/llama/pt_random" -q -o "$T/dpo_pt.fts" "$T/dpo.fts"
+check "ref-logps --adapter (padded rows)" ftk ref-logps --model "$M" --adapter "$PT/llama/pt_random" -q -o "$T/dpo_pt.fts" "$T/dpo.fts"
+check "ref-logps base" ftk ref-logps --model "$M" -q -o "$T/dpo_base.fts" "$T/dpo.fts"
+check "the adapter is applied" test "$(ftk dump "$T/dpo_pt.fts" | jq -c 'select(.kind=="batch") | .tensors.ref_logps')" \
+    != "$(ftk dump "$T/dpo_base.fts" | jq -c 'select(.kind=="batch") | .tensors.ref_logps')"
+check "eval --adapter of P-tuning (padded rows)" ftk eval --model "$M" --adapter "$PT/llama/ptune_lstm" -q "$T/dpo.fts"
+echo '{"kind":"stream","meta":{"producer":"t","batches":"1"}}
+{"kind":"batch","tensors":{"input_ids":[[5,6,7,8,9,10]],"labels":[[-100,6,7,-100,9,10]],"position_ids":[[0,1,2,0,1,2]],"segment_ids":[[1,1,1,2,2,2]]}}' \
+    | ftk dump --from-json > "$T/neat.fts"
+check_fail "neat-packed rows are refused" 1 "packs several documents" ftk eval --model "$M" --adapter "$PT/llama/pt_random" \
+    -q "$T/neat.fts"
 
 check_fail "bad option" 1 "num_virtual_tokens 0 outside" ftk train-step --model "$M" --finetuning-type prompt_tuning \
     --peft-opt num_virtual_tokens=0 --max-steps 1 "$T/b4.fts"
