@@ -23,7 +23,21 @@ to the kept ranks). tests/fixtures/peft_methods/adalora/expected.safetensors:
   pattern<k+1>.<module>                   F32[init_r] 1 = kept, after step k, once peft has set rank_pattern
   final.logits                            eval forward after the 8 steps
   final.reg                               the regulariser of adalora/final loaded back by peft for training
-Run from the repo root:  .venv/bin/python tests/oracle/adalora.py
+
+tests/fixtures/peft_methods/adalora/clipped.safetensors: the same init and loop with clipping
+engaged at every step (max_grad_norm 0.01 under grad norms 0.05..0.8, lr 5e-2), so the rank
+allocator ranks clipped gradients (peft's update_and_allocate runs after clip_grad_norm_) and
+the clip factor, which changes from step to step, moves its averages:
+  input_ids, labels, position_ids         the batch (expected.safetensors')
+  loss<k>, grad_norm<k>, budget<k>        step k = 0..7
+  step<k+1>.<saved name>                  the parameters after step k (masked E entries are 0)
+The script also runs the loop with the allocator fed the unclipped gradients and refuses to write
+the fixture unless the masks then differ (they do at steps 2..7), so the fixture tells the two apart.
+At each of the 4 maskings the threshold score is 3% or more below the lowest kept score (no near ties).
+
+Run from the repo root:  .venv/bin/python tests/oracle/adalora.py [clipped]
+(with "clipped", only clipped.safetensors is written). Rerunning gives the same tensors; the key
+orders of adapter_config.json and of the safetensors metadata may change.
 """
 import json
 import os
@@ -42,27 +56,85 @@ LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_
 CFG = dict(init_r=4, target_r=2, lora_alpha=8, lora_dropout=0.0, target_modules=LINEAR, tinit=1, tfinal=3, deltaT=1,
            total_step=8, beta1=0.85, beta2=0.85, orth_reg_weight=0.5, task_type="CAUSAL_LM")
 STEPS = 8
+CLIP_LR, CLIP_MAX_NORM = 5e-2, 0.01
 
 
 def saved_name(n):   # base_model.model.model.layers.0.self_attn.q_proj.lora_A.default -> ...lora_A
     return n.replace(".default", "")
 
 
-def main():
+def meta():
+    return {"seed": str(SEED), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "script": "tests/oracle/adalora.py"}
+
+
+def init_model():
+    """peft's AdaLoRA model at its init (seed SEED) with lora_E = 0.1 N(0,1), and the batch."""
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
     e = load_file(os.path.join(SRC, "expected.safetensors"))
-    ids, labels, pos = e["input_ids"].long(), e["labels"].long(), e["position_ids"].long()
-    exp = {"input_ids": e["input_ids"], "labels": e["labels"], "position_ids": e["position_ids"]}
-    os.makedirs(OUT, exist_ok=True)
-
     model = AutoModelForCausalLM.from_pretrained(SRC, dtype=torch.float32, attn_implementation="eager")
     pm = peft.get_peft_model(model, peft.AdaLoraConfig(**CFG))
     with torch.no_grad():
         for n, p in pm.named_parameters():
             if "lora_E" in n:
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    return pm, e
+
+
+def clipped_run(unclipped_allocator=False):
+    """The loop with CLIP_LR, CLIP_MAX_NORM: its tensors, and the E masks (0/1 lists) after each
+    step. unclipped_allocator: update_and_allocate sees the gradients before clipping (the clip
+    factor divided back out), as an allocator would that ignored the clip."""
+    pm, e = init_model()
+    ids, labels, pos = e["input_ids"].long(), e["labels"].long(), e["position_ids"].long()
+    named = [(saved_name(n), p) for n, p in pm.named_parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([p for _, p in named], lr=CLIP_LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    ada = pm.base_model
+    exp = {"input_ids": e["input_ids"], "labels": e["labels"], "position_ids": e["position_ids"]}
+    masks = []
+    pm.train()
+    for k in range(STEPS):
+        out = pm(input_ids=ids, labels=labels, position_ids=pos)
+        out.loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_([p for _, p in named], CLIP_MAX_NORM)
+        coef = min(1.0, CLIP_MAX_NORM / (gn.item() + 1e-6))   # clip_grad_norm_'s factor
+        assert coef < 1, f"step {k}: grad norm {gn.item()} does not engage the clip"
+        opt.step()
+        if unclipped_allocator:
+            with torch.no_grad():
+                for _, p in named:
+                    p.grad.div_(coef)
+        ada.update_and_allocate(k)
+        opt.zero_grad(set_to_none=True)
+        exp[f"loss{k}"] = out.loss.detach().reshape(1)
+        exp[f"grad_norm{k}"] = gn.detach().reshape(1).float()
+        exp[f"budget{k}"] = torch.tensor([float(ada.rankallocator.budget_schedule(k)[0])])
+        for n, p in named:
+            exp[f"step{k + 1}.{n}"] = p.detach().clone()
+        masks.append([int(x) for n, p in named if "lora_E" in n for x in (p.detach().flatten() == 0)])
+    return exp, masks
+
+
+def clipped():
+    exp, masks = clipped_run()
+    _, other = clipped_run(unclipped_allocator=True)
+    for k in range(STEPS):
+        d = sum(a != b for a, b in zip(masks[k], other[k]))
+        print(f"clipped, step {k}: loss {exp[f'loss{k}'].item():.6f} grad_norm {exp[f'grad_norm{k}'].item():.4f} "
+              f"(max {CLIP_MAX_NORM}) E zeros {sum(masks[k])}; {d} E entries masked otherwise by an allocator "
+              f"fed unclipped gradients", file=sys.stderr)
+    assert masks != other, "the clip does not change the masks: the fixture would not test it"
+    os.makedirs(OUT, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(OUT, "clipped.safetensors"), metadata=meta())
+
+
+def main():
+    pm, e = init_model()
+    ids, labels, pos = e["input_ids"].long(), e["labels"].long(), e["position_ids"].long()
+    exp = {"input_ids": e["input_ids"], "labels": e["labels"], "position_ids": e["position_ids"]}
+    os.makedirs(OUT, exist_ok=True)
     pm.save_pretrained(os.path.join(OUT, "init"), safe_serialization=True)
     named = [(saved_name(n), p) for n, p in pm.named_parameters() if p.requires_grad]
     opt = torch.optim.AdamW([p for _, p in named], lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
@@ -108,13 +180,13 @@ def main():
         tot = back(input_ids=ids, labels=labels, position_ids=pos).loss
         ce = back.base_model.model(input_ids=ids, labels=labels, position_ids=pos).loss
     exp["final.reg"] = ((tot - ce) / CFG["orth_reg_weight"]).reshape(1)
-    meta = {"seed": str(SEED), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "script": "tests/oracle/adalora.py"}
-    save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(OUT, "expected.safetensors"), metadata=meta)
+    save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(OUT, "expected.safetensors"), metadata=meta())
     with open(os.path.join(OUT, "VERSIONS.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+        json.dump(meta(), f, indent=1)
         f.write("\n")
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] != ["clipped"]:
+        main()
+    clipped()

@@ -5,6 +5,10 @@
  *   - eight steps of ftk's trainer (before_update, clipping, AdamW, after_update = the rank
  *     allocator) against peft's HF-style loop: the loss and grad norm of each step, every
  *     parameter after each step, and which E entries the allocator masked;
+ *   - the same eight steps with clipping engaged at every step (max_grad_norm 0.01, lr 5e-2;
+ *     clipped.safetensors): the allocator ranks the clipped gradients, as peft's
+ *     update_and_allocate after clip_grad_norm_ does (fed the unclipped ones, it masks other
+ *     entries from step 2 on);
  *   - the trained adapter saved (kept ranks only, rank_pattern as peft writes it) and loaded
  *     back, peft's own trained adapter loaded, the merge slot;
  *   - central differences of the loss against linear_backward (with and without dropout) and
@@ -235,14 +239,21 @@ static void check_step0(const struct ftk_st_model *e)
     ftk_model_free(m);
 }
 
+/* A run of the eight trainer steps from peft's init, against a fixture of tests/oracle/adalora.py. */
+struct steps_case {
+    double lr, max_grad_norm;
+    int clipped;   /* 1: every step's grad norm is above max_grad_norm, 0: none is */
+};
+
 /* The eight trainer steps; the trained model is returned for the file checks. */
-static struct ftk_model *check_steps(const struct ftk_st_model *e)
+static struct ftk_model *check_steps(const struct ftk_st_model *e, const struct steps_case *c)
 {
     struct ftk_model *m = model_with(NULL, FIX "/init");
     if (!m)
         return NULL;
-    struct ftk_train_config tc = {.lr = 1e-2, .weight_decay = 0.01, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,
-                                  .max_grad_norm = 1.0, .grad_accum = 1, .total_steps = STEPS, .schedule = FTK_SCHED_CONSTANT};
+    struct ftk_train_config tc = {.lr = c->lr, .weight_decay = 0.01, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,
+                                  .max_grad_norm = c->max_grad_norm, .grad_accum = 1, .total_steps = STEPS,
+                                  .schedule = FTK_SCHED_CONSTANT};
     struct ftk_trainer *t = NULL;
     CHECK_OK(ftk_trainer_create(m, loss, &tc, &t));
     if (!t) {
@@ -251,7 +262,7 @@ static struct ftk_model *check_steps(const struct ftk_st_model *e)
     }
     struct ftk_message msg;
     message_of(e, &msg);
-    double wp = 0, wl = 0;
+    double wp = 0, wl = 0, wg = 0;
     for (int k = 0; k < STEPS; k++) {
         int stepped = 0;
         struct ftk_step_result res;
@@ -264,22 +275,29 @@ static struct ftk_model *check_steps(const struct ftk_st_model *e)
         float want_g = scalar(e, n);
         snprintf(pre, sizeof pre, "step%d.", k + 1);
         double ep = params_vs(m, e, pre, 0), el = fabs(res.loss - want_l) / fabs(want_l);
+        double eg = fabs(res.grad_norm - want_g) / fabs(want_g);
         int same, nm = masked_vs(m, e, pre, &same);
         snprintf(n, sizeof n, "budget%d", k);
-        printf("  step %d: loss %.7f (peft %.7f), grad norm %.6f (peft %.6f, < 1: not clipped), params rel err %.2e, "
-               "E masked %d (budget %g of 56), %s\n", k, res.loss, want_l, res.grad_norm, want_g, ep, nm, scalar(e, n),
+        printf("  step %d: loss %.7f (peft %.7f), grad norm %.6f (peft %.6f, %s), params rel err %.2e, "
+               "E masked %d (budget %g of 56), %s\n", k, res.loss, want_l, res.grad_norm, want_g,
+               res.grad_norm > c->max_grad_norm ? "clipped" : "not clipped", ep, nm, scalar(e, n),
                same ? "the same entries as peft" : "NOT peft's entries");
         CHECK(el <= 1e-5);
-        CHECK_NEAR(res.grad_norm, want_g, 1e-4);
+        CHECK(eg <= 1e-4);
+        CHECK_INT(res.grad_norm > c->max_grad_norm, c->clipped);
         CHECK(ep <= 1e-4);
         CHECK(same);
         CHECK_INT(nm, 56 - (int)scalar(e, n));
         wp = fmax(wp, ep);
         wl = fmax(wl, el);
+        wg = fmax(wg, eg);
     }
-    printf("  over %d steps: loss worst rel err %.2e, params worst rel err %.2e\n", STEPS, wl, wp);
+    printf("  over %d steps: loss worst rel err %.2e, grad norm worst rel err %.2e, params worst rel err %.2e\n", STEPS,
+           wl, wg, wp);
     ftk_message_free(&msg);
     ftk_trainer_free(t);
+    if (!ftk_st_model_find(e, "final.logits"))
+        return m;
     struct ftk_batch_view b = batch_of(e);
     float *lg = logits_of(m, &b);
     double el = rel_err(lg, exp_t(e, "%s", "final.logits")->data, b.B * b.T * ftk_model_get_config(m)->V);
@@ -445,12 +463,24 @@ int main(void)
         return check_summary();
     TEST("step 0 against peft: logits, cross-entropy, orthogonal regulariser, gradients") check_step0(e);
     struct ftk_model *trained = NULL;
-    TEST("8 trainer steps against peft: losses, grad norms, parameters, the allocator's masks") trained = check_steps(e);
+    TEST("8 trainer steps against peft: losses, grad norms, parameters, the allocator's masks") {
+        static const struct steps_case plain = {.lr = 1e-2, .max_grad_norm = 1.0, .clipped = 0};
+        trained = check_steps(e, &plain);
+    }
     TEST("the trained adapter saved as peft saves it (rank_pattern, kept ranks) and loaded back")
         if (trained) check_files(trained, e);
     TEST("merge slot: the trained model with its deltas folded into the weights")
         if (trained) check_merge(trained, e);
     ftk_model_free(trained);
+    TEST("8 steps clipped at every step (max_grad_norm 0.01, lr 5e-2): the allocator ranks clipped gradients") {
+        static const struct steps_case clip = {.lr = 5e-2, .max_grad_norm = 0.01, .clipped = 1};
+        struct ftk_st_model *ec = NULL;
+        CHECK_OK(ftk_st_file_open(FIX "/clipped.safetensors", &ec));
+        if (ec) {
+            ftk_model_free(check_steps(ec, &clip));
+            ftk_st_model_close(ec);
+        }
+    }
     TEST("peft's trained adapter (rank_pattern, ranks pruned to 0) loads and gives peft's logits") {
         struct ftk_model *m = model_with(NULL, FIX "/final");
         if (m) {
