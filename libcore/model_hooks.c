@@ -24,11 +24,12 @@ ftk_status model_expand_virtual(struct ftk_model *m, const struct ftk_batch_view
         for (int64_t t = 0; t < T; t++) {
             int32_t sg = b->segment_ids[r * T + t];
             if (sg != 0 && rowseg[r] != 0 && sg != rowseg[r]) {
+                int32_t first = rowseg[r];
                 free(rowseg);
                 FTK_FAIL(FTK_E_UNSUPPORTED,
                          "peft \"%s\" prepends virtual tokens to each row; row %lld packs several documents (segment_ids "
                          "%d and %d), which would each need them: pack without --neat-packing", m->peft->pl->name,
-                         (long long)r, rowseg[r], sg);
+                         (long long)r, first, sg);
             }
             if (sg != 0)
                 rowseg[r] = sg;
