@@ -101,7 +101,9 @@ static ftk_status parse_yaml(struct plan *p, const char *text, size_t len)
 static const char *no_effect[] = {
     "do_train", "trust_remote_code", "overwrite_cache", "preprocessing_num_workers", "dataloader_num_workers",
     "overwrite_output_dir", "save_only_model", "report_to", "ddp_timeout", "logging_steps", "plot_loss",
-    "bf16", "fp16", "pure_bf16", "flash_attn", "do_eval", "low_cpu_mem_usage", NULL};
+    "bf16", "fp16", "pure_bf16", "flash_attn", "do_eval", "low_cpu_mem_usage",
+    "pissa_iter",   /* ftk's PiSSA is the exact SVD; the fast SVD approximates the same factors */
+    NULL};
 
 static int in_list(const char *k, const char **l)
 {
@@ -123,13 +125,16 @@ static const struct map direct[] = {
     {"max_grad_norm", "MAX_GRAD_NORM"}, {"seed", "SEED"}, {"ref_model", "REF_MODEL"},
     {"ref_model_adapters", "REF_ADAPTER"}, {NULL, NULL}};
 
-/* Flags appended to a stage's *_FLAGS variable: key, variable, flag (NULL: a boolean switch
- * whose flag is `sw`). */
+/* Flags appended to a stage's *_FLAGS variable: key, variable, flag, and how the value goes:
+ * 1 a boolean switch (the flag alone when true), 0 "flag VALUE", 2 "flag=VALUE" (--peft-opt). */
 struct flagmap { const char *key, *var, *flag; int boolean; };
 static const struct flagmap flags[] = {
     {"train_on_prompt", "TOKENIZE_FLAGS", "--train-on-prompt", 1},
     {"mask_history", "TOKENIZE_FLAGS", "--mask-history", 1},
     {"use_rslora", "TRAIN_FLAGS", "--use-rslora", 1},
+    {"use_dora", "TRAIN_FLAGS", "--peft-opt use_dora=true", 1},
+    {"pissa_init", "TRAIN_FLAGS", "--peft-opt init_lora_weights=pissa", 1},
+    {"loraplus_lr_ratio", "TRAIN_FLAGS", "--peft-opt loraplus_lr_ratio", 2},
     {"warmup_steps", "TRAIN_FLAGS", "--warmup-steps", 0},
     {"freeze_trainable_layers", "TRAIN_FLAGS", "--freeze-trainable-layers", 0},
     {"freeze_trainable_modules", "TRAIN_FLAGS", "--freeze-trainable-modules", 0},
@@ -286,6 +291,8 @@ static ftk_status plan_write(const char *yaml_path, const char *const *sets, int
                     snprintf(b + l, 1024 - l, " %s", flags[m].flag);
                 else if (!flags[m].boolean && v)
                     snprintf(b + l, 1024 - l, " %s %s", flags[m].flag, v);
+                else if (flags[m].boolean == 2 && v)
+                    snprintf(b + l, 1024 - l, " %s=%s", flags[m].flag, v);
             }
         if (!known && in_list(k, no_effect)) {
             known = 1;

@@ -24,6 +24,11 @@ check "the DPO pipeline runs (reference log-probs, then DPO)" make -s -f "$T/dpo
 check "DPO adapter written" test -f "$T/dpo/run/adapter/adapter_model.safetensors"
 check "DPO metrics carry rewards" jq -e 'has("rewards/margins")' "$T/dpo/run/metrics.jsonl"
 
+printf 'stage: sft\nmodel_name_or_path: m\ndataset: x\nuse_dora: true\nloraplus_lr_ratio: 16\npissa_init: true\npissa_iter: 16\n' > "$T/v.yaml"
+check "plan LoRA variants (DoRA, LoRA+, PiSSA)" ftk plan "$T/v.yaml" -o "$T/v.mk"
+check_eq "they become plugin options" "$(grep -E '^TRAIN_FLAGS' "$T/v.mk")" \
+    "TRAIN_FLAGS := --peft-opt use_dora=true --peft-opt loraplus_lr_ratio=16 --peft-opt init_lora_weights=pissa"
+
 printf 'stage: sft\nmodel_name_or_path: m\ndataset: x\nquantization_bit: 4\n' > "$T/q.yaml"
 check_fail "an unsupported key names its line" 1 'q.yaml:4: key "quantization_bit" is not supported yet' ftk plan "$T/q.yaml"
 printf 'stage: ppo\nmodel_name_or_path: m\n' > "$T/ppo.yaml"
