@@ -1,5 +1,6 @@
 /* libcore/merge.c: a LoRA adapter folded into its base checkpoint, one tensor at a time
- * (ftk/merge.h, docs/tools/merge-lora.md).
+ * (ftk/merge.h, docs/tools/merge-lora.md). Other mergeable methods (DoRA, (IA)^3, AdaLoRA, diff
+ * pruning) go through their plugin's merge slot on the model loaded with the adapter.
  *
  * The output is what transformers' save_pretrained writes after peft's merge_and_unload:
  * model.safetensors, or shards model-0000N-of-0000M.safetensors split as huggingface_hub's
@@ -17,6 +18,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "model-impl.h"   /* before cblas.h, whose complex.h defines I */
 #include <archive.h>
 #include <archive_entry.h>
 #include <cblas.h>
@@ -103,6 +105,7 @@ struct adapter {
     cJSON *cfg;
     struct pair *pairs;
     size_t n_pairs;
+    int plugin;                      /* merged by the method's plugin, not as W + s B A */
 };
 
 static void adapter_free(struct adapter *a)
@@ -137,9 +140,7 @@ static ftk_status check_config(const cJSON *c, const char *where)
 {
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(c, "peft_type");
     FTK_FAIL_IF(!cJSON_IsString(pt), FTK_E_FORMAT, "%s: \"peft_type\" missing", where);
-    FTK_FAIL_IF(strcmp(pt->valuestring, "LORA"), FTK_E_UNSUPPORTED, "%s: peft_type %s: only LORA adapters can be merged",
-                where, pt->valuestring);
-    static const char *const must_be_false[] = {"fan_in_fan_out", "use_dora", "lora_bias", "use_qalora", NULL};
+    static const char *const must_be_false[] = {"fan_in_fan_out", "lora_bias", "use_qalora", NULL};
     for (int i = 0; must_be_false[i]; i++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, must_be_false[i]);
         FTK_FAIL_IF(cJSON_IsTrue(v), FTK_E_UNSUPPORTED, "%s: %s = true cannot be merged by ftk", where, must_be_false[i]);
@@ -154,6 +155,9 @@ static ftk_status check_config(const cJSON *c, const char *where)
     FTK_FAIL_IF(bias && !cJSON_IsNull(bias) && !(cJSON_IsString(bias) && !strcmp(bias->valuestring, "none")),
                 FTK_E_UNSUPPORTED, "%s: bias = %s cannot be merged by ftk (only \"none\")", where,
                 cJSON_IsString(bias) ? bias->valuestring : "(not a string)");
+    /* the plugin path reads the rest of the options itself (AdaLoRA's rank_pattern) */
+    if (strcmp(pt->valuestring, "LORA") || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c, "use_dora")))
+        return FTK_OK;
     static const char *const must_be_empty[] = {"rank_pattern", "alpha_pattern", "modules_to_save", "layer_replication",
                                                 "trainable_token_indices", NULL};
     for (int i = 0; must_be_empty[i]; i++) {
@@ -194,6 +198,10 @@ static ftk_status adapter_open(struct adapter *a, const char *path)
     free(text);
     FTK_FAIL_IF(!cJSON_IsObject(a->cfg), FTK_E_FORMAT, "%s: not a JSON object", where);
     FTK_TRY(check_config(a->cfg, where));
+    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(a->cfg, "peft_type");
+    a->plugin = strcmp(pt->valuestring, "LORA") || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a->cfg, "use_dora"));
+    if (a->plugin)
+        return FTK_OK;
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(a->cfg, "r");
     const cJSON *al = cJSON_GetObjectItemCaseSensitive(a->cfg, "lora_alpha");
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(a->cfg, "use_rslora");
@@ -250,6 +258,7 @@ struct item {
     const struct ftk_tensor *src;
     enum ftk_dtype dtype;           /* output */
     const struct pair *lora;        /* NULL: copied */
+    const struct ftk_site *site;    /* the plugin path: a site its plugin merges into */
     int shard;
 };
 
@@ -261,6 +270,7 @@ struct plan {
     float scale;                    /* LoRA scaling */
     float *w, *a, *b;               /* F32 scratch: one weight (O,I), A (r,I), B (O,r) */
     const struct item **cur;        /* fill(): the items of the shard being written */
+    struct ftk_model *m;            /* the plugin path: the base with the adapter loaded */
 };
 
 static size_t out_bytes(const struct item *it)
@@ -311,7 +321,7 @@ static ftk_status fill(void *arg, size_t i, void *dst, size_t nbytes)
     const struct item *it = p->cur[i];
     const struct ftk_tensor *t = it->src;
     size_t n = (size_t)ftk_tensor_numel(t);
-    if ((!it->lora && t->dtype == it->dtype) || !is_float(t->dtype)) {   /* unchanged: bit for bit */
+    if ((!it->lora && !it->site && t->dtype == it->dtype) || !is_float(t->dtype)) {   /* unchanged: bit for bit */
         FTK_ASSERT(nbytes == t->nbytes);
         memcpy(dst, t->data, nbytes);
         return FTK_OK;
@@ -328,6 +338,8 @@ static ftk_status fill(void *arg, size_t i, void *dst, size_t nbytes)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)O, (int)In, (int)r, p->scale, p->b, (int)r, p->a,
                         (int)In, 1.0f, p->w, (int)In);
     }
+    if (s == FTK_OK && it->site)   /* the method's own merge: W (O,I) += its delta, F32 */
+        s = p->m->peft->pl->merge(p->m->peft, it->site, p->w);
     if (s == FTK_OK)
         s = ftk_convert_from_f32(dst, it->dtype, p->w, n);
     if (s != FTK_OK)
@@ -695,6 +707,20 @@ static ftk_status plan_merge(struct plan *p, struct adapter *ad, struct ftk_st_m
         if (is_float(it->src->dtype) && (size_t)ftk_tensor_numel(it->src) > big)
             big = (size_t)ftk_tensor_numel(it->src);
     }
+    for (size_t k = 0; p->m && k < p->m->n_sites; k++) {   /* the plugin path: its hooked sites */
+        const struct ftk_site *site = &p->m->sites[k];
+        if (!ftk_peft_hooked(p->m->peft, site->layer, site->kind))
+            continue;
+        char wname[600];
+        snprintf(wname, sizeof wname, "%s.weight", site->module);
+        struct item *it = NULL;
+        for (size_t i = 0; i < p->n && !it; i++)
+            if (!strcmp(p->items[i].name, wname))
+                it = &p->items[i];
+        FTK_FAIL_IF(!it, FTK_E_UNSUPPORTED, "%s: %s has no weight %s of its own in %s (tied embeddings?): cannot merge", adapter,
+                    site->module, wname, model);
+        it->site = site;
+    }
     for (size_t k = 0; k < ad->n_pairs; k++) {
         struct pair *q = &ad->pairs[k];
         char wname[600];
@@ -728,6 +754,22 @@ static ftk_status plan_merge(struct plan *p, struct adapter *ad, struct ftk_st_m
     p->a = malloc(big_a * sizeof *p->a);
     p->b = malloc(big_b * sizeof *p->b);
     FTK_FAIL_IF(!p->w || !p->a || !p->b, FTK_E_NOMEM, "out of memory (a %zu-element F32 buffer)", big);
+    return FTK_OK;
+}
+
+/* The plugin path: the base model (F32, CPU) with the adapter loaded through its plugin, which
+ * must be able to merge. */
+static ftk_status load_for_plugin(const struct ftk_merge_opts *o, struct ftk_model **m, void **cpu)
+{
+    const struct ftk_backend *be = ftk_backend_cpu();
+    struct ftk_backend_opts bo = {.struct_size = sizeof bo};
+    FTK_TRY(be->create(&bo, cpu));
+    FTK_TRY(ftk_model_load(o->model, be, *cpu, m));
+    FTK_TRY(ftk_model_load_adapter(*m, o->adapter, 0));
+    const struct ftk_peft_plugin *pl = (*m)->peft->pl;
+    FTK_FAIL_IF(!FTK_PLUGIN_SLOT(pl, merge), FTK_E_UNSUPPORTED,
+                "%s: the %s method cannot be folded into the weights (it is not a linear delta); use the adapter with --adapter",
+                o->adapter, pl->name);
     return FTK_OK;
 }
 
@@ -775,6 +817,9 @@ ftk_status ftk_merge_lora(const struct ftk_merge_opts *opts, struct ftk_merge_st
         s = base_dtype(base, &dt);
     if (s == FTK_OK)
         s = ftk_st_model_open(base, "model", &st);
+    void *cpu = NULL;
+    if (s == FTK_OK && ad.plugin)
+        s = load_for_plugin(o, &p.m, &cpu);
     if (s == FTK_OK)
         s = plan_merge(&p, &ad, st, dt, o->model, o->adapter);
     if (s == FTK_OK) {
@@ -801,6 +846,8 @@ ftk_status ftk_merge_lora(const struct ftk_merge_opts *opts, struct ftk_merge_st
         memset(stats, 0, sizeof *stats);
         stats->tensors = (int64_t)p.n;
         stats->merged = (int64_t)ad.n_pairs;
+        for (size_t i = 0; i < p.n; i++)
+            stats->merged += p.items[i].site != NULL;
         stats->shards = p.n_shards;
         stats->total_size = p.total;
         snprintf(stats->dtype, sizeof stats->dtype, "%s", torch_name(dt));
@@ -812,5 +859,8 @@ ftk_status ftk_merge_lora(const struct ftk_merge_opts *opts, struct ftk_merge_st
     ftk_st_model_close(st);
     ftk_source_close(base);
     adapter_free(&ad);
+    ftk_model_free(p.m);
+    if (cpu)
+        ftk_backend_cpu()->destroy(cpu);
     return s;
 }

@@ -13,6 +13,8 @@ static const char usage_text[] =
     "Folds a LoRA adapter (ftk's or peft's layout) into its base model: W + scale * B A in F32,\n"
     "cast to the output dtype, written one tensor at a time as a HuggingFace model that\n"
     "transformers' from_pretrained and ftk load. A failed merge leaves no output behind.\n"
+    "DoRA, (IA)3, AdaLoRA and diff-pruning adapters are folded by their plugin (the base is\n"
+    "then loaded whole, in F32); methods that are not weight deltas are refused.\n"
     "\n"
     "  --model DIR          base model: HF directory or archive (required)\n"
     "  --adapter DIR        adapter: adapter_config.json + adapter_model.safetensors (required)\n"

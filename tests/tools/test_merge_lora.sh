@@ -32,6 +32,22 @@ l_me=$(ftk eval --model "$T/mt" "$T/b8.fts" | jq .loss)
 l_base=$(ftk eval --model "$FIX/llama" "$T/b8.fts" | jq .loss)
 check "merged loss = base + adapter loss (1e-5), != base loss" \
     jq -n --argjson a "$l_un" --argjson b "$l_me" --argjson c "$l_base" '(($a - $b) | fabs) < 1e-5 * $a and (($a - $c) | fabs) > 1e-3'
+# other mergeable methods go through their plugin's merge slot: merged loss = base + adapter loss
+for m in "lora --peft-opt use_dora=true" "ia3" "adalora --peft-opt total_step=3 --peft-opt tinit=0 --peft-opt tfinal=0 --peft-opt init_r=4 --peft-opt target_r=2" \
+         "diffprune"; do
+    name=${m%% *}; [ "$m" = "${m#*use_dora}" ] || name=dora
+    check "train $name with ftk" ftk train-step --model "$FIX/llama" --finetuning-type $m --lr 5e-2 --lr-scheduler constant \
+        --max-steps 3 --metrics /dev/null --output "$T/ad-$name" "$T/b8.fts"
+    check "merge the $name adapter" ftk merge-lora -q --model "$FIX/llama" --adapter "$T/ad-$name" -o "$T/mt-$name"
+    l_un=$(ftk eval --model "$FIX/llama" --adapter "$T/ad-$name" "$T/b8.fts" | jq .loss)
+    l_me=$(ftk eval --model "$T/mt-$name" "$T/b8.fts" | jq .loss)
+    check "$name: merged loss = base + adapter loss (1e-5), != base loss" \
+        jq -n --argjson a "$l_un" --argjson b "$l_me" --argjson c "$l_base" '(($a - $b) | fabs) < 1e-5 * $a and (($a - $c) | fabs) > 1e-4'
+done
+check "train a prefix with ftk" ftk train-step --model "$FIX/llama" --finetuning-type prefix_tuning --peft-opt num_virtual_tokens=2 \
+    --max-steps 1 --metrics /dev/null --output "$T/ad-prefix" "$T/b8.fts"
+check_fail "prefix tuning cannot be merged" 1 "cannot be folded into the weights" \
+    ftk merge-lora --model "$FIX/llama" --adapter "$T/ad-prefix" -o "$T/xprefix"
 check "archive output" ftk merge-lora -q --model "$FIX/mistral" --adapter "$FIX/mistral/adapter" -o "$T/m.tar.zst"
 check_eq "archive holds one folder" "$(tar --zstd -tf "$T/m.tar.zst" | sort | tr '\n' ' ')" \
     "m/config.json m/generation_config.json m/model.safetensors "

@@ -4,7 +4,9 @@
  * lora_alpha / r (lora_alpha / sqrt(r) with use_rslora), as peft's LoraLayer.merge. The base
  * checkpoint is read one tensor at a time from its mapping and the result written one tensor
  * at a time, so memory holds about one tensor (F32) plus the adapter, whatever the model size
- * (a directory base; an archive base is read into memory by libarchive).
+ * (a directory base; an archive base is read into memory by libarchive). Adapters of other
+ * mergeable methods (DoRA, (IA)^3, AdaLoRA, diff pruning) are folded by their plugin's merge
+ * slot, with the base model loaded whole (F32, CPU backend) and the adapter on it.
  *
  * Ownership: what you pass in stays yours and is not kept. */
 #ifndef FTK_MERGE_H
@@ -39,8 +41,8 @@ struct ftk_merge_stats {
 };
 
 /* Merges and writes the output all-or-nothing: a failed merge leaves no output behind.
- * Errors: FTK_E_UNSUPPORTED for adapters that cannot be folded (bias, fan_in_fan_out, DoRA,
- * rank/alpha patterns, modules_to_save, non-LoRA methods), FTK_E_MISMATCH for an adapter made
+ * Errors: FTK_E_UNSUPPORTED for adapters that cannot be folded (LoRA with bias, fan_in_fan_out,
+ * rank/alpha patterns, modules_to_save, PiSSA/OLoRA; methods without a merge slot), FTK_E_MISMATCH for an adapter made
  * for another base (a module the base lacks, or shapes that differ), FTK_E_INVALID for a bad
  * dtype or an existing non-empty output directory. `stats` may be NULL. */
 FTK_API ftk_status ftk_merge_lora(const struct ftk_merge_opts *o, struct ftk_merge_stats *stats);
