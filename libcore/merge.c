@@ -135,6 +135,16 @@ static int targeted(const cJSON *targets, const char *module)
     return 0;
 }
 
+/* Adapters merged by their plugin rather than as W + s B A: other methods, DoRA, and PiSSA/OLoRA
+ * (they belong to a residual base, W - s B0 A0, which the plugin recomputes on loading). */
+static int needs_plugin(const cJSON *c)
+{
+    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(c, "peft_type");
+    const cJSON *init = cJSON_GetObjectItemCaseSensitive(c, "init_lora_weights");
+    return strcmp(pt->valuestring, "LORA") || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c, "use_dora")) ||
+           (cJSON_IsString(init) && (!strncmp(init->valuestring, "pissa", 5) || !strcmp(init->valuestring, "olora")));
+}
+
 /* What peft can express that W + scale B A does not capture: refused, never merged wrongly. */
 static ftk_status check_config(const cJSON *c, const char *where)
 {
@@ -145,18 +155,12 @@ static ftk_status check_config(const cJSON *c, const char *where)
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, must_be_false[i]);
         FTK_FAIL_IF(cJSON_IsTrue(v), FTK_E_UNSUPPORTED, "%s: %s = true cannot be merged by ftk", where, must_be_false[i]);
     }
-    /* PiSSA/OLoRA adapters belong to a residual base (W - s B A at init, recomputed from the
-     * original W when loaded): adding s B A to the original W would be wrong. */
-    const cJSON *init = cJSON_GetObjectItemCaseSensitive(c, "init_lora_weights");
-    FTK_FAIL_IF(cJSON_IsString(init) && (!strncmp(init->valuestring, "pissa", 5) || !strcmp(init->valuestring, "olora")),
-                FTK_E_UNSUPPORTED, "%s: init_lora_weights = %s: the adapter belongs to a residual base; "
-                "merge it with peft (which converts it) rather than ftk merge-lora", where, init->valuestring);
     const cJSON *bias = cJSON_GetObjectItemCaseSensitive(c, "bias");
     FTK_FAIL_IF(bias && !cJSON_IsNull(bias) && !(cJSON_IsString(bias) && !strcmp(bias->valuestring, "none")),
                 FTK_E_UNSUPPORTED, "%s: bias = %s cannot be merged by ftk (only \"none\")", where,
                 cJSON_IsString(bias) ? bias->valuestring : "(not a string)");
     /* the plugin path reads the rest of the options itself (AdaLoRA's rank_pattern) */
-    if (strcmp(pt->valuestring, "LORA") || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c, "use_dora")))
+    if (needs_plugin(c))
         return FTK_OK;
     static const char *const must_be_empty[] = {"rank_pattern", "alpha_pattern", "modules_to_save", "layer_replication",
                                                 "trainable_token_indices", NULL};
@@ -198,8 +202,7 @@ static ftk_status adapter_open(struct adapter *a, const char *path)
     free(text);
     FTK_FAIL_IF(!cJSON_IsObject(a->cfg), FTK_E_FORMAT, "%s: not a JSON object", where);
     FTK_TRY(check_config(a->cfg, where));
-    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(a->cfg, "peft_type");
-    a->plugin = strcmp(pt->valuestring, "LORA") || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a->cfg, "use_dora"));
+    a->plugin = needs_plugin(a->cfg);
     if (a->plugin)
         return FTK_OK;
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(a->cfg, "r");
@@ -314,6 +317,14 @@ static ftk_status split_shards(struct plan *p, uint64_t limit)
 
 /* ---- writing ---------------------------------------------------------------------------------- */
 
+static ftk_status site_weight(struct ftk_model *m, const struct ftk_site *site, float *w, size_t n)
+{
+    const struct ftk_param *q = site->layer < 0 ? m->lm_head : m->layers[site->layer].lin[site->kind];
+    FTK_FAIL_IF((size_t)q->numel != n, FTK_E_MISMATCH, "%s: %lld elements in the model, %zu in the checkpoint", q->name,
+                (long long)q->numel, n);
+    return m->be->to_host(m->ctx, w, q->w, n * sizeof(float));
+}
+
 /* Tensor i of the shard being written: copied, converted, or merged. */
 static ftk_status fill(void *arg, size_t i, void *dst, size_t nbytes)
 {
@@ -326,7 +337,9 @@ static ftk_status fill(void *arg, size_t i, void *dst, size_t nbytes)
         memcpy(dst, t->data, nbytes);
         return FTK_OK;
     }
-    ftk_status s = ftk_convert_to_f32(p->w, t->data, t->dtype, n);
+    /* the plugin path starts from the loaded model's weight: the checkpoint's in F32, or the
+     * residual a PiSSA/OLoRA init left there */
+    ftk_status s = it->site ? site_weight(p->m, it->site, p->w, n) : ftk_convert_to_f32(p->w, t->data, t->dtype, n);
     if (s == FTK_OK && it->lora) {
         const struct pair *q = it->lora;
         int64_t O = t->shape[0], In = t->shape[1], r = q->A->shape[0];
