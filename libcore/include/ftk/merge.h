@@ -42,7 +42,7 @@ struct ftk_merge_stats {
 
 /* Merges and writes the output all-or-nothing: a failed merge leaves no output behind.
  * Errors: FTK_E_UNSUPPORTED for adapters that cannot be folded (LoRA with bias, fan_in_fan_out,
- * rank/alpha patterns, modules_to_save, PiSSA/OLoRA; methods without a merge slot), FTK_E_MISMATCH for an adapter made
+ * rank/alpha patterns, modules_to_save; methods without a merge slot), FTK_E_MISMATCH for an adapter made
  * for another base (a module the base lacks, or shapes that differ), FTK_E_INVALID for a bad
  * dtype or an existing non-empty output directory. `stats` may be NULL. */
 FTK_API ftk_status ftk_merge_lora(const struct ftk_merge_opts *o, struct ftk_merge_stats *stats);
