@@ -4,7 +4,7 @@
  * attention_adapters after self_attn's o_proj, the output_adapters after the MLP's down_proj, each
  * given h = the sublayer's output and the residual stream `resid` that entered the sublayer, with
  * no layer norm). Static functions, included by the plugins built on them (bottleneck.c,
- * adapter_fusion.c; MAM adapter and UniPELT may reuse them).
+ * adapter_fusion.c, pals.c; mam.c and unipelt.c use a bn_set, the hook glue at the end).
  *
  * One module (one layer, one location), C channels, m bottleneck, N rows:
  *   u (N,C)  the adapter's input:  h (Houlsby), h + resid (Pfeiffer: original_ln_before),
@@ -29,6 +29,7 @@
 #include <string.h>
 #include <cjson/cJSON.h>
 #include "ftk/plugin.h"
+#include "param_table.h"
 
 #define BN_MAX_LAYERS 64
 
@@ -411,16 +412,11 @@ static inline void bn_config_json(const struct bn_config *c, cJSON *o)
 
 /* ---- one module, forward and backward ------------------------------------------------------ */
 
-/* z (N,m) = u Wd^T + bd;  a (N,m) = act(z);  y (N,C) = s * (a Wu^T + bu). Host elementwise. */
-static inline ftk_status bn_module_forward(const struct ftk_backend *be, void *ctx, const struct bn_config *c,
-                                    const struct bn_module *w, int64_t N, int64_t C, const float *u, float *z, float *a,
-                                    float *y)
+/* y (N,C) = s * (a Wu^T + bu): the module's output from its activations a (N,m). */
+static inline ftk_status bn_module_up(const struct ftk_backend *be, void *ctx, const struct bn_config *c,
+                                      const struct bn_module *w, int64_t N, int64_t C, const float *a, float *y)
 {
-    int64_t m = c->m;
-    FTK_TRY(be->linear_forward(ctx, z, u, w->Wd, w->bd, N, C, m));
-    for (int64_t j = 0; j < N * m; j++)
-        a[j] = (float)bn_act_f(c->act, z[j]);
-    FTK_TRY(be->linear_forward(ctx, y, a, w->Wu, w->bu, N, m, C));
+    FTK_TRY(be->linear_forward(ctx, y, a, w->Wu, w->bu, N, c->m, C));
     if (c->scaling_kind == BN_SCALE_FIXED) {
         if (c->scaling != 1.0)
             FTK_TRY(be->scale(ctx, y, N * C, (float)c->scaling));
@@ -430,6 +426,18 @@ static inline ftk_status bn_module_forward(const struct ftk_backend *be, void *c
                 y[n * C + k] *= w->s[c->scaling_kind == BN_SCALE_CHANNEL ? k : 0];
     }
     return FTK_OK;
+}
+
+/* z (N,m) = u Wd^T + bd;  a (N,m) = act(z);  y (N,C) = s * (a Wu^T + bu). Host elementwise. */
+static inline ftk_status bn_module_forward(const struct ftk_backend *be, void *ctx, const struct bn_config *c,
+                                    const struct bn_module *w, int64_t N, int64_t C, const float *u, float *z, float *a,
+                                    float *y)
+{
+    int64_t m = c->m;
+    FTK_TRY(be->linear_forward(ctx, z, u, w->Wd, w->bd, N, C, m));
+    for (int64_t j = 0; j < N * m; j++)
+        a[j] = (float)bn_act_f(c->act, z[j]);
+    return bn_module_up(be, ctx, c, w, N, C, a, y);
 }
 
 /* From gy (N,C) = d loss / d y: the module's gradients += (those non-NULL) and du (N,C) += (when
@@ -491,6 +499,239 @@ static inline ftk_status bn_grow(const struct ftk_backend *be, void *ctx, float 
     FTK_TRY(be->alloc(ctx, n * sizeof(float), (void **)p));
     *cap = n;
     return FTK_OK;
+}
+
+/* ---- a model's adapters at the sublayer_out hook (bn_set) ---------------------------------- */
+
+/* The modules of one bottleneck config at every (layer, location) it places them, with the
+ * activations training keeps and the hook glue: bottleneck.c is one set, mam.c's parallel adapter
+ * and unipelt.c's gated adapter are one each. Backend memory, CPU backend (host elementwise). */
+struct bn_set {
+    struct bn_config c;
+    int64_t C, L;
+    struct bn_module mod[BN_MAX_LAYERS][2];
+    int has[BN_MAX_LAYERS][2];
+    int ran[BN_MAX_LAYERS][2];   /* the module ran in the last train forward (AdapterDrop) */
+    /* activations: training keeps one set per module (u, z, a); inference shares set 0 */
+    float *keep;
+    size_t keep_cap;
+    int64_t keep_N;
+    float *infer;                /* inference's u, z, a */
+    size_t infer_cap;
+    float *scratch;              /* gy, gup, du (N,C) each, y (N,C), ga (N,m) */
+    size_t scratch_cap;
+};
+
+/* Registers (listing them in t when not NULL) and initialises the modules of config c (parsed)
+ * for the model of p. `plugin` names it in errors. */
+static inline ftk_status bn_set_create(struct ftk_peft *p, struct bn_set *S, const struct bn_config *c, struct ptab *t,
+                                       const char *plugin)
+{
+    void *ctx;
+    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
+    FTK_FAIL_IF(strcmp(be->name, "cpu"), FTK_E_UNSUPPORTED, "%s on the %s backend: not implemented yet", plugin, be->name);
+    const struct ftk_model_config *mc = ftk_peft_config(p);
+    S->C = mc->C;
+    S->L = mc->L;
+    S->c = *c;
+    FTK_FAIL_IF(S->L > BN_MAX_LAYERS, FTK_E_UNSUPPORTED, "%s: more than %d layers", plugin, BN_MAX_LAYERS);
+    uint64_t seed = ftk_peft_seed(p);
+    int any = 0;
+    for (int l = 0; l < S->L; l++)
+        for (int loc = 0; loc < 2; loc++) {
+            if (!S->c.loc[loc] || !bn_layer_has(&S->c, l))
+                continue;
+            S->has[l][loc] = 1;
+            any = 1;
+            for (int k = 0; k < 5; k++) {
+                int64_t d[2];
+                int nd = bn_shape(&S->c, S->C, k, &d[0], &d[1]);
+                if (!nd)
+                    continue;
+                char name[256];
+                bn_param_name(name, sizeof name, l, loc, S->c.name, bn_what[k]);
+                /* HF Trainer's weight decay: every parameter but biases */
+                FTK_TRY(ptab_add(p, t, name, nd, d[0], d[1], k != 1 && k != 3, bn_slot(&S->mod[l][loc], k, 0),
+                                 bn_slot(&S->mod[l][loc], k, 1)));
+                float *host = malloc((size_t)(d[0] * d[1]) * sizeof *host);
+                FTK_FAIL_IF(!host, FTK_E_NOMEM, "out of memory");
+                bn_init_values(&S->c, S->C, seed, l, loc, k, host, d[0] * d[1]);
+                ftk_status st = be->to_device(ctx, *bn_slot(&S->mod[l][loc], k, 0), host, (size_t)(d[0] * d[1]) * sizeof *host);
+                free(host);
+                FTK_TRY(st);
+            }
+        }
+    FTK_FAIL_IF(!any, FTK_E_INVALID, "%s: no layer keeps an adapter (leave_out, adapter_drop_layers=%lld)", plugin,
+                (long long)S->c.drop_layers);
+    return FTK_OK;
+}
+
+/* The module's activations: u (N,C) when the input is h-based, z, a (N,m); training keeps one
+ * set per module for backward, inference uses a set of its own. */
+static inline ftk_status bn_set_acts(struct bn_set *S, const struct ftk_backend *be, void *ctx, int l, int loc, int train,
+                                     int64_t N, float **u, float **z, float **a)
+{
+    int64_t C = S->C, m = S->c.m, per = N * (C + 2 * m);
+    float *base;
+    if (train) {
+        if (N != S->keep_N) {   /* a new train shape: every module's slot moves */
+            FTK_TRY(bn_grow(be, ctx, &S->keep, &S->keep_cap, (size_t)(per * 2 * S->L)));
+            S->keep_N = N;
+        }
+        base = S->keep + (size_t)(l * 2 + loc) * (size_t)per;
+    } else {
+        FTK_TRY(bn_grow(be, ctx, &S->infer, &S->infer_cap, (size_t)per));
+        base = S->infer;
+    }
+    *u = base;
+    *z = base + N * C;
+    *a = base + N * C + N * m;
+    return FTK_OK;
+}
+
+static inline ftk_status bn_set_scratch(struct bn_set *S, const struct ftk_backend *be, void *ctx, int64_t N, float **gy,
+                                        float **gup, float **du, float **ga, float **y)
+{
+    int64_t C = S->C, m = S->c.m;
+    FTK_TRY(bn_grow(be, ctx, &S->scratch, &S->scratch_cap, (size_t)(N * (4 * C + m))));
+    *gy = S->scratch;
+    *gup = *gy + N * C;
+    *du = *gup + N * C;
+    *y = *du + N * C;
+    *ga = *y + N * C;
+    return FTK_OK;
+}
+
+/* The module at sublayer s, or NULL where there is none. */
+static inline struct bn_module *bn_set_module(struct bn_set *S, const struct ftk_sublayer *s, int *loc_out)
+{
+    int l = s->layer, loc = s->kind == FTK_SUB_ATTN ? BN_ATTN : BN_MLP;
+    *loc_out = loc;
+    return l >= 0 && l < S->L && S->has[l][loc] ? &S->mod[l][loc] : NULL;
+}
+
+/* The input u (N,C) the module of s read in the last train forward: kept (h, h + resid), or the
+ * core's resid or x. */
+static inline const float *bn_set_input(struct bn_set *S, const struct ftk_sublayer *s, const float *x)
+{
+    int64_t N = s->B * s->T;
+    switch (S->c.input) {
+    case BN_IN_RESID: return s->resid;
+    case BN_IN_X: return x;
+    default: return S->keep + (size_t)(s->layer * 2 + (s->kind == FTK_SUB_ATTN ? BN_ATTN : BN_MLP)) * (size_t)(N * (S->C + 2 * S->c.m));
+    }
+}
+
+/* sublayer_forward: h (N,C) += r_b * dropout(y(u)). row_scale (B, host) is a factor per row
+ * (UniPELT's gate), NULL for 1. */
+static inline ftk_status bn_set_forward(struct ftk_peft *p, struct bn_set *S, const struct ftk_sublayer *s, float *h,
+                                        const float *x, int train, const float *row_scale)
+{
+    int loc;
+    struct bn_module *w = bn_set_module(S, s, &loc);
+    int l = s->layer;
+    if (!w)
+        return FTK_OK;
+    int runs = bn_layer_runs(&S->c, l, S->L, train, ftk_peft_seed(p), ftk_peft_step(p));
+    if (train)
+        S->ran[l][loc] = runs;
+    if (!runs)
+        return FTK_OK;
+    void *ctx;
+    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
+    int64_t N = s->B * s->T, C = S->C;
+    float *u, *z, *a, *gy, *gup, *du, *ga, *y;
+    FTK_TRY(bn_set_acts(S, be, ctx, l, loc, train, N, &u, &z, &a));
+    FTK_TRY(bn_set_scratch(S, be, ctx, N, &gy, &gup, &du, &ga, &y));
+    const float *in = u;
+    switch (S->c.input) {
+    case BN_IN_H: FTK_TRY(be->copy(ctx, u, h, (size_t)(N * C) * sizeof(float))); break;
+    case BN_IN_H_RESID:
+        FTK_FAIL_IF(!s->resid, FTK_E_INVALID, "bottleneck: the core gave no residual stream (libftk too old?)");
+        FTK_TRY(be->add(ctx, u, h, s->resid, N * C));
+        break;
+    case BN_IN_RESID:
+        FTK_FAIL_IF(!s->resid, FTK_E_INVALID, "bottleneck: the core gave no residual stream (libftk too old?)");
+        in = s->resid;
+        break;
+    case BN_IN_X: in = x; break;
+    }
+    FTK_TRY(bn_module_forward(be, ctx, &S->c, w, N, C, in, z, a, y));
+    if (train && S->c.dropout > 0)
+        bn_dropout(y, N * C, S->c.dropout, bn_key(ftk_peft_seed(p), (uint64_t)ftk_peft_step(p), (uint64_t)l, (uint64_t)loc + 5));
+    for (int64_t n = 0; row_scale && n < N; n++)
+        for (int64_t k = 0; k < C; k++)
+            y[n * C + k] *= row_scale[n / s->T];
+    return be->axpy(ctx, h, y, N * C, 1.0f);
+}
+
+/* sublayer_backward: the module's gradients +=, dh / dx / dresid += the part through its input.
+ * With row_scale (the forward's): the module sees r_b dy, and dscale (B, host) += sum over row
+ * b of dy . dropout(y) (the factor's gradient; NULL: not computed). */
+static inline ftk_status bn_set_backward(struct ftk_peft *p, struct bn_set *S, const struct ftk_sublayer *s, float *dh,
+                                         float *dx, const float *dy, const float *x, const float *row_scale,
+                                         double *dscale)
+{
+    int loc;
+    struct bn_module *w = bn_set_module(S, s, &loc);
+    int l = s->layer;
+    if (!w || !S->ran[l][loc])
+        return FTK_OK;
+    void *ctx;
+    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
+    int64_t N = s->B * s->T, C = S->C;
+    FTK_FAIL_IF(N != S->keep_N, FTK_E_INVALID, "bottleneck: backward of %lld rows after a train forward of %lld", (long long)N,
+                (long long)S->keep_N);
+    float *u, *z, *a, *gy, *gup, *du, *ga, *y;
+    FTK_TRY(bn_set_acts(S, be, ctx, l, loc, 1, N, &u, &z, &a));
+    FTK_TRY(bn_set_scratch(S, be, ctx, N, &gy, &gup, &du, &ga, &y));
+    /* dy is read once, here: dresid may be the same memory */
+    FTK_TRY(be->copy(ctx, gy, dy, (size_t)(N * C) * sizeof(float)));
+    uint64_t key = bn_key(ftk_peft_seed(p), (uint64_t)ftk_peft_step(p), (uint64_t)l, (uint64_t)loc + 5);
+    if (S->c.dropout > 0)
+        bn_dropout(gy, N * C, S->c.dropout, key);
+    if (row_scale) {   /* dropout(y) . dy per row, then the module's share r_b dy */
+        if (dscale) {
+            FTK_TRY(bn_module_up(be, ctx, &S->c, w, N, C, a, y));
+            for (int64_t n = 0; n < N; n++) {
+                double acc = 0;
+                for (int64_t k = 0; k < C; k++)
+                    acc += (double)gy[n * C + k] * y[n * C + k];
+                dscale[n / s->T] += acc;
+            }
+        }
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t k = 0; k < C; k++)
+                gy[n * C + k] *= row_scale[n / s->T];
+    }
+    const float *in = u;
+    float *dst = du;
+    switch (S->c.input) {
+    case BN_IN_H: dst = dh; break;
+    case BN_IN_H_RESID: FTK_TRY(be->zero(ctx, du, (size_t)(N * C) * sizeof(float))); break;
+    case BN_IN_RESID:
+        FTK_FAIL_IF(!s->resid || !s->dresid, FTK_E_INVALID, "bottleneck: the core gave no residual stream (libftk too old?)");
+        in = s->resid;
+        dst = s->dresid;
+        break;
+    case BN_IN_X: in = x; dst = dx; break;
+    }
+    FTK_TRY(bn_module_backward(be, ctx, &S->c, w, N, C, in, z, a, gy, dst, gup, ga));
+    if (S->c.input == BN_IN_H_RESID) {   /* u = h + resid: both get du */
+        FTK_FAIL_IF(!s->dresid, FTK_E_INVALID, "bottleneck: the core gave no residual gradient (libftk too old?)");
+        FTK_TRY(be->axpy(ctx, dh, du, N * C, 1.0f));
+        FTK_TRY(be->axpy(ctx, s->dresid, du, N * C, 1.0f));
+    }
+    return FTK_OK;
+}
+
+static inline void bn_set_release(struct ftk_peft *p, struct bn_set *S)
+{
+    void *ctx;
+    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
+    be->free(ctx, S->keep);
+    be->free(ctx, S->infer);
+    be->free(ctx, S->scratch);
 }
 
 /* adapter_config.json's values as options (the rules of libcore/adapter.c: booleans "true"/

@@ -24,71 +24,17 @@
  * inference_mode=false reads the MLP from prefix_encoder.safetensors (checked against
  * prompt_embeddings); otherwise prompt_embeddings is the parameter (P-tuning v2 from there on).
  *
- * Compute: backend `gemm`, `linear_*`, `copy`-free; the tanh (P x Enc numbers once per forward
- * and backward) goes through host memory with to_host/to_device, so any backend works.
- * Shapes: P virtual tokens, L layers, S = 2L slices, TD = Hkv*D, Enc encoder width. */
-#include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
+ * The prefix module (its parameters, forward, backward) is prefix_impl.h's, shared with the MAM
+ * adapter and UniPELT. Shapes: P virtual tokens, L layers, S = 2L slices, TD = Hkv*D, Enc encoder
+ * width. */
 #include <cjson/cJSON.h>
-#include "ftk/plugin.h"
 #include "ftk/safetensors.h"
-
-#define MAX_TOKENS 100000
-
-struct prefix {
-    int64_t P, L, S, TD, E;
-    int projection;              /* prefix_projection as configured (saved as such) */
-    int mlp;                     /* 1: the MLP trains (projection, not inference_mode) */
-    int zero_init;               /* init_weights=zero */
-    float *emb, *gemb;           /* mlp: (P,TD); else (P,S*TD) */
-    float *w1, *gw1, *b1, *gb1;  /* mlp: (E,TD), (E) */
-    float *w2, *gw2, *b2, *gb2;  /* mlp: (S*TD,E), (S*TD) */
-    float *kv, *dkv;             /* (S,P,TD) the prefix by slice, and its gradient from the core */
-    float *h, *dh;               /* mlp: (P,E) tanh output, its gradient */
-    float *eye, *ones;           /* (P,P) identity, (P) ones */
-    float *host;                 /* host scratch, 2 P E floats */
-};
+#include "prefix_impl.h"
 
 static const char *known_keys[] = {
     "num_virtual_tokens", "prefix_projection", "encoder_hidden_size", "init_weights", "token_dim",
     "num_attention_heads", "num_layers", "num_transformer_submodules", "inference_mode", "task_type",
     "peft_type", "base_model_name_or_path", "revision", "auto_mapping", "peft_version", "modules_to_save", NULL};
-
-/* splitmix64: init draws that depend only on (seed, tensor, index) */
-static uint64_t mix(uint64_t x)
-{
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-static double uniform01(uint64_t h) { return (double)(h >> 11) * (1.0 / 9007199254740992.0); }
-
-/* n values into backend memory dst: N(0,1) (gauss) or U(-bound, bound); zero: all 0. */
-static ftk_status init_tensor(struct ftk_peft *p, float *dst, int64_t n, int which, int gauss, double bound, int zero)
-{
-    if (zero)
-        return FTK_OK;   /* ftk_peft_add_param memory starts zeroed */
-    void *ctx;
-    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
-    float *host = malloc((size_t)n * sizeof *host);
-    FTK_FAIL_IF(!host, FTK_E_NOMEM, "out of memory");
-    uint64_t seed = ftk_peft_seed(p);
-    for (int64_t j = 0; j < n; j++) {
-        uint64_t h = mix(seed ^ mix((uint64_t)which * 0x10001 + 7) ^ mix((uint64_t)j));
-        if (gauss) {   /* Box-Muller */
-            double u1 = uniform01(h), u2 = uniform01(mix(h));
-            host[j] = (float)(sqrt(-2.0 * log(u1 > 0 ? u1 : 1e-300)) * cos(2 * M_PI * u2));
-        } else {
-            host[j] = (float)((2 * uniform01(h) - 1) * bound);
-        }
-    }
-    ftk_status st = be->to_device(ctx, dst, host, (size_t)n * sizeof *host);
-    free(host);
-    return st;
-}
 
 /* An option that must equal what the model implies (peft derives it from the model config). */
 static ftk_status check_shape_opt(const struct ftk_kv *o, const char *key, int64_t want, const char *what)
@@ -100,19 +46,10 @@ static ftk_status check_shape_opt(const struct ftk_kv *o, const char *key, int64
     return FTK_OK;
 }
 
-static ftk_status scratch(struct ftk_peft *p, float **dst, int64_t n)
-{
-    void *ctx;
-    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
-    return be->alloc(ctx, (size_t)n * sizeof(float), (void **)dst);
-}
-
 static ftk_status pt_init(struct ftk_peft *p, const struct ftk_kv *o)
 {
-    struct prefix *S = ftk_peft_priv(p);
+    struct px_prefix *S = ftk_peft_priv(p);
     const struct ftk_model_config *c = ftk_peft_config(p);
-    void *ctx;
-    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
     for (const struct ftk_kv *kv = o; kv && kv->key; kv++) {
         int known = 0;
         for (int i = 0; known_keys[i]; i++)
@@ -125,15 +62,7 @@ static ftk_status pt_init(struct ftk_peft *p, const struct ftk_kv *o)
     FTK_FAIL_IF(tt && strcmp(tt, "CAUSAL_LM"), FTK_E_UNSUPPORTED, "prefix_tuning: task_type %s (only CAUSAL_LM)", tt);
     const char *mts = ftk_kv_get(o, "modules_to_save");
     FTK_FAIL_IF(mts && *mts, FTK_E_UNSUPPORTED, "prefix_tuning: modules_to_save is not supported");
-    S->L = c->L;
-    S->S = 2 * c->L;
-    S->TD = c->Hkv * c->D;
-    FTK_TRY(ftk_kv_int(o, "num_virtual_tokens", 20, &S->P));
-    FTK_FAIL_IF(S->P < 1 || S->P > MAX_TOKENS, FTK_E_INVALID, "prefix_tuning: num_virtual_tokens = %lld (1 to %d)",
-                (long long)S->P, MAX_TOKENS);
-    FTK_TRY(ftk_kv_bool(o, "prefix_projection", 0, &S->projection));
-    FTK_TRY(ftk_kv_int(o, "encoder_hidden_size", S->TD, &S->E));
-    FTK_FAIL_IF(S->E < 1 || S->E > (1 << 20), FTK_E_INVALID, "prefix_tuning: encoder_hidden_size = %lld", (long long)S->E);
+    FTK_TRY(px_options(o, c, "prefix_tuning", 20, 0, 0, S));
     int inference;
     FTK_TRY(ftk_kv_bool(o, "inference_mode", 0, &inference));
     const char *iw = ftk_kv_get(o, "init_weights");
@@ -148,129 +77,24 @@ static ftk_status pt_init(struct ftk_peft *p, const struct ftk_kv *o)
     FTK_FAIL_IF(subs != 1, FTK_E_UNSUPPORTED, "prefix_tuning: num_transformer_submodules = %lld (decoder-only models have 1)",
                 (long long)subs);
     S->mlp = S->projection && !inference;
-
-    int64_t P = S->P, TD = S->TD, E = S->E, W = S->S * TD;
-    if (S->mlp) {   /* peft PrefixEncoder with the projection, as torch initialises it */
-        int64_t se[2] = {P, TD}, s1[2] = {E, TD}, s2[2] = {W, E};
-        FTK_TRY(ftk_peft_add_param(p, "prompt_encoder.embedding.weight", 2, se, 1, &S->emb, &S->gemb));
-        FTK_TRY(ftk_peft_add_param(p, "prompt_encoder.transform.0.weight", 2, s1, 1, &S->w1, &S->gw1));
-        FTK_TRY(ftk_peft_add_param(p, "prompt_encoder.transform.0.bias", 1, &E, 0, &S->b1, &S->gb1));
-        FTK_TRY(ftk_peft_add_param(p, "prompt_encoder.transform.2.weight", 2, s2, 1, &S->w2, &S->gw2));
-        FTK_TRY(ftk_peft_add_param(p, "prompt_encoder.transform.2.bias", 1, &W, 0, &S->b2, &S->gb2));
-        FTK_TRY(init_tensor(p, S->emb, P * TD, 0, 1, 0, 0));
-        FTK_TRY(init_tensor(p, S->w1, E * TD, 1, 0, 1.0 / sqrt((double)TD), 0));
-        FTK_TRY(init_tensor(p, S->b1, E, 2, 0, 1.0 / sqrt((double)TD), 0));
-        FTK_TRY(init_tensor(p, S->w2, W * E, 3, 0, 1.0 / sqrt((double)E), S->zero_init));
-        FTK_TRY(init_tensor(p, S->b2, W, 4, 0, 1.0 / sqrt((double)E), S->zero_init));
-        FTK_TRY(scratch(p, &S->h, P * E));
-        FTK_TRY(scratch(p, &S->dh, P * E));
-        S->host = malloc((size_t)(2 * P * E) * sizeof *S->host);
-        FTK_FAIL_IF(!S->host, FTK_E_NOMEM, "out of memory");
-    } else {
-        int64_t se[2] = {P, W};
-        FTK_TRY(ftk_peft_add_param(p, "prompt_encoder.embedding.weight", 2, se, 1, &S->emb, &S->gemb));
-        FTK_TRY(init_tensor(p, S->emb, P * W, 0, 1, 0, S->zero_init));
-    }
-    FTK_TRY(scratch(p, &S->kv, S->S * P * TD));
-    FTK_TRY(scratch(p, &S->dkv, S->S * P * TD));
-    FTK_TRY(scratch(p, &S->eye, P * P));
-    FTK_TRY(scratch(p, &S->ones, P));
-    float *h = calloc((size_t)(P * P), sizeof *h);
-    FTK_FAIL_IF(!h, FTK_E_NOMEM, "out of memory");
-    for (int64_t i = 0; i < P; i++)
-        h[i * P + i] = 1.0f;
-    ftk_status st = be->to_device(ctx, S->eye, h, (size_t)(P * P) * sizeof *h);
-    for (int64_t i = 0; i < P; i++)
-        h[i] = 1.0f;
-    if (st == FTK_OK)
-        st = be->to_device(ctx, S->ones, h, (size_t)P * sizeof *h);
-    free(h);
-    return st;
+    return px_create(p, S, "prompt_encoder.", NULL);
 }
 
-/* ---- the prefix and its backward ------------------------------------------------------------ */
-
-/* kv (S,P,TD) from the parameters. */
-static ftk_status compute_prefix(struct ftk_peft *p)
-{
-    struct prefix *S = ftk_peft_priv(p);
-    void *ctx;
-    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
-    int64_t P = S->P, TD = S->TD, E = S->E, W = S->S * TD;
-    if (!S->mlp) {   /* slice s of each row: kv_s (P,TD) = I (P,P) emb[:, s TD : (s+1) TD] */
-        for (int64_t s = 0; s < S->S; s++)
-            FTK_TRY(be->gemm(ctx, 0, 0, P, TD, P, 1.0f, S->eye, P, S->emb + s * TD, W, 0.0f, S->kv + s * P * TD, TD));
-        return FTK_OK;
-    }
-    /* h (P,E) = tanh(emb W1^T + b1) */
-    FTK_TRY(be->linear_forward(ctx, S->h, S->emb, S->w1, S->b1, P, TD, E));
-    FTK_TRY(be->to_host(ctx, S->host, S->h, (size_t)(P * E) * sizeof(float)));
-    for (int64_t i = 0; i < P * E; i++)
-        S->host[i] = tanhf(S->host[i]);
-    FTK_TRY(be->to_device(ctx, S->h, S->host, (size_t)(P * E) * sizeof(float)));
-    /* kv_s (P,TD) = h W2[s TD : (s+1) TD, :]^T + ones b2[s TD : (s+1) TD] */
-    for (int64_t s = 0; s < S->S; s++) {
-        float *kv = S->kv + s * P * TD;
-        FTK_TRY(be->gemm(ctx, 0, 1, P, TD, E, 1.0f, S->h, E, S->w2 + s * TD * E, E, 0.0f, kv, TD));
-        FTK_TRY(be->gemm(ctx, 0, 0, P, TD, 1, 1.0f, S->ones, 1, S->b2 + s * TD, TD, 1.0f, kv, TD));
-    }
-    return FTK_OK;
-}
+/* ---- the hooks: prefix_impl.h's ---------------------------------------------------------- */
 
 static ftk_status pt_forward_begin(struct ftk_peft *p, int64_t B, int64_t T, int train)
 {
     (void)B;
     (void)T;
-    struct prefix *S = ftk_peft_priv(p);
-    FTK_TRY(compute_prefix(p));
-    if (!train)
-        return FTK_OK;
-    void *ctx;
-    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
-    return be->zero(ctx, S->dkv, (size_t)(S->S * S->P * S->TD) * sizeof(float));
+    return px_forward_begin(p, ftk_peft_priv(p), train);
 }
 
-/* dkv (S,P,TD), collected by the core, into the parameters' gradients. */
-static ftk_status pt_backward_end(struct ftk_peft *p)
-{
-    struct prefix *S = ftk_peft_priv(p);
-    void *ctx;
-    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
-    int64_t P = S->P, TD = S->TD, E = S->E, W = S->S * TD;
-    if (!S->mlp) {   /* gemb[:, s TD : (s+1) TD] += dkv_s */
-        for (int64_t s = 0; s < S->S; s++)
-            FTK_TRY(be->gemm(ctx, 0, 0, P, TD, P, 1.0f, S->eye, P, S->dkv + s * P * TD, TD, 1.0f, S->gemb + s * TD, W));
-        return FTK_OK;
-    }
-    for (int64_t s = 0; s < S->S; s++) {
-        const float *dkv = S->dkv + s * P * TD;
-        /* dh (P,E) = sum_s dkv_s W2_s;  gW2_s (TD,E) += dkv_s^T h;  gb2_s (TD) += ones^T dkv_s */
-        FTK_TRY(be->gemm(ctx, 0, 0, P, E, TD, 1.0f, dkv, TD, S->w2 + s * TD * E, E, s ? 1.0f : 0.0f, S->dh, E));
-        FTK_TRY(be->gemm(ctx, 1, 0, TD, E, P, 1.0f, dkv, TD, S->h, E, 1.0f, S->gw2 + s * TD * E, E));
-        FTK_TRY(be->gemm(ctx, 1, 0, 1, TD, P, 1.0f, S->ones, 1, dkv, TD, 1.0f, S->gb2 + s * TD, TD));
-    }
-    /* through tanh: dpre = dh (1 - h^2), then the first linear */
-    float *hh = S->host, *dd = S->host + P * E;
-    FTK_TRY(be->to_host(ctx, hh, S->h, (size_t)(P * E) * sizeof(float)));
-    FTK_TRY(be->to_host(ctx, dd, S->dh, (size_t)(P * E) * sizeof(float)));
-    for (int64_t i = 0; i < P * E; i++)
-        dd[i] *= 1.0f - hh[i] * hh[i];
-    FTK_TRY(be->to_device(ctx, S->dh, dd, (size_t)(P * E) * sizeof(float)));
-    return be->linear_backward(ctx, S->gemb, S->gw1, S->gb1, S->dh, S->emb, S->w1, P, TD, E);
-}
+static ftk_status pt_backward_end(struct ftk_peft *p) { return px_backward_end(p, ftk_peft_priv(p)); }
 
 static ftk_status pt_attn_prefix(struct ftk_peft *p, int layer, int64_t *P, const float **pk, const float **pv, float **dpk,
                                  float **dpv)
 {
-    struct prefix *S = ftk_peft_priv(p);
-    FTK_FAIL_IF(layer < 0 || layer >= S->L, FTK_E_INVALID, "prefix_tuning: layer %d of %lld", layer, (long long)S->L);
-    int64_t n = S->P * S->TD;
-    *P = S->P;
-    *pk = S->kv + (2 * layer) * n;
-    *pv = S->kv + (2 * layer + 1) * n;
-    *dpk = S->dkv + (2 * layer) * n;
-    *dpv = S->dkv + (2 * layer + 1) * n;
-    return FTK_OK;
+    return px_layer(ftk_peft_priv(p), "prefix_tuning", layer, P, pk, pv, dpk, dpv);
 }
 
 /* ---- files -------------------------------------------------------------------------------- */
@@ -286,25 +110,6 @@ static ftk_status add_tensor(struct ftk_peft *p, struct ftk_message *msg, const 
     return be->to_host(ctx, t->data, src, t->nbytes);
 }
 
-/* The prefix as peft saves it: (P, S*TD) in host memory `out`. */
-static ftk_status prompt_embeddings(struct ftk_peft *p, float *out)
-{
-    struct prefix *S = ftk_peft_priv(p);
-    void *ctx;
-    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
-    int64_t P = S->P, TD = S->TD, W = S->S * TD;
-    float *kv = malloc((size_t)(P * W) * sizeof *kv);
-    FTK_FAIL_IF(!kv, FTK_E_NOMEM, "out of memory");
-    ftk_status st = compute_prefix(p);
-    if (st == FTK_OK)
-        st = be->to_host(ctx, kv, S->kv, (size_t)(P * W) * sizeof *kv);
-    for (int64_t s = 0; st == FTK_OK && s < S->S; s++)
-        for (int64_t i = 0; i < P; i++)
-            memcpy(out + i * W + s * TD, kv + (s * P + i) * TD, (size_t)TD * sizeof *kv);
-    free(kv);
-    return st;
-}
-
 static ftk_status write_st(struct ftk_message *msg, const char *dir, const char *file)
 {
     char path[4200];
@@ -318,7 +123,7 @@ static ftk_status write_st(struct ftk_message *msg, const char *dir, const char 
 
 static ftk_status pt_save(struct ftk_peft *p, const char *dir, const char *base_path)
 {
-    struct prefix *S = ftk_peft_priv(p);
+    struct px_prefix *S = ftk_peft_priv(p);
     int64_t P = S->P, TD = S->TD, E = S->E, W = S->S * TD;
     struct ftk_message msg;
     ftk_message_init(&msg);
@@ -326,7 +131,7 @@ static ftk_status pt_save(struct ftk_peft *p, const char *dir, const char *base_
     struct ftk_tensor *t;
     ftk_status st = ftk_message_add(&msg, "prompt_embeddings", FTK_DTYPE_F32, 2, shape, NULL, &t);
     if (st == FTK_OK)
-        st = prompt_embeddings(p, t->data);
+        st = px_prompt_embeddings(p, S, t->data);
     if (st != FTK_OK) {
         ftk_message_free(&msg);
         return st;
@@ -384,7 +189,7 @@ static ftk_status pt_save(struct ftk_peft *p, const char *dir, const char *base_
 /* Loads the MLP from prefix_encoder.safetensors and checks that it gives prompt_embeddings. */
 static ftk_status load_mlp(struct ftk_peft *p, struct ftk_source *src, const struct ftk_st_model *am)
 {
-    struct prefix *S = ftk_peft_priv(p);
+    struct px_prefix *S = ftk_peft_priv(p);
     int64_t P = S->P, TD = S->TD, E = S->E, W = S->S * TD;
     char where[4200];
     snprintf(where, sizeof where, "%.4000s/prefix_encoder.safetensors", ftk_source_path(src));
@@ -409,7 +214,7 @@ static ftk_status load_mlp(struct ftk_peft *p, struct ftk_source *src, const str
     FTK_FAIL_IF(!want, FTK_E_NOMEM, "out of memory");
     s = ftk_st_model_read_f32(am, "prompt_embeddings", want, P * W);
     if (s == FTK_OK)
-        s = prompt_embeddings(p, got);
+        s = px_prompt_embeddings(p, S, got);
     double md = 0, mw = 0;
     for (int64_t i = 0; s == FTK_OK && i < P * W; i++) {
         double d = fabs((double)got[i] - want[i]);
@@ -428,7 +233,7 @@ static ftk_status load_mlp(struct ftk_peft *p, struct ftk_source *src, const str
 
 static ftk_status pt_load(struct ftk_peft *p, struct ftk_source *src)
 {
-    struct prefix *S = ftk_peft_priv(p);
+    struct px_prefix *S = ftk_peft_priv(p);
     int64_t P = S->P, W = S->S * S->TD;
     struct ftk_st_model *st;
     FTK_TRY(ftk_st_model_open(src, "adapter_model", &st));
@@ -454,25 +259,13 @@ static ftk_status pt_load(struct ftk_peft *p, struct ftk_source *src)
     return s;
 }
 
-static void pt_release(struct ftk_peft *p)
-{
-    struct prefix *S = ftk_peft_priv(p);
-    void *ctx;
-    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
-    be->free(ctx, S->kv);
-    be->free(ctx, S->dkv);
-    be->free(ctx, S->h);
-    be->free(ctx, S->dh);
-    be->free(ctx, S->eye);
-    be->free(ctx, S->ones);
-    free(S->host);
-}
+static void pt_release(struct ftk_peft *p) { px_release(p, ftk_peft_priv(p)); }
 
 FTK_EXPORT const struct ftk_peft_plugin ftk_peft_plugin = {
     .abi_version = FTK_PEFT_ABI,
     .struct_size = sizeof(struct ftk_peft_plugin),
     .name = "prefix_tuning",
-    .priv_size = sizeof(struct prefix),
+    .priv_size = sizeof(struct px_prefix),
     .init = pt_init,
     .save = pt_save,
     .load = pt_load,
