@@ -1,7 +1,8 @@
-/* plugins/peft/virtual_tokens.h: what prompt_tuning.c and p_tuning.c share (the `embed` hook,
- * ftk/plugin.h): peft's PromptLearningConfig options, writing the P virtual rows in front of
+/* plugins/peft/virtual_tokens.h: what prompt_tuning.c, p_tuning.c and warp.c share (the `embed`
+ * hook, ftk/plugin.h): peft's PromptLearningConfig options, writing the P virtual rows in front of
  * every row of the layer-0 input and summing their gradient back, the adapter's
- * prompt_embeddings tensor, and seeded draws. Static functions only (each plugin is one .so).
+ * prompt_embeddings tensor, seeded draws, and prompt tuning's inits (RANDOM, TEXT,
+ * SAMPLE_VOCAB). Static functions only (each plugin is one .so).
  * Shapes: P virtual tokens, C hidden (peft's token_dim), B rows of T tokens (P of them virtual). */
 #ifndef FTK_PLUGIN_VIRTUAL_TOKENS_H
 #define FTK_PLUGIN_VIRTUAL_TOKENS_H
@@ -13,6 +14,7 @@
 #include <cjson/cJSON.h>
 #include "ftk/plugin.h"
 #include "ftk/safetensors.h"
+#include "ftk/tokenizer.h"
 
 #define VT_MAX_TOKENS 65536
 
@@ -113,7 +115,7 @@ static ftk_status vt_write_file(const char *dir, const char *file, struct ftk_me
 
 /* adapter_model.safetensors: {"prompt_embeddings": e (P,C)}, as peft saves every prompt
  * learning method. */
-static ftk_status vt_save_prompt(struct ftk_peft *p, const struct vt_common *v, const char *dir, const float *e)
+static inline ftk_status vt_save_prompt(struct ftk_peft *p, const struct vt_common *v, const char *dir, const float *e)
 {
     struct ftk_message msg;
     ftk_message_init(&msg);
@@ -186,6 +188,116 @@ static ftk_status vt_upload(struct ftk_peft *p, float *dst, const float *host, i
     void *ctx;
     const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
     return be->to_device(ctx, dst, host, (size_t)n * sizeof(float));
+}
+
+/* ---- prompt tuning's inits (peft PromptEmbedding), shared with WARP's prompt ---------------- */
+
+/* prompt_tuning_init and what it reads: peft's option names. */
+struct vt_init {
+    char init[16];             /* RANDOM, TEXT, SAMPLE_VOCAB */
+    char text[1024];           /* prompt_tuning_init_text */
+    char tokenizer[1024];      /* tokenizer_name_or_path: a local tokenizer.json or its directory */
+};
+
+static inline ftk_status vt_parse_init(const struct ftk_kv *o, struct vt_init *in)
+{
+    const char *init = ftk_kv_get(o, "prompt_tuning_init"), *text = ftk_kv_get(o, "prompt_tuning_init_text"),
+               *tok = ftk_kv_get(o, "tokenizer_name_or_path");
+    snprintf(in->init, sizeof in->init, "%s", init ? init : "RANDOM");
+    FTK_FAIL_IF(strcmp(in->init, "RANDOM") && strcmp(in->init, "TEXT") && strcmp(in->init, "SAMPLE_VOCAB"), FTK_E_UNSUPPORTED,
+                "prompt_tuning_init=%s (RANDOM, TEXT or SAMPLE_VOCAB)", in->init);
+    int is_text = !strcmp(in->init, "TEXT");
+    FTK_FAIL_IF(is_text && !text, FTK_E_INVALID, "prompt_tuning_init=TEXT needs prompt_tuning_init_text");
+    FTK_FAIL_IF(is_text && (!tok || !*tok), FTK_E_INVALID,
+                "prompt_tuning_init=TEXT needs tokenizer_name_or_path (a directory with tokenizer.json, e.g. the model's)");
+    FTK_FAIL_IF(text && strlen(text) >= sizeof in->text, FTK_E_INVALID, "prompt_tuning_init_text longer than %zu bytes",
+                sizeof in->text - 1);
+    FTK_FAIL_IF(tok && strlen(tok) >= sizeof in->tokenizer, FTK_E_INVALID, "tokenizer_name_or_path too long");
+    snprintf(in->text, sizeof in->text, "%s", text ? text : "");
+    snprintf(in->tokenizer, sizeof in->tokenizer, "%s", tok ? tok : "");
+    return FTK_OK;
+}
+
+/* The config keys of vt_parse_init. */
+static inline void vt_config_init(cJSON *c, const struct vt_init *in)
+{
+    cJSON_AddStringToObject(c, "prompt_tuning_init", in->init);
+    if (in->text[0])
+        cJSON_AddStringToObject(c, "prompt_tuning_init_text", in->text);
+    else
+        cJSON_AddNullToObject(c, "prompt_tuning_init_text");
+    if (in->tokenizer[0])
+        cJSON_AddStringToObject(c, "tokenizer_name_or_path", in->tokenizer);
+    else
+        cJSON_AddNullToObject(c, "tokenizer_name_or_path");
+}
+
+/* ftk's tokenizer for tokenizer_name_or_path `path`; `what` is the option that needs it. */
+static inline ftk_status vt_tokenizer(const char *path, const char *what, struct ftk_tokenizer **tk)
+{
+    ftk_status s = ftk_tokenizer_load_path(path, tk);
+    if (s != FTK_OK)
+        return ftk_error_wrap(s, "%s: tokenizer_name_or_path \"%s\" (ftk reads a local directory holding tokenizer.json, "
+                              "e.g. the model's, or the file itself)", what, path);
+    return FTK_OK;
+}
+
+/* TEXT: the ids of the init text (special tokens included, as peft calls tokenizer(text)),
+ * truncated or repeated to P. */
+static inline ftk_status vt_text_ids(const struct vt_common *v, const struct vt_init *in, int64_t V, int32_t *out)
+{
+    struct ftk_tokenizer *tk = NULL;
+    FTK_TRY(vt_tokenizer(in->tokenizer, "prompt_tuning_init=TEXT", &tk));
+    struct ftk_ids ids = {0};
+    ftk_status s = ftk_tokenizer_encode(tk, in->text, strlen(in->text), 1, &ids);
+    ftk_tokenizer_free(tk);
+    if (s == FTK_OK && ids.n == 0)
+        s = ftk_error_set(FTK_E_INVALID, __FILE__, __LINE__, "prompt_tuning_init_text \"%s\" has no tokens", in->text);
+    for (int64_t k = 0; s == FTK_OK && k < v->P; k++) {
+        out[k] = ids.ids[(size_t)k % ids.n];
+        if (out[k] < 0 || out[k] >= V)
+            s = ftk_error_set(FTK_E_MISMATCH, __FILE__, __LINE__,
+                              "prompt_tuning_init_text: token id %d outside the model's vocabulary of %lld (tokenizer of "
+                              "another model?)", out[k], (long long)V);
+    }
+    ftk_ids_free(&ids);
+    return s;
+}
+
+/* e (P,C) backend memory by in->init: RANDOM N(0,1) (nn.Embedding's init, ftk's seeded draws),
+ * TEXT rows of embed_tokens for the text's ids, SAMPLE_VOCAB rows of P ids drawn uniformly from
+ * [0, V) (torch.randint in peft; seeded). */
+static inline ftk_status vt_init_prompt(struct ftk_peft *p, const struct vt_common *v, const struct vt_init *in, float *e)
+{
+    const struct ftk_model_config *cfg = ftk_peft_config(p);
+    void *ctx;
+    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
+    int64_t P = v->P, C = v->C;
+    if (!strcmp(in->init, "RANDOM")) {
+        float *h = malloc((size_t)(P * C) * sizeof *h);
+        FTK_FAIL_IF(!h, FTK_E_NOMEM, "out of memory");
+        for (int64_t i = 0; i < P * C; i++)
+            h[i] = (float)vt_normal(ftk_peft_seed(p), 1, (uint64_t)i);
+        ftk_status s = vt_upload(p, e, h, P * C);
+        free(h);
+        return s;
+    }
+    int64_t nv = 0;
+    const float *wte = ftk_peft_base_weight(p, "model.embed_tokens.weight", &nv);
+    FTK_FAIL_IF(!wte || nv != cfg->V * C, FTK_E_INVALID, "the model has no model.embed_tokens.weight of (%lld, %lld)",
+                (long long)cfg->V, (long long)C);
+    int32_t *ids = malloc((size_t)P * sizeof *ids);
+    FTK_FAIL_IF(!ids, FTK_E_NOMEM, "out of memory");
+    ftk_status s = FTK_OK;
+    if (!strcmp(in->init, "TEXT"))
+        s = vt_text_ids(v, in, cfg->V, ids);
+    else   /* SAMPLE_VOCAB */
+        for (int64_t k = 0; k < P; k++)
+            ids[k] = (int32_t)(vt_mix(vt_mix(ftk_peft_seed(p) ^ 0x5A4D504C45ull) + (uint64_t)k) % (uint64_t)cfg->V);
+    for (int64_t k = 0; s == FTK_OK && k < P; k++)
+        s = be->copy(ctx, e + k * C, wte + (int64_t)ids[k] * C, (size_t)C * sizeof(float));
+    free(ids);
+    return s;
 }
 
 #endif
