@@ -24,8 +24,8 @@ static void plugin_name(const char *peft_type, char *out, size_t n)
     out[i] = '\0';
 }
 
-/* adapter_config.json as plugin options: numbers, booleans ("true"/"false"), strings, string
- * lists (comma-joined); nulls are left out; objects as JSON text ("{}" when empty). */
+/* adapter_config.json as plugin options: numbers, booleans ("true"/"false"), strings, lists of
+ * strings or numbers (comma-joined); nulls are left out; objects as JSON text ("{}" when empty). */
 static ftk_status config_to_kv(const cJSON *root, const char *where, struct ftk_kv **out, char ***strs, size_t *n_strs)
 {
     int n = cJSON_GetArraySize(root);
@@ -51,19 +51,22 @@ static ftk_status config_to_kv(const cJSON *root, const char *where, struct ftk_
                 FTK_FAIL(FTK_E_UNSUPPORTED, "%s: target_modules as a regular expression (\"%s\") is not supported; use a list",
                          where, e->valuestring);
             v = strdup(e->valuestring);
-        } else if (cJSON_IsArray(e)) {
+        } else if (cJSON_IsArray(e)) {   /* of strings or of numbers (WARP's verbalizer_ids) */
             size_t len = 1;
             const cJSON *x;
             cJSON_ArrayForEach(x, e) {
-                FTK_FAIL_IF(!cJSON_IsString(x), FTK_E_UNSUPPORTED, "%s: \"%s\" holds a non-string", where, e->string);
-                len += strlen(x->valuestring) + 1;
+                FTK_FAIL_IF(!cJSON_IsString(x) && !cJSON_IsNumber(x), FTK_E_UNSUPPORTED,
+                            "%s: \"%s\" holds something other than strings and numbers", where, e->string);
+                len += (cJSON_IsString(x) ? strlen(x->valuestring) : 32) + 1;
             }
             v = calloc(1, len);
+            size_t at = 0;
             if (v)
                 cJSON_ArrayForEach(x, e) {
-                    if (v[0])
-                        strcat(v, ",");
-                    strcat(v, x->valuestring);
+                    if (cJSON_IsString(x))
+                        at += (size_t)snprintf(v + at, len - at, "%s%s", at ? "," : "", x->valuestring);
+                    else
+                        at += (size_t)snprintf(v + at, len - at, "%s%.17g", at ? "," : "", x->valuedouble);
                 }
         } else {
             v = cJSON_PrintUnformatted(e);

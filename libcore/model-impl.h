@@ -112,6 +112,18 @@ ftk_status model_sublayer_bwd(struct ftk_model *m, int l, enum ftk_sublayer_kind
                               float *dy, const float *x, const float *resid);
 ftk_status model_prefix(struct ftk_model *m, int l, const float **pk, const float **pv, float **dpk, float **dpv);
 
+/* The log-prob head of m->xf (N,C) against m->labels_shift (N), with the head hook's rows
+ * (model_head.c; without the hook: the backend's logprob ops on lm_head). forward: logp_tok,
+ * lse_tok (N). backward: from the token weights in m->scratch2 (N), dxf (N,C) +=, lm_head's
+ * gradient += (when it trains), the rows' gradients +=. fused: both (one logits pass per chunk
+ * without the hook). */
+ftk_status model_head_forward(struct ftk_model *m);
+ftk_status model_head_backward(struct ftk_model *m, float *dxf);
+ftk_status model_head_fused(struct ftk_model *m, float *dxf);
+/* Host logits (rows,V) of the final hidden states xf (rows,C), already x lm_head^T: the hook's
+ * columns ids[k] become x rows[k] (class mode: -inf in the others). No-op without the hook. */
+ftk_status model_head_patch_logits(struct ftk_model *m, const float *xf, int64_t rows, float *logits);
+
 /* peft hook dispatch (model.c) */
 int ftk_peft_hooked(const struct ftk_peft *p, int layer, enum ftk_linear k);
 

@@ -83,6 +83,8 @@ static ftk_status head_logits(struct ftk_model *m, const float *xf, int64_t rows
     ftk_status s = m->be->linear_forward(m->ctx, dev, xf, m->lm_head->w, NULL, rows, m->cfg.C, m->cfg.V);
     if (s == FTK_OK)
         s = m->be->to_host(m->ctx, logits, dev, bytes);
+    if (s == FTK_OK)   /* the head hook's rows (WARP) */
+        s = model_head_patch_logits(m, xf, rows, logits);
     m->be->free(m->ctx, dev);
     return s;
 }

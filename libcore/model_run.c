@@ -300,8 +300,7 @@ ftk_status ftk_model_forward(struct ftk_model *m, const struct ftk_batch_view *b
     if (s == FTK_OK)
         s = model_run_forward(m, b, train, shift);
     if (s == FTK_OK)
-        s = m->be->logprob_forward(m->ctx, m->logp_tok, m->lse_tok, m->xf, m->lm_head->w, m->labels_shift, m->N,
-                                   m->cfg.C, m->cfg.V, 0);
+        s = model_head_forward(m);
     if (s == FTK_OK)
         s = m->be->to_host(m->ctx, lp, m->logp_tok, (size_t)m->N * sizeof(float));
     if (s == FTK_OK)
@@ -339,9 +338,12 @@ ftk_status ftk_model_logits(struct ftk_model *m, const struct ftk_batch_view *b,
     s = m->be->linear_forward(m->ctx, dev, m->xf, m->lm_head->w, NULL, m->N, m->cfg.C, m->cfg.V);
     if (s == FTK_OK && hooked(m, -1, FTK_LIN_LM_HEAD))
         s = m->peft->pl->linear_forward(m->peft, site_of(m, -1, FTK_LIN_LM_HEAD), dev, m->xf, m->N, 0);
-    for (int64_t r = 0; s == FTK_OK && r < b->B; r++)   /* the virtual tokens' rows stay behind */
+    for (int64_t r = 0; s == FTK_OK && r < b->B; r++) {   /* the virtual tokens' rows stay behind */
         s = m->be->to_host(m->ctx, logits + r * b->T * m->cfg.V, dev + (r * m->T + P) * m->cfg.V,
                            (size_t)(b->T * m->cfg.V) * sizeof(float));
+        if (s == FTK_OK)
+            s = model_head_patch_logits(m, m->xf + (r * m->T + P) * m->cfg.C, b->T, logits + r * b->T * m->cfg.V);
+    }
     m->be->free(m->ctx, dev);
     return s;
 }
@@ -378,8 +380,7 @@ ftk_status ftk_model_backward(struct ftk_model *m, const float *dlogps)
     FTK_TRY(token_weights(m, dlogps));
     float *dxf = m->scratch1;
     FTK_TRY(zero(m, dxf, N * C));
-    FTK_TRY(m->be->logprob_backward(m->ctx, dxf, m->lm_head->g, m->scratch2, m->xf, m->lm_head->w, m->labels_shift,
-                                    m->lse_tok, N, C, m->cfg.V, 0));
+    FTK_TRY(model_head_backward(m, dxf));
     return body_backward(m, dxf);
 }
 
@@ -421,8 +422,7 @@ ftk_status ftk_model_forward_backward(struct ftk_model *m, const struct ftk_batc
     if (s == FTK_OK)
         s = zero(m, dxf, m->N * m->cfg.C);
     if (s == FTK_OK)   /* one logits matmul per chunk serves forward and backward */
-        s = m->be->logprob_fused(m->ctx, m->logp_tok, dxf, m->lm_head->g, m->scratch2, m->xf, m->lm_head->w,
-                                 m->labels_shift, m->N, m->cfg.C, m->cfg.V, 0);
+        s = model_head_fused(m, dxf);
     if (s == FTK_OK)
         s = row_sums(m, shift, logps, n_tokens);
     if (s == FTK_OK)

@@ -160,6 +160,20 @@ struct ftk_peft_plugin {
     ftk_status (*embed_forward)(struct ftk_peft *p, float *x, int64_t B, int64_t T, int train);
     /* dx (B,T,C): the gradient w.r.t. the layer-0 input; the plugin reads its rows' part. */
     ftk_status (*embed_backward)(struct ftk_peft *p, const float *dx, int64_t B, int64_t T);
+
+    /* head. K output rows of the plugin's (WARP's verbalizer) in every head of the model: the
+     * training/eval log-prob head, ftk_model_logits and generation. Returns K (0: no head; the
+     * same for the instance's life) and sets ids (K) host, distinct token ids in [0,V); rows
+     * (K,C) backend memory; grads (K,C) backend memory that the core adds d loss / d rows into
+     * (NULL: not computed). All stay valid for the instance's life. *restrict_to_rows:
+     *   0 full vocabulary: scores x W'^T with W' = lm_head whose rows ids[k] are rows[k];
+     *     lm_head itself (or the tied embed_tokens) keeps its values, and its gradient, when it
+     *     trains, gets nothing at those rows (they take no part in the head);
+     *   1 class: log-probs normalise over the K scores x rows^T only (WARP's softmax over the
+     *     classes); a label that is not one of ids is an error naming its row and position, and
+     *     logits outside the K ids are -inf (ftk_model_logits, generation). */
+    int64_t (*head_rows)(struct ftk_peft *p, const int32_t **ids, const float **rows, float **grads,
+                         int *restrict_to_rows);
 };
 
 /* What a plugin may ask of its instance. */
