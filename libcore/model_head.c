@@ -46,22 +46,27 @@ static ftk_status head_get(struct ftk_model *m, struct head *h)
     if (h->K == 0)
         return FTK_OK;
     FTK_FAIL_IF(!h->ids || !h->rows, FTK_E_INVALID, "peft \"%s\": %lld head rows without ids or rows", name, (long long)h->K);
-    int64_t *seen = calloc((size_t)V, sizeof *seen);   /* 1 + the row that took each id */
-    FTK_FAIL_IF(!seen, FTK_E_NOMEM, "out of memory");
+    for (int64_t k = 0; k < h->K; k++)
+        FTK_FAIL_IF(h->ids[k] < 0 || h->ids[k] >= V, FTK_E_INVALID,
+                    "peft \"%s\": head row %lld has token id %d outside the vocabulary [0, %lld)", name, (long long)k,
+                    h->ids[k], (long long)V);
+    /* distinct: pairs for a few classes; a map of the vocabulary (1 + the row of each id) past that */
+    int64_t *seen = h->K > 32 ? calloc((size_t)V, sizeof *seen) : NULL;
+    FTK_FAIL_IF(h->K > 32 && !seen, FTK_E_NOMEM, "out of memory");
     for (int64_t k = 0; k < h->K; k++) {
-        int32_t id = h->ids[k];
-        if (id < 0 || id >= V) {
-            free(seen);
-            FTK_FAIL(FTK_E_INVALID, "peft \"%s\": head row %lld has token id %d outside the vocabulary [0, %lld)", name,
-                     (long long)k, id, (long long)V);
-        }
-        if (seen[id]) {
-            int64_t first = seen[id] - 1;
+        int64_t first = -1;
+        if (seen)
+            first = seen[h->ids[k]] - 1;
+        for (int64_t j = 0; !seen && j < k && first < 0; j++)
+            if (h->ids[j] == h->ids[k])
+                first = j;
+        if (first >= 0) {
             free(seen);
             FTK_FAIL(FTK_E_INVALID, "peft \"%s\": head rows %lld and %lld both replace token %d", name, (long long)first,
-                     (long long)k, id);
+                     (long long)k, h->ids[k]);
         }
-        seen[id] = k + 1;
+        if (seen)
+            seen[h->ids[k]] = k + 1;
     }
     free(seen);
     return FTK_OK;

@@ -474,14 +474,15 @@ static void generation(struct ftk_model *m, const struct ftk_st_model *e, int n_
 
 /* A head plugin of the test's own, to check what the core checks: K rows for ids `hp_ids`, lm_head
  * trainable (base_trainable) in full mode. */
-static int32_t hp_ids[K];
+static int32_t hp_ids[64];
+static int64_t hp_k = K;
 static int hp_cls;
 struct hp_state { float *w, *g; };
 static ftk_status hp_init(struct ftk_peft *p, const struct ftk_kv *o)
 {
     (void)o;
     struct hp_state *S = ftk_peft_priv(p);
-    int64_t shape[2] = {K, ftk_peft_config(p)->C};
+    int64_t shape[2] = {64, ftk_peft_config(p)->C};
     FTK_TRY(ftk_peft_add_param(p, "rows", 2, shape, 1, &S->w, &S->g));
     for (int64_t i = 0; i < shape[0] * shape[1]; i++)
         S->w[i] = (float)sin(0.37 * (double)i);
@@ -495,7 +496,7 @@ static int64_t hp_rows(struct ftk_peft *p, const int32_t **ids, const float **ro
     *rows = S->w;
     *grads = S->g;
     *cls = hp_cls;
-    return K;
+    return hp_k;
 }
 static const struct ftk_peft_plugin head_plugin = {
     .abi_version = FTK_PEFT_ABI, .struct_size = sizeof(struct ftk_peft_plugin), .name = "head_test",
@@ -667,7 +668,7 @@ int main(void)
         struct ftk_st_model *e = fixture("llama");
         struct ftk_model *m = base_model("llama");
         if (m && e) {
-            memcpy(hp_ids, IDS, sizeof hp_ids);
+            memcpy(hp_ids, IDS, sizeof IDS);
             hp_cls = 0;
             CHECK_OK(ftk_model_set_peft(m, &head_plugin, NULL, 0, NULL));
             struct ftk_batch_view b = batch_of(e, "full");
@@ -694,6 +695,13 @@ int main(void)
             float *l = malloc(2 * 8 * 64 * sizeof *l);
             CHECK_ERR(ftk_model_logits(m, &b, l), FTK_E_INVALID, "head row 2");
             free(l);
+            for (int i = 0; i < 40; i++)   /* past 32 rows the core checks by a map of the vocabulary */
+                hp_ids[i] = 63 - i;
+            hp_k = 40;
+            CHECK_OK(ftk_model_forward(m, &b, 0, lp, NULL));
+            hp_ids[39] = 50;
+            CHECK_ERR(ftk_model_forward(m, &b, 0, lp, NULL), FTK_E_INVALID, "head rows 13 and 39 both replace token 50");
+            hp_k = K;
         }
         ftk_model_free(m);
         ftk_st_model_close(e);
