@@ -70,6 +70,7 @@ struct ftk_model {
     int32_t *ids, *labels_shift, *pos, *seg;   /* (N) device copies; labels shifted */
     int64_t n_virtual;             /* embed hook: virtual tokens at the head of each row (of T) */
     int64_t n_prefix;              /* attn_kv hook: prefix keys/values of every layer */
+    int64_t prefix_sets;           /* 1: one prefix for all rows; B: one per row */
     float *inv_freq;               /* (D/2) */
     int64_t rot_dim;
     float rope_scale;

@@ -210,14 +210,16 @@ static ftk_status layer_forward(struct ftk_model *m, int l, int train)
     const float *pk = NULL, *pv = NULL;
     if (m->n_prefix)
         FTK_TRY(model_prefix(m, l, &pk, &pv, NULL, NULL));
-    if (m->capture) {   /* prefill: the prefix, then this row's keys and values into the cache */
+    if (m->capture) {   /* prefill (one row: a per-row prefix is that row's): the prefix, then this row's
+                           keys and values into the cache */
         if (m->n_prefix)
             FTK_TRY(model_capture_kv(m, l, pk, pv, m->n_prefix, 0));
         FTK_TRY(model_capture_kv(m, l, a->k, a->v, N, m->n_prefix));
     }
     FTK_TRY(be->attention_forward(ctx, a->o, a->lse, a->q, a->k, a->v, seg, m->B, m->T, c->H, c->Hkv, c->D, scale));
     if (m->n_prefix)
-        FTK_TRY(be->attention_prefix_forward(ctx, a->o, a->lse, a->q, pk, pv, N, m->n_prefix, c->H, c->Hkv, c->D, scale));
+        FTK_TRY(be->attention_prefix_forward(ctx, a->o, a->lse, a->q, pk, pv, N, m->prefix_sets, m->n_prefix, c->H,
+                                             c->Hkv, c->D, scale));
     FTK_TRY(model_lin_fwd(m, l, FTK_LIN_O, m->dtmp, a->o, train));
     FTK_TRY(model_sublayer_fwd(m, l, FTK_SUB_ATTN, m->dtmp, a->a, a->x_in, train, 0));
     FTK_TRY(be->add(ctx, a->x_mid, a->x_in, m->dtmp, N * C));
@@ -242,6 +244,7 @@ static ftk_status run_forward(struct ftk_model *m, const struct ftk_batch_view *
     FTK_TRY(model_workspace(m, b->B, b->T, train));
     m->has_seg = b->segment_ids != NULL;
     m->n_prefix = 0;
+    m->prefix_sets = 1;
     if (MODEL_HOOK(m, forward_begin))
         FTK_TRY(m->peft->pl->forward_begin(m->peft, m->B, m->T, train));
     if (MODEL_HOOK(m, attn_prefix)) {   /* P of layer 0 holds for all; real positions start at P */
@@ -252,6 +255,8 @@ static ftk_status run_forward(struct ftk_model *m, const struct ftk_batch_view *
                     m->peft->pl->name, (long long)m->n_prefix);
         FTK_FAIL_IF(m->n_prefix && !FTK_BACKEND_HAS(be, attention_prefix_forward), FTK_E_UNSUPPORTED,
                     "peft \"%s\" needs prefix attention, which backend %s lacks", m->peft->pl->name, be->name);
+        if (MODEL_HOOK(m, attn_prefix_per_row) && m->peft->pl->attn_prefix_per_row(m->peft))
+            m->prefix_sets = m->B;
         max_pos += (int32_t)m->n_prefix;
         FTK_FAIL_IF(c->sliding_window && max_pos + 1 > c->sliding_window, FTK_E_UNSUPPORTED,
                     "sequence of %d positions with the prefix exceeds the model's sliding window %lld", max_pos + 1,
@@ -486,7 +491,7 @@ static ftk_status body_backward(struct ftk_model *m, float *dxf)
             float *dpk, *dpv;
             FTK_TRY(model_prefix(m, l, &pk, &pv, &dpk, &dpv));
             FTK_TRY(be->attention_prefix_backward(ctx, m->dq, dpk, dpv, m->do_, a->q, pk, pv, a->o, a->lse, N,
-                                                  m->n_prefix, c->H, c->Hkv, c->D, scale));
+                                                  m->prefix_sets, m->n_prefix, c->H, c->Hkv, c->D, scale));
         }
         FTK_TRY(be->rope_backward(ctx, m->dq, m->pos, m->inv_freq, m->rope_scale, N, c->H, c->D, R));
         FTK_TRY(be->rope_backward(ctx, m->dk, m->pos, m->inv_freq, m->rope_scale, N, c->Hkv, c->D, R));

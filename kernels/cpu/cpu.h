@@ -85,11 +85,11 @@ ftk_status cpu_add(void *ctx, float *y, const float *a, const float *b, int64_t 
 
 /* attention_prefix.c */
 ftk_status cpu_attention_prefix_forward(void *ctx, float *o, float *lse, const float *q, const float *pk,
-                                        const float *pv, int64_t N, int64_t P, int64_t H, int64_t Hkv, int64_t D,
-                                        float scale);
+                                        const float *pv, int64_t N, int64_t R, int64_t P, int64_t H, int64_t Hkv,
+                                        int64_t D, float scale);
 ftk_status cpu_attention_prefix_backward(void *ctx, float *dq, float *dpk, float *dpv, const float *dout,
                                          const float *q, const float *pk, const float *pv, const float *o,
-                                         const float *lse, int64_t N, int64_t P, int64_t H, int64_t Hkv,
+                                         const float *lse, int64_t N, int64_t R, int64_t P, int64_t H, int64_t Hkv,
                                          int64_t D, float scale);
 
 #endif

@@ -187,22 +187,24 @@ struct ftk_backend {
                                    int64_t H, int64_t Hkv, int64_t D, float scale);
 
     /* ---- prefix keys and values (prefix tuning; appended slots, optional) ------------------- */
-    /* P keys and values pk pv (P,Hkv,D) that every query sees (no mask), merged into the result
-     * of attention_forward: q (N,H,D), and o (N,H,D), lse (N,H) from attention_forward over the
-     * causal keys, become in place the attention over [prefix; causal keys]:
+    /* P keys and values pk pv (R,P,Hkv,D) that the queries see (no mask), merged into the
+     * result of attention_forward: q (N,H,D), and o (N,H,D), lse (N,H) from attention_forward
+     * over the causal keys, become in place the attention over [prefix; causal keys]:
      *   lse' = logaddexp(lse, lse_p), o' = exp(lse - lse') o + exp(lse_p - lse') o_p
-     * where lse_p, o_p are the softmax normaliser and output over the prefix alone. */
+     * where lse_p, o_p are the softmax normaliser and output over the prefix alone. R = 1: one
+     * prefix for all N tokens; else the tokens are R rows of N/R (R divides N), row r seeing
+     * prefix set r (UniPELT's gated prefix, one per example). */
     ftk_status (*attention_prefix_forward)(void *ctx, float *o, float *lse, const float *q,
-                                           const float *pk, const float *pv, int64_t N, int64_t P,
-                                           int64_t H, int64_t Hkv, int64_t D, float scale);
+                                           const float *pk, const float *pv, int64_t N, int64_t R,
+                                           int64_t P, int64_t H, int64_t Hkv, int64_t D, float scale);
     /* The prefix's part of the backward, from dout and the merged o', lse' (the same o' and
      * lse' passed to attention_backward give the causal keys' part): dq (N,H,D) +=,
-     * dpk dpv (P,Hkv,D) += (NULL: not computed). */
+     * dpk dpv (R,P,Hkv,D) += (NULL: not computed). */
     ftk_status (*attention_prefix_backward)(void *ctx, float *dq, float *dpk, float *dpv,
                                             const float *dout, const float *q, const float *pk,
                                             const float *pv, const float *o, const float *lse,
-                                            int64_t N, int64_t P, int64_t H, int64_t Hkv, int64_t D,
-                                            float scale);
+                                            int64_t N, int64_t R, int64_t P, int64_t H, int64_t Hkv,
+                                            int64_t D, float scale);
 };
 
 /* Does `be` have a usable `slot`: covered by struct_size and non-NULL. */

@@ -174,6 +174,12 @@ struct ftk_peft_plugin {
      *     logits outside the K ids are -inf (ftk_model_logits, generation). */
     int64_t (*head_rows)(struct ftk_peft *p, const int32_t **ids, const float **rows, float **grads,
                          int *restrict_to_rows);
+
+    /* attn_kv, appended: 1 if attn_prefix's pk, pv, dpk, dpv are (B,P,Hkv,D), one prefix per row
+     * of the forward under way (B of forward_begin; UniPELT scales the prefix by a gate per
+     * example); absent or 0: (P,Hkv,D), shared by all rows. Asked once per forward, after
+     * forward_begin. */
+    int (*attn_prefix_per_row)(struct ftk_peft *p);
 };
 
 /* What a plugin may ask of its instance. */
