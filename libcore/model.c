@@ -312,6 +312,7 @@ ftk_status ftk_peft_set_lr_scale(struct ftk_peft *p, const char *name, float sca
     return ftk_error_set(FTK_E_NOTFOUND, __FILE__, __LINE__, "no plugin parameter \"%s\"", name);
 }
 int64_t ftk_peft_step(struct ftk_peft *p) { return p->model->step; }
+const int32_t *ftk_peft_segments(struct ftk_peft *p) { return p->model->has_seg ? p->model->seg : NULL; }
 size_t ftk_peft_n_sites(struct ftk_peft *p) { return p->model->n_sites; }
 const struct ftk_site *ftk_peft_site(struct ftk_peft *p, size_t i) { return i < p->model->n_sites ? &p->model->sites[i] : NULL; }
 

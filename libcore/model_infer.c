@@ -135,6 +135,7 @@ ftk_status ftk_model_decode(struct ftk_model *m, struct ftk_kv_cache *kc, const 
     FTK_FAIL_IF(c->sliding_window && maxp + 1 > c->sliding_window, FTK_E_UNSUPPORTED,
                 "generation past the model's sliding window of %lld positions is not implemented", (long long)c->sliding_window);
     FTK_TRY(model_workspace(m, B, 1, 0));
+    m->has_seg = 0;   /* rows are independent sequences here (ftk_peft_segments says NULL) */
     int64_t R;
     float inv[1024];
     FTK_TRY(ftk_rope_inv_freq(&c->rope, maxp + 1, inv, &R, &m->rope_scale));

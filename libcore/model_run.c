@@ -178,8 +178,6 @@ static ftk_status upload(struct ftk_model *m, const struct ftk_batch_view *b, in
             tmp[i] = pos_off + (b->position_ids ? b->position_ids[i] : (int32_t)(i % b->T));
         s = m->be->to_device(m->ctx, m->pos, tmp, (size_t)N * 4);
     }
-    if (s == FTK_OK && b->segment_ids)
-        s = m->be->to_device(m->ctx, m->seg, b->segment_ids, (size_t)N * 4);
     free(tmp);
     return s;
 }
@@ -243,6 +241,8 @@ static ftk_status run_forward(struct ftk_model *m, const struct ftk_batch_view *
     FTK_TRY(check_batch(m, b, &max_pos));
     FTK_TRY(model_workspace(m, b->B, b->T, train));
     m->has_seg = b->segment_ids != NULL;
+    if (m->has_seg)   /* before forward_begin: ftk_peft_segments serves the hooks from there */
+        FTK_TRY(be->to_device(ctx, m->seg, b->segment_ids, (size_t)m->N * 4));
     m->n_prefix = 0;
     m->prefix_sets = 1;
     if (MODEL_HOOK(m, forward_begin))

@@ -191,6 +191,12 @@ FTK_API const struct ftk_backend *ftk_peft_backend(struct ftk_peft *p, void **ct
 FTK_API uint64_t ftk_peft_seed(struct ftk_peft *p);
 /* The optimizer step about to run (0-based); dropout masks depend on it. */
 FTK_API int64_t ftk_peft_step(struct ftk_peft *p);
+/* The segment ids (B,T) of the forward under way (backend memory; B, T as forward_begin gave
+ * them), valid from forward_begin to the end of that forward's backward: 0 marks padding, each
+ * other value one document (packed rows). NULL when the batch has none (every row is one
+ * document, no padding) and in KV-cache decode steps. For hooks that pool over a row (UniPELT's
+ * gates). */
+FTK_API const int32_t *ftk_peft_segments(struct ftk_peft *p);
 /* Registers a trainable parameter of the plugin, zero-filled backend memory, with its saved
  * name (PEFT's, e.g. "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight").
  * *w and *g (its gradient) stay valid for the instance's life. `decay` 0 excludes it from
