@@ -304,6 +304,30 @@ static inline ftk_status bn_config_parse(const struct ftk_kv *o, int64_t C, int6
     return FTK_OK;
 }
 
+/* The options of the one adapter a composed method puts after each MLP (the MAM adapter's
+ * parallel adapter, UniPELT's Pfeiffer adapter): bn_config_parse of config `config` with
+ * mh_adapter=false, bottleneck_size def_m unless o gives it or reduction_factor (def_m <= 0:
+ * config's default), and the keys of o listed in `pass` as given. */
+static inline ftk_status bn_config_after_mlp(const struct ftk_kv *o, const char *const *pass, const char *config,
+                                             int64_t def_m, int64_t C, int64_t L, struct bn_config *c)
+{
+    struct ftk_kv kv[24];
+    int n = 0;
+    char m[32];
+    kv[n++] = (struct ftk_kv){"config", config};
+    kv[n++] = (struct ftk_kv){"mh_adapter", "false"};
+    kv[n++] = (struct ftk_kv){"output_adapter", "true"};
+    if (def_m > 0 && !ftk_kv_get(o, "bottleneck_size") && !ftk_kv_get(o, "reduction_factor")) {
+        snprintf(m, sizeof m, "%lld", (long long)def_m);
+        kv[n++] = (struct ftk_kv){"bottleneck_size", m};
+    }
+    for (int i = 0; pass[i] && n < 23; i++)
+        if (ftk_kv_get(o, pass[i]))
+            kv[n++] = (struct ftk_kv){pass[i], ftk_kv_get(o, pass[i])};
+    kv[n] = (struct ftk_kv){NULL, NULL};
+    return bn_config_parse(kv, C, L, c);
+}
+
 /* Has layer l a module at all (leave_out, fixed AdapterDrop without robust). */
 static inline int bn_layer_has(const struct bn_config *c, int l)
 {
@@ -408,6 +432,19 @@ static inline void bn_config_json(const struct bn_config *c, cJSON *o)
     cJSON_AddStringToObject(o, "leave_out", lo);
     cJSON_AddNumberToObject(o, "adapter_drop_layers", (double)c->drop_layers);
     cJSON_AddBoolToObject(o, "adapter_drop_robust", c->drop_robust);
+}
+
+/* Only the listed keys of bn_config_json, into object o (a composed method's adapter options). */
+static inline void bn_config_json_keys(const struct bn_config *c, cJSON *o, const char *const *keys)
+{
+    cJSON *all = cJSON_CreateObject();
+    bn_config_json(c, all);
+    for (int i = 0; keys[i]; i++) {
+        cJSON *it = cJSON_DetachItemFromObject(all, keys[i]);
+        if (it)
+            cJSON_AddItemToObject(o, keys[i], it);
+    }
+    cJSON_Delete(all);
 }
 
 /* ---- one module, forward and backward ------------------------------------------------------ */

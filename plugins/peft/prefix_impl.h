@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <cjson/cJSON.h>
 #include "ftk/plugin.h"
 #include "param_table.h"
 
@@ -100,6 +101,14 @@ static inline ftk_status px_options(const struct ftk_kv *o, const struct ftk_mod
     FTK_TRY(ftk_kv_int(o, "encoder_hidden_size", def_E > 0 ? def_E : S->TD, &S->E));
     FTK_FAIL_IF(S->E < 1 || S->E > (1 << 20), FTK_E_INVALID, "%s: encoder_hidden_size = %lld", plugin, (long long)S->E);
     return FTK_OK;
+}
+
+/* px_options' keys as adapter_config.json has them, into object o. */
+static inline void px_config_json(const struct px_prefix *S, cJSON *o)
+{
+    cJSON_AddNumberToObject(o, "num_virtual_tokens", (double)S->P);
+    cJSON_AddBoolToObject(o, "prefix_projection", S->projection);
+    cJSON_AddNumberToObject(o, "encoder_hidden_size", (double)S->E);
 }
 
 /* A parameter of the prefix: NAMES + what, registered (weight decay unless a bias), listed in t. */

@@ -162,9 +162,7 @@ static ftk_status pt_save(struct ftk_peft *p, const char *dir, const char *base_
         cJSON_AddStringToObject(c, "base_model_name_or_path", base_path);
     else
         cJSON_AddNullToObject(c, "base_model_name_or_path");
-    cJSON_AddNumberToObject(c, "num_virtual_tokens", (double)P);
-    cJSON_AddBoolToObject(c, "prefix_projection", S->projection);
-    cJSON_AddNumberToObject(c, "encoder_hidden_size", (double)E);
+    px_config_json(S, c);
     cJSON_AddNumberToObject(c, "token_dim", (double)TD);
     cJSON_AddNumberToObject(c, "num_attention_heads", (double)ftk_peft_config(p)->Hkv);
     cJSON_AddNumberToObject(c, "num_layers", (double)S->L);
