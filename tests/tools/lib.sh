@@ -22,3 +22,26 @@ check_fail() {
 # check_eq NAME GOT WANT
 check_eq() { if [ "$2" == "$3" ]; then ok "$1"; else fail "$1" "got:  $(head -c 400 <<<"$2")" "want: $(head -c 400 <<<"$3")"; fi; }
 summary() { echo "#summary passed=$_passed failed=$_failed"; [ "$_failed" -eq 0 ]; }
+
+# fixture_batch FILE: the input_ids, labels, position_ids of an expected.safetensors (the tiny
+# models' fixture batch) as a batch message (JSON); fixture_stream FILE N: a stream of N copies.
+fixture_batch() {
+    local f="$1" hl hdr out='{"kind":"batch","tensors":{' sep=''
+    hl=$(od -An -t u8 -N 8 "$f" | tr -d ' ')
+    hdr=$(dd if="$f" bs=1 skip=8 count="$hl" 2>/dev/null)
+    for t in input_ids labels position_ids; do
+        local b e shape vals
+        b=$(jq -r ".${t}.data_offsets[0]" <<<"$hdr"); e=$(jq -r ".${t}.data_offsets[1]" <<<"$hdr")
+        shape=$(jq -c ".${t}.shape" <<<"$hdr")
+        vals=$(od -An -t d4 -v -j $((8 + hl + b)) -N $((e - b)) "$f" | tr -s ' \n' ' ' | sed 's/^ //; s/ $//; s/ /,/g')
+        out+="$sep\"$t\":{\"dtype\":\"I32\",\"shape\":$shape,\"data\":$(jq -c --argjson s "$shape" \
+            '[range(0; $s[0]) as $r | .[$r*$s[1]:($r+1)*$s[1]]]' <<<"[$vals]")}"
+        sep=','
+    done
+    echo "$out}}"
+}
+fixture_stream() {
+    local b; b=$(fixture_batch "$1")
+    { printf '{"kind":"stream","meta":{"producer":"test","batches":"%s"}}\n' "$2"
+      for _ in $(seq "$2"); do echo "$b"; done; } | ftk dump --from-json
+}
