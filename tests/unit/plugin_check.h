@@ -429,6 +429,27 @@ static inline void check_packed(struct ftk_model *m, const char *what)
     ftk_st_model_close(e);
 }
 
+/* Options a plugin must refuse: with code and a message containing msg. */
+struct bad_option {
+    const char *plugin;
+    struct ftk_kv o[4];        /* a NULL key ends them */
+    ftk_status code;
+    const char *msg;
+};
+
+static inline void check_bad_options(const struct bad_option *bad, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct ftk_model *m = NULL;
+        const struct ftk_peft_plugin *pl = NULL;
+        CHECK_OK(ftk_model_load(PC_BASE, be, ctx, &m));
+        CHECK_OK(ftk_plugin_load_peft(bad[i].plugin, &pl));
+        if (m && pl)
+            CHECK_ERR(ftk_model_set_peft(m, pl, bad[i].o, 0, NULL), bad[i].code, bad[i].msg);
+        ftk_model_free(m);
+    }
+}
+
 /* The adapter of directory dir: KV-cache generation (check_generation), and packed rows
  * (check_packed) when `packed`. */
 static inline void check_dir_generation(const char *dir, const char *what, int packed)

@@ -233,12 +233,7 @@ int main(void)
         ftk_st_model_close(e);
     }
     TEST("bad options are errors naming them") {
-        struct {
-            const char *plugin;
-            struct ftk_kv o[4];
-            ftk_status code;
-            const char *msg;
-        } bad[] = {
+        const struct bad_option bad[] = {
             {"bottleneck", {{"config", "lora"}}, FTK_E_INVALID, "config=lora"},
             {"bottleneck", {{"non_linearity", "softplus"}}, FTK_E_INVALID, "non_linearity=softplus"},
             {"bottleneck", {{"reduction_factor", "0"}}, FTK_E_INVALID, "reduction_factor=0"},
@@ -262,15 +257,7 @@ int main(void)
             {"adapter_fusion", {{"adapters", FIX "/houlsby," FIX "/houlsby"}}, FTK_E_INVALID, "two adapters are named"},
             {"adapter_fusion", {{"adapters", FIX "/fusion_a"}, {"temperature", "true"}}, FTK_E_UNSUPPORTED, "temperature"},
         };
-        for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-            struct ftk_model *m = NULL;
-            const struct ftk_peft_plugin *pl;
-            CHECK_OK(ftk_model_load(BASE, be, ctx, &m));
-            CHECK_OK(ftk_plugin_load_peft(bad[i].plugin, &pl));
-            if (m && pl)
-                CHECK_ERR(ftk_model_set_peft(m, pl, bad[i].o, 0, NULL), bad[i].code, bad[i].msg);
-            ftk_model_free(m);
-        }
+        check_bad_options(bad, sizeof bad / sizeof *bad);
         /* an adapter saved with other options: a shape mismatch naming the tensor */
         struct ftk_model *m = NULL;
         const struct ftk_peft_plugin *pl;

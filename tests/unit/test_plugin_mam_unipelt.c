@@ -146,12 +146,7 @@ int main(void)
         ftk_st_model_close(e);
     }
     TEST("bad options are errors naming them") {
-        struct {
-            const char *plugin;
-            struct ftk_kv o[3];
-            ftk_status code;
-            const char *msg;
-        } bad[] = {
+        const struct bad_option bad[] = {
             {"mam", {{"prefix_length", "30"}}, FTK_E_INVALID, "unknown option \"prefix_length\""},
             {"mam", {{"num_virtual_tokens", "0"}}, FTK_E_INVALID, "mam: num_virtual_tokens = 0"},
             {"mam", {{"bottleneck_size", "0"}}, FTK_E_INVALID, "bottleneck_size=0"},
@@ -165,15 +160,7 @@ int main(void)
             {"unipelt", {{"reduction_factor", "0"}}, FTK_E_INVALID, "reduction_factor=0"},
             {"unipelt", {{"prefix_projection", "maybe"}}, FTK_E_INVALID, "prefix_projection"},
         };
-        for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-            struct ftk_model *m = NULL;
-            const struct ftk_peft_plugin *pl = NULL;
-            CHECK_OK(ftk_model_load(PC_BASE, be, ctx, &m));
-            CHECK_OK(ftk_plugin_load_peft(bad[i].plugin, &pl));
-            if (m && pl)
-                CHECK_ERR(ftk_model_set_peft(m, pl, bad[i].o, 0, NULL), bad[i].code, bad[i].msg);
-            ftk_model_free(m);
-        }
+        check_bad_options(bad, sizeof bad / sizeof *bad);
         /* an adapter saved with other options: a shape mismatch naming the tensor */
         const struct ftk_kv om[] = {{"num_virtual_tokens", "3"}, {"encoder_hidden_size", "12"}, {"bottleneck_size", "5"},
                                     {NULL, NULL}};
