@@ -61,6 +61,8 @@ METHODS = [
      ("PromptTuningConfig", {"num_virtual_tokens": 20})),
     ("P-tuning 20 (MLP)", "p_tuning", {"num_virtual_tokens": "20", "encoder_hidden_size": "HIDDEN"},
      ("PromptEncoderConfig", {"num_virtual_tokens": 20, "encoder_hidden_size": "HIDDEN"})),
+    ("WARP 20 + 2 classes (full vocabulary)", "warp", {"num_virtual_tokens": "20", "verbalizer_ids": "3,4",
+                                                       "mode": "full"}, None),
     ("MAM adapter", "mam", {}, None),
     ("UniPELT", "unipelt", {}, None),
     ("full fine-tuning", "full", {}, ("full", {})),
