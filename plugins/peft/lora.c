@@ -12,14 +12,18 @@
  * base result y - b instead of xd W^T when there is no dropout: the same number). Saved as
  * base_model.model.<module>.lora_magnitude_vector (O). Merge: W' = (m/n) (W + s B A).
  *
- * init_lora_weights = pissa (Meng et al. 2024) / olora (Buyukakyuz 2024), as peft's
- * pissa_init/olora_init: A, B from the exact SVD (one-sided Jacobi in f64) or the Householder
- * QR of W, and the base weight W becomes the residual W - s B A (in backend memory), so the
- * initial output is unchanged. The adapter is saved as peft saves it (init_lora_weights names the
- * init); loading it, ftk and peft both run the init again on the ORIGINAL base (deterministic
- * up to the signs of singular vectors, which leave s B A unchanged) and then overwrite A and B,
- * so the pair (original base, adapter) is the model. The DoRA/LoRA elementwise parts and these
- * inits run on the host: the CPU backend only for now.
+ * init_lora_weights = pissa (Meng et al. 2024) / pissa_niter_N / olora (Buyukakyuz 2024), as
+ * peft's pissa_init/olora_init: A, B from the top r singular triplets of W (pissa: exact, from the
+ * Gram matrix's top eigenvectors in f64; pissa_niter_N: torch.svd_lowrank's randomised range
+ * finder with N power iterations, its Gaussian test matrix drawn from ftk_init_seed (the run's
+ * seed, saved in adapter_config.json) and the module name) or the Householder QR of W, and the
+ * base weight W becomes the residual W - s B A (in backend memory), so the initial output is
+ * unchanged. The adapter is saved as peft saves it (init_lora_weights names the init); loading
+ * it, ftk and peft both run the init again on the ORIGINAL base (deterministic up to the signs of
+ * singular vectors, which leave s B A unchanged; pissa_niter_N only with ftk's seed: peft draws
+ * its own test matrix) and then overwrite A and B, so the pair (original base, adapter) is the
+ * model. The DoRA/LoRA elementwise parts and these inits run on the host: the CPU backend only
+ * for now.
  *
  * loraplus_lr_ratio (LoRA+): lora_B and 1-D parameters get the learning rate times the ratio
  * (ftk_peft_set_lr_scale), as peft's create_loraplus_optimizer groups them. */
@@ -31,6 +35,8 @@
 #include "ftk/fileio.h"
 #include "ftk/plugin.h"
 #include "ftk/safetensors.h"
+#include <cblas.h>   /* after the others: its complex.h defines I, undone below */
+#undef I
 
 #define MAX_SITES 4096
 
@@ -46,7 +52,9 @@ struct lora {
     int64_t r;
     double alpha, dropout;
     int rslora, gaussian, dora;
-    char init[32];             /* "true", "gaussian", "pissa", "olora" */
+    char init[32];             /* "true", "gaussian", "pissa", "pissa_niter_N", "olora" */
+    int niter;                 /* N of pissa_niter_N; -1 otherwise */
+    uint64_t init_seed;        /* pissa_niter_N's test matrices: ftk_init_seed, else the run's seed */
     float scale;
     char targets[512];         /* comma list as given, or "all" */
     struct lora_site sites[MAX_SITES];
@@ -137,7 +145,7 @@ static ftk_status grow(float **p, size_t *cap, size_t n, const struct ftk_backen
 
 /* One-sided Jacobi (Hestenes): the columns of a (m,n) are orthogonalised in place by plane
  * rotations accumulated in v (n,n), so a_final = a v = U diag(sigma) and a = U diag(sigma) v^T.
- * Exact to f64 rounding; O(m n^2) per sweep: meant for the sizes of tests and small models. */
+ * Exact to f64 rounding; O(m n^2) per sweep: used on the (m, r) matrices of ritz() only. */
 static void jacobi_svd(double *a, int64_t m, int64_t n, double *v)
 {
     for (int64_t i = 0; i < n * n; i++)
@@ -176,45 +184,199 @@ static void jacobi_svd(double *a, int64_t m, int64_t n, double *v)
     }
 }
 
-/* PiSSA (peft pissa_init): W (O,I) = U S V^T; A (r,I) = sqrt(S_r/s) V_r^T, B (O,r) = U_r sqrt(S_r/s). */
-static ftk_status pissa_host(const float *W, int64_t O, int64_t I, int64_t r, double scale, float *A, float *B)
+/* LAPACK (OpenBLAS carries it): eigenpairs il..iu of a symmetric matrix. The three trailing
+ * arguments are the hidden lengths of the character arguments (gfortran's convention). */
+extern void dsyevr_(const char *jobz, const char *range, const char *uplo, const blasint *n, double *a, const blasint *lda,
+                    const double *vl, const double *vu, const blasint *il, const blasint *iu, const double *abstol,
+                    blasint *m, double *w, double *z, const blasint *ldz, blasint *isuppz, double *work,
+                    const blasint *lwork, blasint *iwork, const blasint *liwork, blasint *info, size_t, size_t, size_t);
+
+static double normal01(uint64_t h)   /* Box-Muller */
 {
-    int tr = I > O;   /* orthogonalise the fewer columns: a = W (O,I) or W^T (I,O) */
-    int64_t m = tr ? I : O, n = tr ? O : I;
-    double *a = malloc((size_t)(m * n) * sizeof *a), *v = malloc((size_t)(n * n) * sizeof *v), *sg = malloc((size_t)n * sizeof *sg);
-    int64_t *ord = malloc((size_t)n * sizeof *ord);
-    if (!a || !v || !sg || !ord) {
-        free(a), free(v), free(sg), free(ord);
+    double u1 = uniform01(h), u2 = uniform01(mix(h));
+    return sqrt(-2.0 * log(u1 > 0 ? u1 : 1e-300)) * cos(2 * M_PI * u2);
+}
+
+static uint64_t name_hash(const char *s)   /* FNV-1a */
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* y = W x (trans 0: x (I,k), y (O,k)) or W^T x (trans 1: x (O,k), y (I,k)); w (O,I). */
+static void w_times(const double *w, int64_t O, int64_t I, int trans, const double *x, int64_t k, double *y)
+{
+    cblas_dgemm(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, CblasNoTrans, (blasint)(trans ? I : O), (blasint)k,
+                (blasint)(trans ? O : I), 1.0, w, (blasint)I, x, (blasint)k, 0.0, y, (blasint)k);
+}
+
+/* The k columns of x (n,k) orthonormalised in place: modified Gram-Schmidt, twice ("twice is
+ * enough"). A column numerically in the span of the previous ones becomes 0 (W of rank < r). */
+static void orthonormalize(double *x, int64_t n, int64_t k)
+{
+    for (int64_t j = 0; j < k; j++) {
+        double n0 = 0, n1 = 0;
+        for (int64_t i = 0; i < n; i++)
+            n0 += x[i * k + j] * x[i * k + j];
+        for (int pass = 0; pass < 2; pass++)
+            for (int64_t c = 0; c < j; c++) {
+                double d = 0;
+                for (int64_t i = 0; i < n; i++)
+                    d += x[i * k + c] * x[i * k + j];
+                for (int64_t i = 0; i < n; i++)
+                    x[i * k + j] -= d * x[i * k + c];
+            }
+        for (int64_t i = 0; i < n; i++)
+            n1 += x[i * k + j] * x[i * k + j];
+        double f = n1 > 1e-26 * n0 && n1 > 0 ? 1 / sqrt(n1) : 0;
+        for (int64_t i = 0; i < n; i++)
+            x[i * k + j] *= f;
+    }
+}
+
+/* Rayleigh-Ritz on the span of q's k orthonormal columns, a subspace of R^O (left: q (O,k)) or of
+ * R^I (q (I,k)): the SVD of the small y = W^T q (I,k) or W q (O,k) by one-sided Jacobi, y z =
+ * Y diag(S), gives W ~ U diag(S) V^T with (U, V) = (q z, Y) or (Y, q z): U (O,k), V (I,k), S
+ * descending. torch.svd_lowrank's last step (B = Q^T A, svd(B)); for the Gram matrix's exact
+ * eigenvectors it returns exact, orthonormal singular pairs. */
+static ftk_status ritz(const double *w, int64_t O, int64_t I, const double *q, int left, int64_t k, double *U, double *S,
+                       double *V)
+{
+    int64_t ny = left ? I : O, nq = left ? O : I;
+    double *y = malloc((size_t)(ny * k) * sizeof *y), *z = malloc((size_t)(k * k) * sizeof *z), *sg = malloc((size_t)k * sizeof *sg);
+    int64_t *ord = malloc((size_t)k * sizeof *ord);
+    if (!y || !z || !sg || !ord) {
+        free(y), free(z), free(sg), free(ord);
         FTK_FAIL(FTK_E_NOMEM, "out of memory");
     }
-    for (int64_t o = 0; o < O; o++)
-        for (int64_t i = 0; i < I; i++)
-            a[tr ? i * n + o : o * n + i] = W[o * I + i];
-    jacobi_svd(a, m, n, v);
-    for (int64_t j = 0; j < n; j++) {
+    w_times(w, O, I, left, q, k, y);
+    jacobi_svd(y, ny, k, z);
+    for (int64_t j = 0; j < k; j++) {
         double s2 = 0;
-        for (int64_t i = 0; i < m; i++)
-            s2 += a[i * n + j] * a[i * n + j];
+        for (int64_t i = 0; i < ny; i++)
+            s2 += y[i * k + j] * y[i * k + j];
         sg[j] = sqrt(s2);
         ord[j] = j;
     }
-    for (int64_t j = 1; j < n; j++)   /* descending singular values (insertion sort, stable) */
-        for (int64_t k = j; k > 0 && sg[ord[k]] > sg[ord[k - 1]]; k--) {
-            int64_t t = ord[k];
-            ord[k] = ord[k - 1];
-            ord[k - 1] = t;
+    for (int64_t j = 1; j < k; j++)   /* descending singular values (insertion sort, stable) */
+        for (int64_t c = j; c > 0 && sg[ord[c]] > sg[ord[c - 1]]; c--) {
+            int64_t t = ord[c];
+            ord[c] = ord[c - 1];
+            ord[c - 1] = t;
         }
-    for (int64_t k = 0; k < r; k++) {
-        int64_t j = k < n ? ord[k] : -1;
-        double sig = j >= 0 ? sg[j] : 0, f = sqrt(sig / scale), inv = sig > 0 ? 1 / sig : 0;
-        /* left (O) and right (I) singular vectors of W, column j */
-        for (int64_t o = 0; o < O; o++)
-            B[o * r + k] = (float)(j < 0 ? 0 : f * (tr ? v[o * n + j] : a[o * n + j] * inv));
-        for (int64_t i = 0; i < I; i++)
-            A[k * I + i] = (float)(j < 0 ? 0 : f * (tr ? a[i * n + j] * inv : v[i * n + j]));
+    double *ydir = left ? V : U, *qz = left ? U : V;
+    for (int64_t c = 0; c < k; c++) {
+        int64_t j = ord[c];
+        double inv = sg[j] > 0 ? 1 / sg[j] : 0;
+        S[c] = sg[j];
+        for (int64_t i = 0; i < ny; i++)
+            ydir[i * k + c] = y[i * k + j] * inv;
+        for (int64_t i = 0; i < nq; i++) {
+            double d = 0;
+            for (int64_t l = 0; l < k; l++)
+                d += q[i * k + l] * z[l * k + j];
+            qz[i * k + c] = d;
+        }
     }
-    free(a), free(v), free(sg), free(ord);
+    free(y), free(z), free(sg), free(ord);
     return FTK_OK;
+}
+
+/* Exact: q (n,k) = the eigenvectors of the k largest eigenvalues of the Gram matrix of the
+ * smaller side, G = W W^T (left, n = O) or W^T W (n = I), in f64 (dsyrk, then LAPACK dsyevr for
+ * those k only). The top singular vectors are G's top eigenvectors, resolved to f64 rounding
+ * relative to sigma_1^2 / (sigma_k^2 - sigma_{k+1}^2): far below the F32 of A and B. */
+static ftk_status gram_top(const double *w, int64_t O, int64_t I, int left, int64_t k, double *q)
+{
+    blasint n = (blasint)(left ? O : I), il = n - (blasint)k + 1, iu = n, m = 0, info = 0, lwork = -1, liwork = -1, iwq = 0;
+    double vl = 0, vu = 0, abstol = 2.2250738585072014e-308, wq = 0;   /* DLAMCH('S'): the most accurate */
+    double *g = malloc((size_t)n * (size_t)n * sizeof *g), *ev = malloc((size_t)n * sizeof *ev),
+           *z = malloc((size_t)n * (size_t)k * sizeof *z), *work = NULL;
+    blasint *isuppz = malloc((size_t)(2 * k) * sizeof *isuppz), *iwork = NULL;
+    ftk_status st = g && ev && z && isuppz ? FTK_OK : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
+    if (st == FTK_OK) {   /* row-major upper triangle = column-major lower */
+        cblas_dsyrk(CblasRowMajor, CblasUpper, left ? CblasNoTrans : CblasTrans, n, (blasint)(left ? I : O), 1.0, w,
+                    (blasint)I, 0.0, g, n);
+        dsyevr_("V", "I", "L", &n, g, &n, &vl, &vu, &il, &iu, &abstol, &m, ev, z, &n, isuppz, &wq, &lwork, &iwq, &liwork,
+                &info, 1, 1, 1);
+        lwork = (blasint)wq;
+        liwork = iwq;
+        work = malloc((size_t)lwork * sizeof *work);
+        iwork = malloc((size_t)liwork * sizeof *iwork);
+        if (info || !work || !iwork)
+            st = ftk_error_set(info ? FTK_E_INVALID : FTK_E_NOMEM, __FILE__, __LINE__, "dsyevr workspace query: info %d", (int)info);
+    }
+    if (st == FTK_OK) {
+        dsyevr_("V", "I", "L", &n, g, &n, &vl, &vu, &il, &iu, &abstol, &m, ev, z, &n, isuppz, work, &lwork, iwork, &liwork,
+                &info, 1, 1, 1);
+        if (info || m != (blasint)k)
+            st = ftk_error_set(FTK_E_INVALID, __FILE__, __LINE__, "PiSSA: the eigensolver (LAPACK dsyevr) failed on a %d x %d "
+                               "Gram matrix (info %d, %d of %lld eigenpairs): is the weight finite?", (int)n, (int)n, (int)info,
+                               (int)m, (long long)k);
+    }
+    for (int64_t c = 0; c < k && st == FTK_OK; c++)   /* ascending -> descending; column-major -> (n,k) */
+        for (blasint i = 0; i < n; i++)
+            q[i * k + c] = z[(size_t)(k - 1 - c) * (size_t)n + (size_t)i];
+    free(g), free(ev), free(z), free(isuppz), free(work), free(iwork);
+    return st;
+}
+
+/* pissa_niter_N: torch.svd_lowrank(W, q=k, niter=N)'s range finder (Halko, Martinsson, Tropp 2011,
+ * algorithms 4.4 and 5.1) on A = W if O >= I (left: q (O,k)), else A = W^T (q (I,k)): A (m,n),
+ * G (n,k) Gaussian from key, q = orth(A G), then N times q = orth(A orth(A^T q)). t: (n,k) scratch. */
+static void range_finder(const double *w, int64_t O, int64_t I, int niter, uint64_t key, int64_t k, double *q, double *t)
+{
+    int left = O >= I;
+    int64_t m = left ? O : I, n = left ? I : O;
+    for (int64_t j = 0; j < n * k; j++)
+        t[j] = normal01(mix(key ^ mix((uint64_t)j)));
+    w_times(w, O, I, !left, t, k, q);   /* A t */
+    orthonormalize(q, m, k);
+    for (int it = 0; it < niter; it++) {
+        w_times(w, O, I, left, q, k, t);   /* A^T q */
+        orthonormalize(t, n, k);
+        w_times(w, O, I, !left, t, k, q);
+        orthonormalize(q, m, k);
+    }
+}
+
+/* PiSSA (peft pissa_init): W (O,I) = U S V^T; A (r,I) = sqrt(S_r/s) V_r^T, B (O,r) = U_r sqrt(S_r/s).
+ * niter < 0 ("pissa"): the exact top r triplets (gram_top); niter >= 0 ("pissa_niter_N"):
+ * torch.svd_lowrank's approximation (range_finder, key seeds its test matrix). Both end in
+ * ritz(). Components beyond min(O, I) are 0. */
+static ftk_status pissa_host(const float *W, int64_t O, int64_t I, int64_t r, double scale, int niter, uint64_t key, float *A,
+                             float *B)
+{
+    int64_t k = r < O ? r : O;
+    if (k > I)
+        k = I;
+    int left = niter < 0 ? O < I : O >= I;   /* q's side: the Gram matrix's (smaller) or A's columns (larger) */
+    int64_t nq = left ? O : I;
+    double *w = malloc((size_t)(O * I) * sizeof *w), *q = malloc((size_t)(nq * k) * sizeof *q),
+           *t = malloc((size_t)((O > I ? O : I) * k) * sizeof *t), *U = malloc((size_t)(O * k) * sizeof *U),
+           *V = malloc((size_t)(I * k) * sizeof *V), *S = malloc((size_t)k * sizeof *S);
+    ftk_status st = w && q && t && U && V && S ? FTK_OK : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
+    if (st == FTK_OK) {
+        for (int64_t j = 0; j < O * I; j++)
+            w[j] = W[j];
+        if (niter < 0)
+            st = gram_top(w, O, I, left, k, q);
+        else
+            range_finder(w, O, I, niter, key, k, q, t);
+    }
+    if (st == FTK_OK)
+        st = ritz(w, O, I, q, left, k, U, S, V);
+    for (int64_t c = 0; c < r && st == FTK_OK; c++) {
+        double f = c < k ? sqrt(S[c] / scale) : 0;
+        for (int64_t o = 0; o < O; o++)
+            B[o * r + c] = (float)(c < k ? f * U[o * k + c] : 0);
+        for (int64_t i = 0; i < I; i++)
+            A[c * I + i] = (float)(c < k ? f * V[i * k + c] : 0);
+    }
+    free(w), free(q), free(t), free(U), free(V), free(S);
+    return st;
 }
 
 /* OLoRA (peft olora_init): W (O,I) = Q R (Householder, LAPACK's signs: R_kk = -sign(a_kk) ||a||);
@@ -285,16 +447,18 @@ static ftk_status olora_host(const float *W, int64_t O, int64_t I, int64_t r, fl
     return FTK_OK;
 }
 
-/* PiSSA/OLoRA at one site: A, B from W, then W -= s B A (f32, as peft). */
+/* PiSSA/OLoRA at one site: A, B from W, then W -= s B A (f32, as peft). pissa_niter_N's test
+ * matrix depends on (init_seed, module name) only: the same init on every load. */
 static ftk_status init_from_weight(struct lora *L, struct lora_site *ls, const struct ftk_backend *be, void *ctx)
 {
+    uint64_t key = mix(L->init_seed ^ mix(name_hash(ls->s->module)) ^ 0x5049535341ull);   /* "PISSA" */
     int64_t O = ls->s->out, I = ls->s->in, r = L->r;
     float *W = malloc((size_t)(O * I) * sizeof *W), *A = malloc((size_t)(r * I) * sizeof *A), *B = malloc((size_t)(O * r) * sizeof *B);
     ftk_status st = W && A && B ? FTK_OK : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
     if (st == FTK_OK)
         st = be->to_host(ctx, W, ls->W, (size_t)(O * I) * sizeof *W);
     if (st == FTK_OK)
-        st = !strcmp(L->init, "pissa") ? pissa_host(W, O, I, r, L->scale, A, B) : olora_host(W, O, I, r, A, B);
+        st = strcmp(L->init, "olora") ? pissa_host(W, O, I, r, L->scale, L->niter, key, A, B) : olora_host(W, O, I, r, A, B);
     if (st == FTK_OK) {
         for (int64_t o = 0; o < O; o++)
             for (int64_t i = 0; i < I; i++) {
@@ -346,9 +510,27 @@ static ftk_status lora_init(struct ftk_peft *p, const struct ftk_kv *o)
         init = "true";
     snprintf(L->init, sizeof L->init, "%s", init);
     L->gaussian = !strcmp(init, "gaussian");
-    int from_w = !strcmp(init, "pissa") || !strcmp(init, "olora");
+    L->niter = -1;
+    if (!strncmp(init, "pissa_niter_", 12)) {   /* peft: int(init.split("_niter_")[-1]) */
+        char *end;
+        long v = strtol(init + 12, &end, 10);
+        FTK_FAIL_IF(end == init + 12 || *end || v < 0 || v > 100000, FTK_E_INVALID,
+                    "init_lora_weights=%s: N of pissa_niter_N must be a whole number from 0 to 100000", init);
+        L->niter = (int)v;
+    }
+    int from_w = !strcmp(init, "pissa") || !strcmp(init, "olora") || L->niter >= 0;
     FTK_FAIL_IF(!L->gaussian && !from_w && strcmp(init, "true"), FTK_E_UNSUPPORTED,
-                "init_lora_weights=%s (supported: true, gaussian, pissa, olora)", init);
+                "init_lora_weights=%s (supported: true, gaussian, pissa, pissa_niter_N, olora)", init);
+    /* pissa_niter_N's seed: saved with the adapter, so loading it anywhere (eval, merge-lora: seed
+     * 0) recomputes the same residual */
+    const char *is = ftk_kv_get(o, "ftk_init_seed");
+    L->init_seed = ftk_peft_seed(p);
+    if (is) {
+        char *end;
+        unsigned long long v = strtoull(is, &end, 10);
+        FTK_FAIL_IF(end == is || *end || is[0] == '-', FTK_E_INVALID, "ftk_init_seed=%s must be a whole number >= 0", is);
+        L->init_seed = (uint64_t)v;
+    }
     const char *mts = ftk_kv_get(o, "modules_to_save");
     snprintf(L->mts, sizeof L->mts, "%s", mts ? mts : "");
     if (L->mts[0]) {   /* top-level modules only: lm_head, embed_tokens, norm */
@@ -726,6 +908,11 @@ static ftk_status lora_save(struct ftk_peft *p, const char *dir, const char *bas
         cJSON_AddStringToObject(c, "init_lora_weights", L->init);
     else
         cJSON_AddBoolToObject(c, "init_lora_weights", 1);
+    if (L->niter >= 0) {   /* ftk's own key (peft ignores it, warning): its test matrices' seed */
+        char sd[32];
+        snprintf(sd, sizeof sd, "%llu", (unsigned long long)L->init_seed);
+        cJSON_AddStringToObject(c, "ftk_init_seed", sd);
+    }
     cJSON_AddBoolToObject(c, "inference_mode", 1);
     if (L->mts[0]) {
         cJSON *mt = cJSON_CreateArray();

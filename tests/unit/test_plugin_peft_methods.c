@@ -574,8 +574,8 @@ int main(void)
                   FTK_E_UNSUPPORTED, "init_lora_weights=loftq");
         ftk_model_free(m);
         CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &m));
-        CHECK_ERR(ftk_model_set_peft(m, pl, (const struct ftk_kv[]){{"init_lora_weights", "pissa_niter_4"}, {NULL, NULL}}, 0, NULL),
-                  FTK_E_UNSUPPORTED, "pissa_niter_4");
+        CHECK_ERR(ftk_model_set_peft(m, pl, (const struct ftk_kv[]){{"init_lora_weights", "pissa_niter_x"}, {NULL, NULL}}, 0, NULL),
+                  FTK_E_INVALID, "pissa_niter_x: N of pissa_niter_N must be a whole number");
         ftk_model_free(m);
         CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &m));
         CHECK_ERR(ftk_model_set_peft(m, pl, (const struct ftk_kv[]){{"loraplus_lr_ratio", "-1"}, {NULL, NULL}}, 0, NULL),
