@@ -101,9 +101,7 @@ static ftk_status parse_yaml(struct plan *p, const char *text, size_t len)
 static const char *no_effect[] = {
     "do_train", "trust_remote_code", "overwrite_cache", "preprocessing_num_workers", "dataloader_num_workers",
     "overwrite_output_dir", "save_only_model", "report_to", "ddp_timeout", "logging_steps", "plot_loss",
-    "bf16", "fp16", "pure_bf16", "flash_attn", "do_eval", "low_cpu_mem_usage",
-    "pissa_iter",   /* ftk's PiSSA is the exact SVD; the fast SVD approximates the same factors */
-    NULL};
+    "bf16", "fp16", "pure_bf16", "flash_attn", "do_eval", "low_cpu_mem_usage", NULL};
 
 static int in_list(const char *k, const char **l)
 {
@@ -133,7 +131,6 @@ static const struct flagmap flags[] = {
     {"mask_history", "TOKENIZE_FLAGS", "--mask-history", 1},
     {"use_rslora", "TRAIN_FLAGS", "--use-rslora", 1},
     {"use_dora", "TRAIN_FLAGS", "--peft-opt use_dora=true", 1},
-    {"pissa_init", "TRAIN_FLAGS", "--peft-opt init_lora_weights=pissa", 1},
     {"loraplus_lr_ratio", "TRAIN_FLAGS", "--peft-opt loraplus_lr_ratio", 2},
     {"warmup_steps", "TRAIN_FLAGS", "--warmup-steps", 0},
     {"freeze_trainable_layers", "TRAIN_FLAGS", "--freeze-trainable-layers", 0},
@@ -294,7 +291,25 @@ static ftk_status plan_write(const char *yaml_path, const char *const *sets, int
                 else if (flags[m].boolean == 2 && v)
                     snprintf(b + l, 1024 - l, " %s=%s", flags[m].flag, v);
             }
-        if (!known && in_list(k, no_effect)) {
+        /* LLaMA-Factory (model/adapter.py): pissa_init with pissa_iter -1 is peft's exact "pissa",
+         * else "pissa_niter_<pissa_iter>" (default 16); pissa_iter alone changes nothing */
+        if (!known && (!strcmp(k, "pissa_init") || (!strcmp(k, "pissa_iter") && truthy(get(&p, "pissa_init"))))) {
+            known = 1;
+            const char *it = get(&p, "pissa_iter");
+            char *e = NULL;
+            long n = it ? strtol(it, &e, 10) : 16;
+            if (it && (e == it || *e || n < -1 || n > 100000))
+                s = ftk_error_set(FTK_E_INVALID, __FILE__, __LINE__, "%s:%d: pissa_iter %s: a whole number >= 0 (the fast "
+                                  "SVD's iterations), or -1 for the exact SVD", yaml_path, line_of(&p, "pissa_iter"), it);
+            else if (!strcmp(k, "pissa_init") && truthy(v)) {
+                size_t l = strlen(flagbuf[1]);
+                if (n == -1)
+                    snprintf(flagbuf[1] + l, 1024 - l, " --peft-opt init_lora_weights=pissa");
+                else
+                    snprintf(flagbuf[1] + l, 1024 - l, " --peft-opt init_lora_weights=pissa_niter_%ld", n);
+            }
+        }
+        if (!known && (in_list(k, no_effect) || !strcmp(k, "pissa_iter"))) {
             known = 1;
             size_t l = strlen(ignored);
             snprintf(ignored + l, sizeof ignored - l, "%s%s", l ? ", " : "", k);

@@ -27,7 +27,20 @@ check "DPO metrics carry rewards" jq -e 'has("rewards/margins")' "$T/dpo/run/met
 printf 'stage: sft\nmodel_name_or_path: m\ndataset: x\nuse_dora: true\nloraplus_lr_ratio: 16\npissa_init: true\npissa_iter: 16\n' > "$T/v.yaml"
 check "plan LoRA variants (DoRA, LoRA+, PiSSA)" ftk plan "$T/v.yaml" -o "$T/v.mk"
 check_eq "they become plugin options" "$(grep -E '^TRAIN_FLAGS' "$T/v.mk")" \
-    "TRAIN_FLAGS := --peft-opt use_dora=true --peft-opt loraplus_lr_ratio=16 --peft-opt init_lora_weights=pissa"
+    "TRAIN_FLAGS := --peft-opt use_dora=true --peft-opt loraplus_lr_ratio=16 --peft-opt init_lora_weights=pissa_niter_16"
+# LLaMA-Factory's pissa_iter: default 16 (peft's fast SVD, pissa_niter_16), -1 the exact SVD
+printf 'stage: sft\nmodel_name_or_path: m\ndataset: x\npissa_init: true\n' > "$T/p.yaml"
+check_eq "pissa_init alone: pissa_iter's default 16" "$(ftk plan "$T/p.yaml" | grep -E '^TRAIN_FLAGS')" \
+    "TRAIN_FLAGS := --peft-opt init_lora_weights=pissa_niter_16"
+check_eq "pissa_iter: -1 is the exact SVD" "$(ftk plan "$T/p.yaml" --set pissa_iter=-1 | grep -E '^TRAIN_FLAGS')" \
+    "TRAIN_FLAGS := --peft-opt init_lora_weights=pissa"
+check_eq "pissa_iter: 4" "$(ftk plan "$T/p.yaml" --set pissa_iter=4 | grep -E '^TRAIN_FLAGS')" \
+    "TRAIN_FLAGS := --peft-opt init_lora_weights=pissa_niter_4"
+check_eq "pissa_iter without pissa_init: no effect" \
+    "$(ftk plan "$T/p.yaml" --set pissa_init=false --set pissa_iter=4 | grep -E '^TRAIN_FLAGS|^# No effect')" \
+    "# No effect on ftk's result: pissa_iter (ftk computes in F32 on the CPU)."
+printf 'stage: sft\nmodel_name_or_path: m\ndataset: x\npissa_init: true\npissa_iter: -2\n' > "$T/pbad.yaml"
+check_fail "a bad pissa_iter names its line" 1 'pbad.yaml:5: pissa_iter -2' ftk plan "$T/pbad.yaml"
 
 printf 'stage: sft\nmodel_name_or_path: m\ndataset: x\nquantization_bit: 4\n' > "$T/q.yaml"
 check_fail "an unsupported key names its line" 1 'q.yaml:4: key "quantization_bit" is not supported yet' ftk plan "$T/q.yaml"
