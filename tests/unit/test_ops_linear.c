@@ -72,6 +72,22 @@ int main(void)
     TEST("linear 13x17 -> 11 with bias") run_linear(be, ctx, 13, 17, 11, 1);
     TEST("linear 21x24 -> 18 no bias") run_linear(be, ctx, 21, 24, 18, 0);
     TEST("linear 4x3 -> 600 with bias (db over several column chunks)") run_linear(be, ctx, 4, 3, 600, 1);
+    /* up to 4 rows take the matrix-vector path, split over threads by output ranges */
+    TEST("linear 1x70 -> 300 with bias (decode step, gemv over 2 threads)") run_linear(be, ctx, 1, 70, 300, 1);
+    TEST("linear 3x33 -> 129 no bias (gemv, ragged last range)") run_linear(be, ctx, 3, 33, 129, 0);
+    TEST("linear 2x40 -> 200: gemv rows equal the same rows through gemm") {
+        float *x = ops_rand(2 * 40, -1, 1), *w = ops_rand(200 * 40, -1, 1), *b = ops_rand(200, -1, 1);
+        float *y1 = ops_zeros(2 * 200), *y6 = ops_zeros(6 * 200), *x6 = ops_zeros(6 * 40);
+        for (int i = 0; i < 6 * 40; i++)
+            x6[i] = x[i % (2 * 40)];
+        CHECK_OK(be->linear_forward(ctx, y1, x, w, b, 2, 40, 200));
+        CHECK_OK(be->linear_forward(ctx, y6, x6, w, b, 6, 40, 200));   /* 6 rows: sgemm */
+        double md = 0;
+        for (int i = 0; i < 2 * 200; i++)
+            md = fmax(md, fabs((double)y1[i] - y6[i]));
+        CHECK(md < 1e-5);
+        free(x); free(w); free(b); free(y1); free(y6); free(x6);
+    }
 
     TEST("gemm transposes, alpha, beta, strides") {
         /* C (M,N) = alpha op(A) op(B) + beta C with padded leading dimensions */
