@@ -14,13 +14,6 @@
 #define PC_KEEP_ENV "FTK_ADAPTERS_OUT"
 #include "plugin_check.h"
 
-static struct ftk_st_model *fixture(void)
-{
-    struct ftk_st_model *e = NULL;
-    CHECK_OK(ftk_st_file_open(FIX "/expected.safetensors", &e));
-    return e;
-}
-
 static const char *const variants[] = {"houlsby", "pfeiffer", "parallel", "parallel_normed", "pfeiffer_drop", "pals",
                                        "pals_attn"};
 
@@ -38,31 +31,27 @@ static struct ftk_model *fusion_model(const struct ftk_st_model *e, const char *
     snprintf(dirs, sizeof dirs, FIX "/%s_a," FIX "/%s_b", tag, tag);
     const struct ftk_kv opts[] = {{"adapters", dirs}, {"fusion_config", preset}, {NULL, NULL}};
     struct ftk_model *m = model_with("adapter_fusion", opts, NULL, 0);
-    for (size_t i = 0; m && i < ftk_model_n_trainable(m); i++) {
-        struct ftk_param *q = ftk_model_trainable(m, i);
-        const struct ftk_tensor *t = exp_t(e, tag, "init", q->name);
-        if (!t || t->shape[0] * (t->ndim > 1 ? t->shape[1] : 1) != q->numel) { CHECK(0); continue; }
-        CHECK_OK(be->to_device(ctx, q->w, t->data, (size_t)q->numel * sizeof(float)));
-    }
+    if (m)
+        set_from(m, e, tag, "init");
     return m;
 }
 
 static void check_fusion(const char *tag, const char *preset)
 {
-    struct ftk_st_model *e = fixture();
+    struct ftk_st_model *e = expected_of(FIX, NULL);
     struct ftk_model *m = e ? fusion_model(e, tag, preset) : NULL;
     if (m) {
         struct ftk_batch_view b = batch_of(e);
-        parity(m, e, tag);
+        parity(m, e, NULL, tag, &TORCH_TOL);
         round_trip(m, &b, tag);
     }
     ftk_model_free(m);
     m = e ? fusion_model(e, tag, preset) : NULL;
     if (m) {
         struct ftk_batch_view b = batch_of(e);
-        fd_check(m, &b, 2, 1e-2, tag, 0);
+        fd_check(m, &b, NULL, 2, 1e-2, tag, 0);
         ftk_model_set_recompute(m, 1);
-        fd_check(m, &b, 1, 1e-2, tag, 0);
+        fd_check(m, &b, NULL, 1, 1e-2, tag, 0);
         ftk_model_set_recompute(m, 0);
         recompute_same(m, &b, tag);
     }
@@ -88,7 +77,7 @@ int main(void)
         check_dir_generation(FIX "/parallel", "parallel", 0);
     }
     TEST("AdapterFusion: generation, packed rows, the value regulariser before the update") {
-        struct ftk_st_model *e = fixture();
+        struct ftk_st_model *e = expected_of(FIX, NULL);
         struct ftk_model *m = e ? fusion_model(e, "fusion", "dynamic") : NULL;
         if (m) {
             check_generation(m, "fusion");
@@ -122,19 +111,12 @@ int main(void)
         struct ftk_model *m = model_with(NULL, NULL, FIX "/pals", 0);
         if (m) {
             check_packed(m, "pals");
-            const int32_t pr[3] = {5, 6, 7}, *pp[1] = {pr};
-            int64_t len[1] = {3};
-            struct ftk_gen_config gc;
-            ftk_gen_config_init(&gc);
-            gc.max_new_tokens = 2;
-            gc.context = 16;
-            struct ftk_gen_result r[1];
-            CHECK_ERR(ftk_generate(m, NULL, &gc, 1, pp, len, NULL, NULL, r), FTK_E_UNSUPPORTED, "PALs cannot generate");
+            check_no_generation(m, "PALs cannot generate");
         }
         ftk_model_free(m);
     }
     TEST("AdapterDrop: no adapters in the first n layers; the robust variant draws n per training step") {
-        struct ftk_st_model *e = fixture();
+        struct ftk_st_model *e = expected_of(FIX, NULL);
         struct ftk_batch_view b = batch_of(e);
         /* fixed: pfeiffer_drop (n = 1) has no layer-0 parameters and matched the torch model without them */
         struct ftk_model *m = model_with(NULL, NULL, FIX "/pfeiffer_drop", 0);
@@ -166,7 +148,7 @@ int main(void)
                 }
                 printf("  robust AdapterDrop over 12 steps: n = 0 in %d, n = 1 in %d\n", seen[0], seen[1]);
                 CHECK(seen[0] > 0 && seen[1] > 0);
-                fd_check(m, &b, 1, 1e-2, "robust AdapterDrop, train-mode forwards", 1);
+                fd_check(m, &b, NULL, 1, 1e-2, "robust AdapterDrop, train-mode forwards", 1);
             }
             ftk_model_free(m);
         }
@@ -183,7 +165,7 @@ int main(void)
         ftk_st_model_close(e);
     }
     TEST("bottleneck dropout: train-mode forwards draw the step's masks, backward uses the same") {
-        struct ftk_st_model *e = fixture();
+        struct ftk_st_model *e = expected_of(FIX, NULL);
         struct ftk_batch_view b = batch_of(e);
         const struct ftk_kv o[] = {{"config", "houlsby"}, {"reduction_factor", "4"}, {"dropout", "0.3"}, {NULL, NULL}};
         struct ftk_model *m = model_with("bottleneck", o, NULL, 0);
@@ -195,14 +177,14 @@ int main(void)
             printf("  eval %.6f (torch, no dropout %.6f), train %.6f twice %.6f\n", le, scalar(e, "houlsby", "loss"), lt, lt2);
             CHECK(fabs(le - scalar(e, "houlsby", "loss")) < 1e-5);
             CHECK(lt != le && lt == lt2);
-            fd_check(m, &b, 1, 1e-2, "houlsby, dropout 0.3", 1);
+            fd_check(m, &b, NULL, 1, 1e-2, "houlsby, dropout 0.3", 1);
         }
         ftk_source_close(src);
         ftk_model_free(m);
         ftk_st_model_close(e);
     }
     TEST("a fresh bottleneck adapter (mam_adapter init) leaves the model as it was; bert init does not") {
-        struct ftk_st_model *e = fixture();
+        struct ftk_st_model *e = expected_of(FIX, NULL);
         struct ftk_batch_view b = batch_of(e);
         struct ftk_model *base = NULL;
         CHECK_OK(ftk_model_load(BASE, be, ctx, &base));

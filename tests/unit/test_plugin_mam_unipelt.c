@@ -50,27 +50,16 @@ static void check_padded(struct ftk_model *m, const struct ftk_batch_view *b)
     padded_rows(b, n, &r);
     float *la = logits_of(m, &r.alone), *lp = logits_of(m, &r.pad), *ln = logits_of(m, &r.pad_noseg);
     double el = rel_err(lp, la, n * V), en = rel_err(ln, la, n * V);
-    size_t K = ftk_model_n_trainable(m);
-    float **g0 = calloc(K, sizeof *g0);
-    double L0 = step_grads(m, &r.alone), gerr = 0;
-    for (size_t i = 0; i < K; i++) {
-        struct ftk_param *q = ftk_model_trainable(m, i);
-        g0[i] = malloc((size_t)q->numel * sizeof(float));
-        memcpy(g0[i], q->g, (size_t)q->numel * sizeof(float));
-    }
-    double L1 = step_grads(m, &r.pad);
-    for (size_t i = 0; i < K; i++) {
-        struct ftk_param *q = ftk_model_trainable(m, i);
-        gerr = fmax(gerr, rel_err(q->g, g0[i], q->numel));
-        free(g0[i]);
-    }
+    double L0 = step_grads(m, &r.alone);
+    float **g0 = grads_copy(m);
+    double L1 = step_grads(m, &r.pad), gerr = grads_err(m, g0);
+    grads_free(m, g0);
     printf("  padded row vs alone: logits %.2e, loss %.7f vs %.7f, grads worst %.2e; without segment ids the "
            "padding moves the logits by %.2e\n", el, L1, L0, gerr, en);
     CHECK(el <= 1e-6);
     CHECK_NEAR(L1, L0, 1e-6);
     CHECK(gerr <= 1e-4);   /* the q gates' gradients are sums of cancelling terms (F32 rounding of dq) */
     CHECK(en > 1e-4);
-    free(g0);
     free(la);
     free(lp);
     free(ln);
@@ -92,8 +81,7 @@ int main(void)
         check_dir_generation(FIX "/mam_normed", "mam_normed", 1);
     }
     TEST("a fresh MAM adapter is prefix tuning alone (the parallel adapter starts at 0, the prefix is prefix_impl.h's)") {
-        struct ftk_st_model *e = NULL;
-        CHECK_OK(ftk_st_file_open(FIX "/expected.safetensors", &e));
+        struct ftk_st_model *e = expected_of(FIX, NULL);
         struct ftk_batch_view b = e ? batch_of(e) : (struct ftk_batch_view){0};
         const struct ftk_kv om[] = {{"num_virtual_tokens", "4"}, {"encoder_hidden_size", "6"}, {"bottleneck_size", "5"},
                                     {NULL, NULL}};
@@ -101,35 +89,23 @@ int main(void)
                                     {"prefix_projection", "true"}, {NULL, NULL}};
         struct ftk_model *m = e ? model_with("mam", om, NULL, 9) : NULL, *p = e ? model_with("prefix_tuning", op, NULL, 9) : NULL;
         if (m && p) {
-            float *a = logits_of(m, &b), *c = logits_of(p, &b);
-            double d = rel_err(a, c, b.B * b.T * ftk_model_get_config(m)->V);
+            double d = logits_vs(m, p, &b);
             printf("  fresh mam vs fresh prefix_tuning (seed 9): logits rel err %.2e\n", d);
             CHECK(d == 0);
             CHECK_INT(ftk_model_n_trainable(m), 5 + 2 * 4);   /* the prefix MLP, 4 tensors per layer */
-            free(a);
-            free(c);
         }
         ftk_model_free(m);
         ftk_model_free(p);
         ftk_st_model_close(e);
     }
     TEST("UniPELT: padded rows are their unpadded selves; generation and rows of several documents are refused") {
-        struct ftk_st_model *e = NULL;
-        CHECK_OK(ftk_st_file_open(FIX "/expected.safetensors", &e));
+        struct ftk_st_model *e = expected_of(FIX, NULL);
         struct ftk_model *m = e ? model_with(NULL, NULL, FIX "/unipelt", 0) : NULL;
         if (m) {
             struct ftk_batch_view b = batch_of(e);
             check_padded(m, &b);
-            const int32_t pr[3] = {5, 6, 7}, *pp[1] = {pr};
-            int64_t len[1] = {3};
-            struct ftk_gen_config gc;
-            ftk_gen_config_init(&gc);
-            gc.max_new_tokens = 2;
-            gc.context = 16;
-            struct ftk_gen_result r[1];
-            CHECK_ERR(ftk_generate(m, NULL, &gc, 1, pp, len, NULL, NULL, r), FTK_E_UNSUPPORTED, "unipelt cannot generate");
-            struct ftk_st_model *be_e = NULL;
-            CHECK_OK(ftk_st_file_open(PC_BASE "/expected.safetensors", &be_e));
+            check_no_generation(m, "unipelt cannot generate");
+            struct ftk_st_model *be_e = expected_of(PC_BASE, NULL);
             if (be_e) {
                 const struct ftk_tensor *ids = ftk_st_model_find(be_e, "packed.input_ids"),
                                         *pos = ftk_st_model_find(be_e, "packed.position_ids"),
