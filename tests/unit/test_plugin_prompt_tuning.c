@@ -8,239 +8,22 @@
  * bad adapters. Errors are max|got - want| / max|want| over each tensor.
  * FTK_PROMPT_TUNING_OUT=DIR keeps the adapters ftk saves after the step, for
  * tests/oracle/check_prompt_tuning.py (peft loads what ftk trains). */
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #include "check.h"
-#include "ftk/generate.h"
-#include "ftk/model.h"
-#include "ftk/optim.h"
-#include "ftk/safetensors.h"
+#include "plugin_check.h"
 
 #define FIX "tests/fixtures/peft_methods/prompt_tuning"
 #define TOKENIZER FIX "/tokenizer"
+#define KEEP_ENV "FTK_PROMPT_TUNING_OUT"
 
-static const struct ftk_backend *be;
-static void *ctx;
-static struct ftk_loss *loss;
+static const struct parity_tol peft_tol = {.oracle = "peft", .grad = 1e-4, .grad_norm = 1e-5};
 
-static double rel_err(const float *got, const float *want, int64_t n)
-{
-    double md = 0, mw = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)got[i] - want[i]);
-        if (!(d <= md)) md = d;   /* NaN propagates as a failure */
-        if (fabs(want[i]) > mw) mw = fabs(want[i]);
-    }
-    return md / (mw > 1e-30 ? mw : 1e-30);
-}
-
-static const struct ftk_tensor *exp_t(const struct ftk_st_model *e, const char *fmt, const char *a, const char *b)
-{
-    char n[512];
-    snprintf(n, sizeof n, fmt, a, b);
-    const struct ftk_tensor *t = ftk_st_model_find(e, n);
-    if (!t)
-        printf("  fixture lacks %s\n", n);
-    return t;
-}
-
-static float scalar(const struct ftk_st_model *e, const char *tag, const char *what)
-{
-    const struct ftk_tensor *t = exp_t(e, "%s.%s", tag, what);
-    return t ? ((const float *)t->data)[0] : NAN;
-}
-
-static struct ftk_batch_view batch_of(const struct ftk_st_model *e)
-{
-    struct ftk_batch_view b = {0};
-    const struct ftk_tensor *ids = ftk_st_model_find(e, "input_ids");
-    b.B = ids->shape[0];
-    b.T = ids->shape[1];
-    b.input_ids = ids->data;
-    b.labels = ftk_st_model_find(e, "labels")->data;
-    b.position_ids = ftk_st_model_find(e, "position_ids")->data;
-    return b;
-}
-
-static double loss_of_mode(struct ftk_model *m, const struct ftk_batch_view *b, int train)
-{
-    float logps[16];
-    int64_t nt[16], tot = 0;
-    double sum = 0;
-    CHECK_OK(ftk_model_forward(m, b, train, logps, nt));
-    for (int64_t i = 0; i < b->B; i++) {
-        sum += logps[i];
-        tot += nt[i];
-    }
-    return -sum / (double)tot;
-}
-static double loss_of(struct ftk_model *m, const struct ftk_batch_view *b) { return loss_of_mode(m, b, 0); }
-
-/* Forward (train), the sft loss, backward; returns the loss. */
-static double step_grads(struct ftk_model *m, const struct ftk_batch_view *b)
-{
-    float logps[16], dl[16];
-    int64_t nt[16];
-    double L = NAN;
-    struct ftk_metrics met = {0};
-    CHECK_OK(ftk_model_zero_grad(m));
-    CHECK_OK(ftk_model_forward(m, b, 1, logps, nt));
-    int64_t tot = 0;
-    for (int64_t i = 0; i < b->B; i++)
-        tot += nt[i];
-    struct ftk_loss_batch lb = {.B = b->B, .logps = logps, .n_tokens = nt, .n_tokens_total = tot, .accum = 1};
-    CHECK_OK(ftk_loss_compute(loss, &lb, &L, dl, &met));
-    CHECK_OK(ftk_model_backward(m, dl));
-    return L;
-}
-
-/* A tiny model with a method: from an adapter directory (adapter_config.json names the plugin)
- * when opts is NULL, else plugin `name` with opts, then (if dir) its load slot. */
-static struct ftk_model *model_with(const char *arch, const char *name, const struct ftk_kv *opts, const char *dir)
-{
-    char p[256];
-    snprintf(p, sizeof p, "tests/fixtures/hf_tiny/%s", arch);
-    struct ftk_model *m = NULL;
-    CHECK_OK(ftk_model_load(p, be, ctx, &m));
-    if (!m)
-        return NULL;
-    ftk_status s;
-    if (!opts) {
-        s = ftk_model_load_adapter(m, dir, 0);
-    } else {
-        const struct ftk_peft_plugin *pl;
-        s = ftk_plugin_load_peft(name, &pl);
-        if (s == FTK_OK)
-            s = ftk_model_set_peft(m, pl, opts, 0, NULL);
-        if (s == FTK_OK && dir) {
-            struct ftk_source *src;
-            if ((s = ftk_source_open(dir, &src)) == FTK_OK) {
-                s = pl->load(ftk_model_peft(m), src);
-                ftk_source_close(src);
-            }
-        }
-    }
-    CHECK_OK(s);
-    if (s != FTK_OK) {
-        ftk_model_free(m);
-        return NULL;
-    }
-    return m;
-}
-
-static float *logits_of(struct ftk_model *m, const struct ftk_batch_view *b)
-{
-    int64_t V = ftk_model_get_config(m)->V;
-    float *l = malloc((size_t)(b->B * b->T * V) * sizeof *l);
-    CHECK_OK(ftk_model_logits(m, b, l));
-    return l;
-}
-
-/* Sets every trainable tensor to the fixture's `tag.init.<name>`. */
-static void set_init(struct ftk_model *m, const struct ftk_st_model *e, const char *tag)
-{
-    for (size_t i = 0; i < ftk_model_n_trainable(m); i++) {
-        struct ftk_param *q = ftk_model_trainable(m, i);
-        const struct ftk_tensor *t = exp_t(e, "%s.init.%s", tag, q->name);
-        if (!t || t->shape[0] * (t->ndim > 1 ? t->shape[1] : 1) != q->numel) { CHECK(0); continue; }
-        CHECK_OK(be->to_device(ctx, q->w, t->data, (size_t)q->numel * sizeof(float)));
-    }
-}
-
-/* Logits, loss, grads, grad norm, one AdamW step and the loss after it against `tag.*`. */
+/* parity against peft (worst error into worst_all); ftk decays every tensor but biases. */
 static double worst_all;
-static void parity(struct ftk_model *m, const struct ftk_st_model *e, const char *arch, const char *tag)
+static void check_parity(struct ftk_model *m, const struct ftk_st_model *e, const char *arch, const char *tag)
 {
-    struct ftk_batch_view b = batch_of(e);
-    int64_t V = ftk_model_get_config(m)->V;
-    float *lg = logits_of(m, &b);
-    const struct ftk_tensor *want = exp_t(e, "%s.logits%s", tag, "");
-    double err = want ? rel_err(lg, want->data, b.B * b.T * V) : 1;
-    free(lg);
-    double L0 = step_grads(m, &b);
-    printf("  %s %s: logits rel err %.2e, loss %.7f (peft %.7f)\n", arch, tag, err, L0, scalar(e, tag, "loss"));
-    CHECK(err <= 1e-4);
-    CHECK_NEAR(L0, scalar(e, tag, "loss"), 1e-5);
-    worst_all = fmax(worst_all, err);
-
-    size_t K = ftk_model_n_trainable(m);
-    double worst = 0;
-    float *sq = calloc(K, sizeof *sq);
-    for (size_t i = 0; i < K; i++) {
-        struct ftk_param *q = ftk_model_trainable(m, i);
-        const struct ftk_tensor *t = exp_t(e, "%s.grad.%s", tag, q->name);
-        if (!t || t->shape[0] * (t->ndim > 1 ? t->shape[1] : 1) != q->numel) { CHECK(0); continue; }
-        double r = rel_err(q->g, t->data, q->numel);
-        if (!(r <= worst)) worst = r;
-        if (!(r <= 1e-4))
-            printf("  %s: grad rel err %.2e\n", q->name, r);
-        CHECK_OK(be->sumsq(ctx, &sq[i], q->g, q->numel));
-    }
-    float total = 0, coef = 0;
-    CHECK_OK(ftk_clip_grad_norm_coef(sq, (int64_t)K, 1.0f, &total, &coef));
-    printf("  %s %s: grads (%zu tensors) worst rel err %.2e, grad norm %.6f (peft %.6f)\n", arch, tag, K, worst, total,
-           scalar(e, tag, "grad_norm"));
-    CHECK(worst <= 1e-4);
-    CHECK_NEAR(total, scalar(e, tag, "grad_norm"), 1e-5);
-    worst_all = fmax(worst_all, worst);
-
-    worst = 0;
-    for (size_t i = 0; i < K; i++) {   /* torch AdamW, lr 1e-2, decay 0.01 where the param decays */
-        struct ftk_param *q = ftk_model_trainable(m, i);
-        float *mom = calloc((size_t)q->numel, sizeof *mom), *var = calloc((size_t)q->numel, sizeof *var);
-        struct ftk_adamw_params hp = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
-                                      .weight_decay = q->decay ? 0.01f : 0.0f, .step = 1, .grad_scale = coef};
-        CHECK_INT(q->decay, strstr(q->name, "bias") == NULL);
-        CHECK_OK(be->adamw_step(ctx, q->w, mom, var, q->g, q->numel, &hp));
-        free(mom);
-        free(var);
-        const struct ftk_tensor *t = exp_t(e, "%s.step1.%s", tag, q->name);
-        if (!t) { CHECK(0); continue; }
-        double r = rel_err(q->w, t->data, q->numel);
-        if (!(r <= worst)) worst = r;
-    }
-    double L1 = loss_of(m, &b);
-    printf("  %s %s: after one AdamW step params worst rel err %.2e, loss %.7f (peft %.7f)\n", arch, tag, worst, L1,
-           scalar(e, tag, "loss1"));
-    CHECK(worst <= 1e-4);
-    CHECK_NEAR(L1, scalar(e, tag, "loss1"), 1e-5);
-    worst_all = fmax(worst_all, worst);
-    free(sq);
-}
-
-static void rm_adapter(const char *dir)
-{
-    static const char *files[] = {"adapter_model.safetensors", "adapter_config.json", "ftk_prompt_encoder.safetensors"};
-    char f[600];
-    for (int i = 0; i < 3; i++) {
-        snprintf(f, sizeof f, "%s/%s", dir, files[i]);
-        unlink(f);
-    }
-    rmdir(dir);
-}
-
-/* Saves the adapter into a directory (kept under FTK_PROMPT_TUNING_OUT/arch/tag if set). */
-static int save_to(struct ftk_model *m, const char *arch, const char *tag, char *dir, size_t n)
-{
-    const char *keep = getenv("FTK_PROMPT_TUNING_OUT");
-    if (keep && *keep) {
-        snprintf(dir, n, "%s/%s", keep, arch);
-        mkdir(keep, 0777);
-        mkdir(dir, 0777);
-        snprintf(dir, n, "%s/%s/%s", keep, arch, tag);
-        mkdir(dir, 0777);
-    } else {
-        snprintf(dir, n, "/tmp/ftk_prompt_tuning_XXXXXX");
-        CHECK(mkdtemp(dir) != NULL);
-    }
-    struct ftk_peft *p = ftk_model_peft(m);
-    char base[256];
-    snprintf(base, sizeof base, "tests/fixtures/hf_tiny/%s", arch);
-    CHECK_OK(ftk_peft_get_plugin(p)->save(p, dir, base));
-    return keep && *keep;
+    for (size_t i = 0; i < ftk_model_n_trainable(m); i++)
+        CHECK_INT(ftk_model_trainable(m, i)->decay, strstr(ftk_model_trainable(m, i)->name, "bias") == NULL);
+    worst_all = fmax(worst_all, parity(m, e, arch, tag, &peft_tol));
 }
 
 /* ftk's save loads back by its adapter_config.json with the same logits, and training goes on
@@ -248,12 +31,11 @@ static int save_to(struct ftk_model *m, const char *arch, const char *tag, char 
 static void round_trip(struct ftk_model *m, const struct ftk_st_model *e, const char *arch, const char *tag)
 {
     char dir[512];
-    int kept = save_to(m, arch, tag, dir, sizeof dir);
-    struct ftk_model *r = model_with(arch, NULL, NULL, dir);
+    int kept = save_tiny(m, arch, KEEP_ENV, tag, dir, sizeof dir);
+    struct ftk_model *r = tiny_with(arch, NULL, NULL, dir);
     if (r) {
         struct ftk_batch_view b = batch_of(e);
-        float *a = logits_of(m, &b), *c = logits_of(r, &b);
-        double err = rel_err(c, a, b.B * b.T * ftk_model_get_config(m)->V);
+        double err = logits_vs(r, m, &b);
         CHECK_INT(ftk_model_n_trainable(r), ftk_model_n_trainable(m));
         double la = step_grads(m, &b), lc = step_grads(r, &b), gerr = 0;
         for (size_t i = 0; i < ftk_model_n_trainable(m) && i < ftk_model_n_trainable(r); i++) {
@@ -266,31 +48,22 @@ static void round_trip(struct ftk_model *m, const struct ftk_st_model *e, const 
         CHECK(err <= 1e-6);
         CHECK(gerr <= 1e-5);
         CHECK_NEAR(lc, la, 1e-6);
-        free(a);
-        free(c);
         ftk_model_free(r);
     }
     if (!kept)
-        rm_adapter(dir);
+        rm_dir(dir);
 }
 
 /* Greedy generation of the fixture's two prompts, batched in one KV cache, against peft's. */
 static void generation(struct ftk_model *m, const struct ftk_st_model *e, const char *arch, const char *tag, const char *how)
 {
-    const int32_t *ids = ftk_st_model_find(e, "input_ids")->data;
-    int64_t T = ftk_st_model_find(e, "input_ids")->shape[1];
-    const int32_t *prompts[2] = {ids, ids + T};
-    int64_t lens[2] = {5, 3};
-    struct ftk_gen_config gc;
-    ftk_gen_config_init(&gc);
-    gc.max_new_tokens = 10;
-    gc.n_eos = 0;
+    const int32_t *prompt[2];
+    int64_t len[2];
     struct ftk_gen_result r[2];
-    memset(r, 0, sizeof r);
-    CHECK_OK(ftk_generate(m, NULL, &gc, 2, prompts, lens, NULL, NULL, r));
+    generate_rows(m, e, 10, prompt, len, r);
     int same = 0;
     for (int k = 0; k < 2; k++) {
-        const struct ftk_tensor *t = exp_t(e, k ? "%s.gen1%s" : "%s.gen0%s", tag, "");
+        const struct ftk_tensor *t = exp_t(e, tag, k ? "gen1" : "gen0", NULL);
         if (!t) { CHECK(0); continue; }
         const int32_t *want = t->data;
         CHECK_INT(r[k].n, t->shape[0]);
@@ -305,7 +78,7 @@ static void generation(struct ftk_model *m, const struct ftk_st_model *e, const 
 /* Central differences of the loss (f64 sums of F32 forwards) against the analytic gradient at
  * `count` entries of every trainable tensor. Where a ReLU of the encoder switches inside +-eps the
  * one-sided slopes disagree: there the gradient must be one of them (counted apart). */
-static void fd_check(struct ftk_model *m, const struct ftk_st_model *e, int count, double eps, const char *what, int train)
+static void fd_check_kinks(struct ftk_model *m, const struct ftk_st_model *e, int count, double eps, const char *what, int train)
 {
     struct ftk_batch_view b = batch_of(e);
     step_grads(m, &b);
@@ -315,13 +88,8 @@ static void fd_check(struct ftk_model *m, const struct ftk_st_model *e, int coun
         struct ftk_param *q = ftk_model_trainable(m, i);
         for (int k = 0; k < count; k++) {
             int64_t j = (int64_t)((k * 7919 + (int)i * 131) % q->numel);
-            float w0 = q->w[j];   /* host memory: the CPU backend */
-            double l0 = loss_of_mode(m, &b, train);
-            q->w[j] = w0 + (float)eps;
-            double lp = loss_of_mode(m, &b, train);
-            q->w[j] = w0 - (float)eps;
-            double lm = loss_of_mode(m, &b, train);
-            q->w[j] = w0;
+            double l0 = loss_of_mode(m, &b, train), lp, lm;
+            loss_pm(m, &b, q, j, eps, train, &lp, &lm);
             double fd = (lp - lm) / (2 * eps), g = q->g[j], d1 = (lp - l0) / eps, d2 = (l0 - lm) / eps;
 #define FD_OK(x) (fabs((x) - g) <= 1e-3 + 1e-2 * fabs(g))
             if (!FD_OK(fd) && fabs(d1 - d2) > 0.02 * fmax(fmax(fabs(d1), fabs(d2)), 1e-2) && (FD_OK(d1) || FD_OK(d2))) {
@@ -343,15 +111,6 @@ static void fd_check(struct ftk_model *m, const struct ftk_st_model *e, int coun
     CHECK(kinks * 4 <= picked);
 }
 
-static struct ftk_st_model *fixture(const char *arch)
-{
-    char p[256];
-    snprintf(p, sizeof p, FIX "/%s/expected.safetensors", arch);
-    struct ftk_st_model *e = NULL;
-    CHECK_OK(ftk_st_file_open(p, &e));
-    return e;
-}
-
 static const char *init_text(const char *arch) { return strcmp(arch, "llama") ? "classify the review as good or bad" : "the cat"; }
 
 static const struct ftk_kv mlp_opts[] = {
@@ -362,14 +121,14 @@ static const struct ftk_kv lstm_opts[] = {
 
 static void check_random(const char *arch)
 {
-    struct ftk_st_model *e = fixture(arch);
+    struct ftk_st_model *e = expected_of(FIX, arch);
     char dir[256];
     snprintf(dir, sizeof dir, FIX "/%s/pt_random", arch);
-    struct ftk_model *m = model_with(arch, NULL, NULL, dir);   /* peft's adapter, by adapter_config.json */
+    struct ftk_model *m = tiny_with(arch, NULL, NULL, dir);   /* peft's adapter, by adapter_config.json */
     if (m && e) {
         CHECK_INT(ftk_model_n_trainable(m), 1);
         generation(m, e, arch, "pt_random", "peft's adapter");
-        parity(m, e, arch, "pt_random");
+        check_parity(m, e, arch, "pt_random");
         round_trip(m, e, arch, "pt_random");
     }
     ftk_model_free(m);
@@ -379,15 +138,15 @@ static void check_random(const char *arch)
 /* TEXT: ftk's tokenizer and init give peft's ids and rows exactly; then the same training. */
 static void check_text(const char *arch)
 {
-    struct ftk_st_model *e = fixture(arch);
+    struct ftk_st_model *e = expected_of(FIX, arch);
     const struct ftk_kv opts[] = {{"num_virtual_tokens", "4"}, {"prompt_tuning_init", "TEXT"},
                                   {"prompt_tuning_init_text", init_text(arch)}, {"tokenizer_name_or_path", TOKENIZER},
                                   {NULL, NULL}};
-    struct ftk_model *m = model_with(arch, "prompt_tuning", opts, NULL);
+    struct ftk_model *m = tiny_with(arch, "prompt_tuning", opts, NULL);
     if (m && e) {
         struct ftk_param *q = ftk_model_trainable(m, 0);
-        const struct ftk_tensor *t = exp_t(e, "pt_text.init.%s%s", "prompt_embeddings", "");
-        const struct ftk_tensor *ti = exp_t(e, "pt_text.text_ids%s%s", "", "");
+        const struct ftk_tensor *t = exp_t(e, "pt_text", "init", "prompt_embeddings");
+        const struct ftk_tensor *ti = exp_t(e, "pt_text", "text_ids", NULL);
         if (t && ti) {
             double err = rel_err(q->w, t->data, q->numel);
             printf("  %s pt_text: init from \"%s\" (%lld ids with <s>) rel err %.2e\n", arch, init_text(arch),
@@ -400,7 +159,7 @@ static void check_text(const char *arch)
                 CHECK(!memcmp(q->w + k * C, wte + (int64_t)wid[k % ti->shape[0]] * C, (size_t)C * sizeof(float)));
         }
         generation(m, e, arch, "pt_text", "ftk's TEXT init");
-        parity(m, e, arch, "pt_text");
+        check_parity(m, e, arch, "pt_text");
         round_trip(m, e, arch, "pt_text");
     }
     ftk_model_free(m);
@@ -412,32 +171,26 @@ static void check_text(const char *arch)
  * loads back and trains the same. */
 static void check_ptuning(const char *arch, const char *tag, const struct ftk_kv *opts)
 {
-    struct ftk_st_model *e = fixture(arch);
-    struct ftk_model *m = model_with(arch, "p_tuning", opts, NULL);
+    struct ftk_st_model *e = expected_of(FIX, arch);
+    struct ftk_model *m = tiny_with(arch, "p_tuning", opts, NULL);
     char dir[256];
     snprintf(dir, sizeof dir, FIX "/%s/%s", arch, tag);
-    struct ftk_model *d = model_with(arch, NULL, NULL, dir);
+    struct ftk_model *d = tiny_with(arch, NULL, NULL, dir);
     if (m && d && e) {
-        set_init(m, e, tag);
+        set_from(m, e, tag, "init");
         CHECK_INT(ftk_model_n_trainable(d), 1);
         CHECK_STR(ftk_model_trainable(d, 0)->name, "prompt_embeddings");
-        struct ftk_batch_view b = batch_of(e);
-        float *a = logits_of(m, &b), *c = logits_of(d, &b);
-        const struct ftk_tensor *want = exp_t(e, "%s.logits%s", tag, "");
-        int64_t n = b.B * b.T * ftk_model_get_config(m)->V;
-        double ea = want ? rel_err(a, want->data, n) : 1, ec = want ? rel_err(c, want->data, n) : 1;
+        double ea = logits_err(m, e, tag, "logits"), ec = logits_err(d, e, tag, "logits");
         printf("  %s %s: logits at init: encoder %.2e, peft's saved output loaded %.2e\n", arch, tag, ea, ec);
         CHECK(ea <= 1e-4);
         CHECK(ec <= 1e-4);
-        free(a);
-        free(c);
         generation(d, e, arch, tag, "peft's adapter");
         generation(m, e, arch, tag, "ftk's encoder");
-        parity(m, e, arch, tag);
-        const struct ftk_tensor *po = exp_t(e, "%s.step1.prompt_embeddings_out%s", tag, "");
+        check_parity(m, e, arch, tag);
+        const struct ftk_tensor *po = exp_t(e, tag, "step1", "prompt_embeddings_out");
         if (po) {   /* what peft would save after the step: ftk's save writes the same */
             char sd[512];
-            int kept = save_to(m, arch, tag, sd, sizeof sd);
+            int kept = save_tiny(m, arch, KEEP_ENV, tag, sd, sizeof sd);
             char f[600];
             snprintf(f, sizeof f, "%s/adapter_model.safetensors", sd);
             struct ftk_st_model *st = NULL;
@@ -451,7 +204,7 @@ static void check_ptuning(const char *arch, const char *tag, const struct ftk_kv
             }
             ftk_st_model_close(st);
             if (!kept)
-                rm_adapter(sd);
+                rm_dir(sd);
         }
         round_trip(m, e, arch, tag);
     }
@@ -472,19 +225,10 @@ static void bad_copy(const char *src, const char *from, const char *to, char *di
 
 int main(void)
 {
-    be = ftk_backend_cpu();
-    struct ftk_backend_opts o = {.struct_size = sizeof o, .threads = 1};
-    if (be->create(&o, &ctx) != FTK_OK) {
-        printf("cannot create the cpu backend: %s\n", ftk_last_error());
+    if (plugin_check_begin() != 0)
         return 1;
-    }
-    const struct ftk_loss_plugin *sft;
-    if (ftk_plugin_load_loss("sft", &sft) != FTK_OK || ftk_loss_create(sft, NULL, &loss) != FTK_OK) {
-        printf("cannot load the sft loss: %s\n", ftk_last_error());
-        return 1;
-    }
     TEST("transformers gives the virtual tokens positions 0..P-1 and the real ones P.. (the core's wiring)") {
-        struct ftk_st_model *e = fixture("llama");
+        struct ftk_st_model *e = expected_of(FIX, "llama");
         if (e) {
             float err = scalar(e, "positions", "err");
             printf("  peft's logits vs the base model on [prompt, embeds] with position_ids 0..P+T-1: max diff %g\n", err);
@@ -508,7 +252,7 @@ int main(void)
     TEST("RANDOM and SAMPLE_VOCAB inits: N(0,1) and embedding rows, seeded") {
         const struct ftk_kv ro[] = {{"num_virtual_tokens", "16"}, {NULL, NULL}};
         const struct ftk_kv so[] = {{"num_virtual_tokens", "8"}, {"prompt_tuning_init", "SAMPLE_VOCAB"}, {NULL, NULL}};
-        struct ftk_model *a = model_with("llama", "prompt_tuning", ro, NULL), *b = model_with("llama", "prompt_tuning", ro, NULL);
+        struct ftk_model *a = tiny_with("llama", "prompt_tuning", ro, NULL), *b = tiny_with("llama", "prompt_tuning", ro, NULL);
         if (a && b) {
             struct ftk_param *q = ftk_model_trainable(a, 0);
             double s1 = 0, s2 = 0;
@@ -523,7 +267,7 @@ int main(void)
         }
         ftk_model_free(a);
         ftk_model_free(b);
-        struct ftk_model *m = model_with("qwen3", "prompt_tuning", so, NULL);
+        struct ftk_model *m = tiny_with("qwen3", "prompt_tuning", so, NULL);
         if (m) {
             struct ftk_param *q = ftk_model_trainable(m, 0);
             const struct ftk_model_config *c = ftk_model_get_config(m);
@@ -541,56 +285,47 @@ int main(void)
         ftk_model_free(m);
     }
     TEST("finite differences through the whole path (llama): prompt, MLP and LSTM encoders, LSTM dropout") {
-        struct ftk_st_model *e = fixture("llama");
+        struct ftk_st_model *e = expected_of(FIX, "llama");
         char dir[256];
         snprintf(dir, sizeof dir, FIX "/llama/pt_random");
-        struct ftk_model *m = model_with("llama", NULL, NULL, dir);
+        struct ftk_model *m = tiny_with("llama", NULL, NULL, dir);
         if (m && e)
-            fd_check(m, e, 12, 1e-2, "prompt tuning", 0);
+            fd_check_kinks(m, e, 12, 1e-2, "prompt tuning", 0);
         ftk_model_free(m);
-        m = model_with("llama", "p_tuning", mlp_opts, NULL);
+        m = tiny_with("llama", "p_tuning", mlp_opts, NULL);
         if (m && e)
-            fd_check(m, e, 3, 3e-3, "P-tuning MLP", 0);   /* smaller steps: fewer ReLU kinks inside */
+            fd_check_kinks(m, e, 3, 3e-3, "P-tuning MLP", 0);   /* smaller steps: fewer ReLU kinks inside */
         ftk_model_free(m);
-        m = model_with("llama", "p_tuning", lstm_opts, NULL);
+        m = tiny_with("llama", "p_tuning", lstm_opts, NULL);
         if (m && e)
-            fd_check(m, e, 3, 1e-2, "P-tuning LSTM", 0);
+            fd_check_kinks(m, e, 3, 1e-2, "P-tuning LSTM", 0);
         ftk_model_free(m);
         const struct ftk_kv dro[] = {{"num_virtual_tokens", "3"}, {"encoder_reparameterization_type", "LSTM"},
                                      {"encoder_hidden_size", "5"}, {"encoder_num_layers", "3"}, {"encoder_dropout", "0.3"},
                                      {NULL, NULL}};
-        m = model_with("llama", "p_tuning", dro, NULL);
+        m = tiny_with("llama", "p_tuning", dro, NULL);
         if (m && e) {   /* train-mode forwards draw the same masks (seed, step) */
             struct ftk_batch_view b = batch_of(e);
             double l1 = loss_of_mode(m, &b, 1), l0 = loss_of_mode(m, &b, 0);
             printf("  LSTM dropout 0.3: train loss %.6f, eval loss %.6f\n", l1, l0);
             CHECK(l1 != l0);
             CHECK(loss_of_mode(m, &b, 1) == l1);
-            fd_check(m, e, 2, 3e-3, "P-tuning LSTM, 3 layers, dropout 0.3", 1);
+            fd_check_kinks(m, e, 2, 3e-3, "P-tuning LSTM, 3 layers, dropout 0.3", 1);
         }
         ftk_model_free(m);
         ftk_st_model_close(e);
     }
     TEST("recompute and gradient accumulation: the same gradients") {
-        struct ftk_st_model *e = fixture("qwen3");
-        struct ftk_model *m = model_with("qwen3", "p_tuning", lstm_opts, NULL);
+        struct ftk_st_model *e = expected_of(FIX, "qwen3");
+        struct ftk_model *m = tiny_with("qwen3", "p_tuning", lstm_opts, NULL);
         if (m && e) {
             struct ftk_batch_view b = batch_of(e), h = b;
-            size_t K = ftk_model_n_trainable(m);
             step_grads(m, &b);
-            float **g0 = calloc(K, sizeof *g0);
-            for (size_t i = 0; i < K; i++) {
-                struct ftk_param *q = ftk_model_trainable(m, i);
-                g0[i] = malloc((size_t)q->numel * sizeof(float));
-                memcpy(g0[i], q->g, (size_t)q->numel * sizeof(float));
-            }
+            float **g0 = grads_copy(m);
             ftk_model_set_recompute(m, 1);
             step_grads(m, &b);
-            double er = 0, ea = 0;
-            for (size_t i = 0; i < K; i++) {
-                struct ftk_param *q = ftk_model_trainable(m, i);
-                er = fmax(er, rel_err(q->g, g0[i], q->numel));
-            }
+            double er = grads_err(m, g0);
+            grads_free(m, g0);
             ftk_model_set_recompute(m, 0);
             /* two micro-batches of one row each, gradients summed: d(sum of logps) */
             float lp[2], ones[1] = {1.0f}, full[2] = {1.0f, 1.0f};
@@ -598,10 +333,7 @@ int main(void)
             CHECK_OK(ftk_model_zero_grad(m));
             CHECK_OK(ftk_model_forward(m, &b, 1, lp, nt));
             CHECK_OK(ftk_model_backward(m, full));
-            for (size_t i = 0; i < K; i++) {
-                struct ftk_param *q = ftk_model_trainable(m, i);
-                memcpy(g0[i], q->g, (size_t)q->numel * sizeof(float));
-            }
+            g0 = grads_copy(m);
             CHECK_OK(ftk_model_zero_grad(m));
             h.B = 1;
             for (int r = 0; r < 2; r++) {
@@ -611,12 +343,8 @@ int main(void)
                 CHECK_OK(ftk_model_forward(m, &h, 1, lp, nt));
                 CHECK_OK(ftk_model_backward(m, ones));
             }
-            for (size_t i = 0; i < K; i++) {
-                struct ftk_param *q = ftk_model_trainable(m, i);
-                ea = fmax(ea, rel_err(q->g, g0[i], q->numel));
-                free(g0[i]);
-            }
-            free(g0);
+            double ea = grads_err(m, g0);
+            grads_free(m, g0);
             printf("  recompute: grads rel err %.2e; two micro-batches vs one batch: %.2e\n", er, ea);
             CHECK(er <= 1e-6);
             CHECK(ea <= 1e-5);
@@ -625,8 +353,8 @@ int main(void)
         ftk_st_model_close(e);
     }
     TEST("padded rows as ftk pack writes them (segment_ids 1, padding 0): the unpadded results") {
-        struct ftk_st_model *e = fixture("llama");
-        struct ftk_model *m = model_with("llama", "p_tuning", mlp_opts, NULL);
+        struct ftk_st_model *e = expected_of(FIX, "llama");
+        struct ftk_model *m = tiny_with("llama", "p_tuning", mlp_opts, NULL);
         if (m && e) {
             struct ftk_batch_view b = batch_of(e), pb = b;
             enum { TP = 11 };
@@ -649,20 +377,10 @@ int main(void)
             for (int64_t r = 0; r < 2; r++)
                 memcpy(cc + r * b.T * V, c + r * TP * V, (size_t)(b.T * V) * sizeof(float));
             double el = rel_err(cc, a, 2 * b.T * V);
-            size_t K = ftk_model_n_trainable(m);
-            double l0 = step_grads(m, &b), eg = 0;
-            float **g0 = calloc(K, sizeof *g0);
-            for (size_t i = 0; i < K; i++) {
-                struct ftk_param *q = ftk_model_trainable(m, i);
-                g0[i] = malloc((size_t)q->numel * sizeof(float));
-                memcpy(g0[i], q->g, (size_t)q->numel * sizeof(float));
-            }
-            double l1 = step_grads(m, &pb);
-            for (size_t i = 0; i < K; i++) {
-                eg = fmax(eg, rel_err(ftk_model_trainable(m, i)->g, g0[i], ftk_model_trainable(m, i)->numel));
-                free(g0[i]);
-            }
-            free(g0);
+            double l0 = step_grads(m, &b);
+            float **g0 = grads_copy(m);
+            double l1 = step_grads(m, &pb), eg = grads_err(m, g0);
+            grads_free(m, g0);
             printf("  padded to %d: logits rel err %.2e, loss %.7f (unpadded %.7f), grads %.2e\n", TP, el, l1, l0, eg);
             CHECK(el <= 1e-6);
             CHECK_NEAR(l1, l0, 1e-6);
@@ -679,51 +397,42 @@ int main(void)
         ftk_st_model_close(e);
     }
     TEST("bad options and bad adapters are errors naming them") {
-        struct ftk_model *m;
-        const struct ftk_peft_plugin *pt, *pp;
-        CHECK_OK(ftk_plugin_load_peft("prompt_tuning", &pt));
-        CHECK_OK(ftk_plugin_load_peft("p_tuning", &pp));
-        struct { const struct ftk_peft_plugin *pl; struct ftk_kv kv[5];   /* NULL-key ended */ ftk_status code; const char *msg; } bad[] = {
-            {pt, {{NULL, NULL}}, FTK_E_INVALID, "num_virtual_tokens is required"},
-            {pt, {{"num_virtual_tokens", "0"}, {NULL, NULL}}, FTK_E_INVALID, "num_virtual_tokens 0"},
-            {pt, {{"num_virtual_tokens", "x"}, {NULL, NULL}}, FTK_E_INVALID, "num_virtual_tokens"},
-            {pt, {{"num_virtual_tokens", "4"}, {"prompt_tuning_init", "VOCAB"}, {NULL, NULL}}, FTK_E_UNSUPPORTED, "prompt_tuning_init=VOCAB"},
-            {pt, {{"num_virtual_tokens", "4"}, {"prompt_tuning_init", "TEXT"}, {NULL, NULL}}, FTK_E_INVALID, "prompt_tuning_init_text"},
-            {pt, {{"num_virtual_tokens", "4"}, {"prompt_tuning_init", "TEXT"}, {"prompt_tuning_init_text", "the"}, {NULL, NULL}},
+        const struct bad_option bad[] = {
+            {"prompt_tuning", {{NULL, NULL}}, FTK_E_INVALID, "num_virtual_tokens is required"},
+            {"prompt_tuning", {{"num_virtual_tokens", "0"}, {NULL, NULL}}, FTK_E_INVALID, "num_virtual_tokens 0"},
+            {"prompt_tuning", {{"num_virtual_tokens", "x"}, {NULL, NULL}}, FTK_E_INVALID, "num_virtual_tokens"},
+            {"prompt_tuning", {{"num_virtual_tokens", "4"}, {"prompt_tuning_init", "VOCAB"}, {NULL, NULL}}, FTK_E_UNSUPPORTED, "prompt_tuning_init=VOCAB"},
+            {"prompt_tuning", {{"num_virtual_tokens", "4"}, {"prompt_tuning_init", "TEXT"}, {NULL, NULL}}, FTK_E_INVALID, "prompt_tuning_init_text"},
+            {"prompt_tuning", {{"num_virtual_tokens", "4"}, {"prompt_tuning_init", "TEXT"}, {"prompt_tuning_init_text", "the"}, {NULL, NULL}},
              FTK_E_INVALID, "tokenizer_name_or_path"},
-            {pt, {{"num_virtual_tokens", "4"}, {"prompt_tuning_init", "TEXT"}, {"prompt_tuning_init_text", "the"},
+            {"prompt_tuning", {{"num_virtual_tokens", "4"}, {"prompt_tuning_init", "TEXT"}, {"prompt_tuning_init_text", "the"},
                   {"tokenizer_name_or_path", "meta-llama/Llama-2-7b-hf"}}, FTK_E_NOTFOUND, "tokenizer_name_or_path \"meta-llama/Llama-2-7b-hf\""},
-            {pt, {{"num_virtual_tokens", "4"}, {"token_dim", "32"}, {NULL, NULL}}, FTK_E_MISMATCH, "token_dim 32"},
-            {pt, {{"num_virtual_tokens", "4"}, {"task_type", "SEQ_CLS"}, {NULL, NULL}}, FTK_E_UNSUPPORTED, "task_type SEQ_CLS"},
-            {pt, {{"num_virtual_tokens", "4"}, {"peft_type", "LORA"}, {NULL, NULL}}, FTK_E_INVALID, "peft_type LORA"},
-            {pt, {{"num_virtual_tokens", "4"}, {"num_transformer_submodules", "2"}, {NULL, NULL}}, FTK_E_UNSUPPORTED, "num_transformer_submodules"},
-            {pt, {{"num_virtual_tokens", "4"}, {"num_layers", "3"}, {NULL, NULL}}, FTK_E_MISMATCH, "num_layers 3"},
-            {pt, {{"num_virtual_tokens", "4"}, {"r", "8"}, {NULL, NULL}}, FTK_E_INVALID, "unknown option \"r\" for PROMPT_TUNING"},
-            {pp, {{"num_virtual_tokens", "4"}, {"prompt_tuning_init", "TEXT"}, {NULL, NULL}}, FTK_E_INVALID, "unknown option \"prompt_tuning_init\""},
-            {pp, {{"num_virtual_tokens", "4"}, {"encoder_reparameterization_type", "GRU"}, {NULL, NULL}}, FTK_E_UNSUPPORTED, "GRU"},
-            {pp, {{"num_virtual_tokens", "4"}, {"encoder_dropout", "1.5"}, {NULL, NULL}}, FTK_E_INVALID, "encoder_dropout"},
-            {pp, {{"num_virtual_tokens", "4"}, {"encoder_hidden_size", "0"}, {NULL, NULL}}, FTK_E_INVALID, "encoder_hidden_size"},
-            {pp, {{"num_virtual_tokens", "4"}, {"encoder_reparameterization_type", "LSTM"}, {"encoder_num_layers", "0"}, {NULL, NULL}},
+            {"prompt_tuning", {{"num_virtual_tokens", "4"}, {"token_dim", "32"}, {NULL, NULL}}, FTK_E_MISMATCH, "token_dim 32"},
+            {"prompt_tuning", {{"num_virtual_tokens", "4"}, {"task_type", "SEQ_CLS"}, {NULL, NULL}}, FTK_E_UNSUPPORTED, "task_type SEQ_CLS"},
+            {"prompt_tuning", {{"num_virtual_tokens", "4"}, {"peft_type", "LORA"}, {NULL, NULL}}, FTK_E_INVALID, "peft_type LORA"},
+            {"prompt_tuning", {{"num_virtual_tokens", "4"}, {"num_transformer_submodules", "2"}, {NULL, NULL}}, FTK_E_UNSUPPORTED, "num_transformer_submodules"},
+            {"prompt_tuning", {{"num_virtual_tokens", "4"}, {"num_layers", "3"}, {NULL, NULL}}, FTK_E_MISMATCH, "num_layers 3"},
+            {"prompt_tuning", {{"num_virtual_tokens", "4"}, {"r", "8"}, {NULL, NULL}}, FTK_E_INVALID, "unknown option \"r\" for PROMPT_TUNING"},
+            {"p_tuning", {{"num_virtual_tokens", "4"}, {"prompt_tuning_init", "TEXT"}, {NULL, NULL}}, FTK_E_INVALID, "unknown option \"prompt_tuning_init\""},
+            {"p_tuning", {{"num_virtual_tokens", "4"}, {"encoder_reparameterization_type", "GRU"}, {NULL, NULL}}, FTK_E_UNSUPPORTED, "GRU"},
+            {"p_tuning", {{"num_virtual_tokens", "4"}, {"encoder_dropout", "1.5"}, {NULL, NULL}}, FTK_E_INVALID, "encoder_dropout"},
+            {"p_tuning", {{"num_virtual_tokens", "4"}, {"encoder_hidden_size", "0"}, {NULL, NULL}}, FTK_E_INVALID, "encoder_hidden_size"},
+            {"p_tuning", {{"num_virtual_tokens", "4"}, {"encoder_reparameterization_type", "LSTM"}, {"encoder_num_layers", "0"}, {NULL, NULL}},
              FTK_E_INVALID, "encoder_num_layers"},
         };
-        for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-            CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &m));
-            CHECK_ERR(ftk_model_set_peft(m, bad[i].pl, bad[i].kv, 0, NULL), bad[i].code, bad[i].msg);
-            ftk_model_free(m);
-        }
+        check_bad_options(bad, sizeof bad / sizeof *bad);
         char dir[64];
         bad_copy(FIX "/llama/pt_random", "\"token_dim\": 16", "\"token_dim\": 32", dir, sizeof dir);
-        CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &m));
-        CHECK_ERR(ftk_model_load_adapter(m, dir, 0), FTK_E_MISMATCH, "token_dim 32, but the model's hidden size is 16");
-        ftk_model_free(m);
-        rm_adapter(dir);
+        check_adapter_refused("llama", dir, FTK_E_MISMATCH, "token_dim 32, but the model's hidden size is 16");
+        rm_dir(dir);
         bad_copy(FIX "/llama/ptune_mlp", "\"num_virtual_tokens\": 4", "\"num_virtual_tokens\": 5", dir, sizeof dir);
-        CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &m));
-        CHECK_ERR(ftk_model_load_adapter(m, dir, 0), FTK_E_MISMATCH, "prompt_embeddings has shape [4,16], the model needs [5,16]");
-        ftk_model_free(m);
-        rm_adapter(dir);
+        check_adapter_refused("llama", dir, FTK_E_MISMATCH, "prompt_embeddings has shape [4,16], the model needs [5,16]");
+        rm_dir(dir);
         /* the plugin attached with options, then peft's P-tuning adapter: only its output is there */
-        CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &m));
+        struct ftk_model *m;
+        const struct ftk_peft_plugin *pp;
+        CHECK_OK(ftk_plugin_load_peft("p_tuning", &pp));
+        CHECK_OK(ftk_model_load(PC_TINY "llama", be, ctx, &m));
         CHECK_OK(ftk_model_set_peft(m, pp, mlp_opts, 0, NULL));
         {
             struct ftk_source *src;
@@ -733,7 +442,7 @@ int main(void)
         }
         /* ftk's encoder file from another save than prompt_embeddings */
         {
-            struct ftk_model *a = model_with("llama", "p_tuning", mlp_opts, NULL);
+            struct ftk_model *a = tiny_with("llama", "p_tuning", mlp_opts, NULL);
             char d1[64], d2[64], cmd[256];
             if (a) {
                 snprintf(d1, sizeof d1, "/tmp/ftk_pt_bad_XXXXXX");
@@ -744,18 +453,13 @@ int main(void)
                 CHECK_OK(ftk_peft_get_plugin(ftk_model_peft(a))->save(ftk_model_peft(a), d2, NULL));
                 snprintf(cmd, sizeof cmd, "cp '%s/ftk_prompt_encoder.safetensors' '%s/'", d2, d1);
                 CHECK(system(cmd) == 0);
-                struct ftk_model *r = NULL;
-                CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &r));
-                CHECK_ERR(ftk_model_load_adapter(r, d1, 0), FTK_E_MISMATCH, "different saves");
-                ftk_model_free(r);
-                rm_adapter(d1);
-                rm_adapter(d2);
+                check_adapter_refused("llama", d1, FTK_E_MISMATCH, "different saves");
+                rm_dir(d1);
+                rm_dir(d2);
             }
             ftk_model_free(a);
         }
         ftk_model_free(m);
     }
-    ftk_loss_free(loss);
-    be->destroy(ctx);
-    return check_summary();
+    return plugin_check_end();
 }
