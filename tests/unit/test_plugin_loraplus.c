@@ -5,64 +5,19 @@
  * 16): loss, grad norm and every parameter after each step; plain LoRA (lora_B at 16 lr) and DoRA
  * (its 1-D magnitude too). A run without the ratio must miss peft's step (the test can fail).
  * Errors are max|got - want| / max|want| over each tensor. */
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
 #include "check.h"
-#include "ftk/model.h"
-#include "ftk/safetensors.h"
 #include "ftk/trainer.h"
+#include "plugin_check.h"
 
 #define FIX "tests/fixtures/peft_methods/loraplus"
 #define TARGETS "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
-static const struct ftk_backend *be;
-static void *ctx;
-static struct ftk_loss *loss;
-
-static double rel_err(const float *got, const float *want, int64_t n)
-{
-    double md = 0, mw = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)got[i] - want[i]);
-        if (!(d <= md)) md = d;
-        if (fabs(want[i]) > mw) mw = fabs(want[i]);
-    }
-    return md / (mw > 1e-30 ? mw : 1e-30);
-}
-
-static const float *want(const struct ftk_st_model *e, const char *tag, const char *what, const char *name)
-{
-    char n[512];
-    snprintf(n, sizeof n, "%s.%s%s", tag, what, name);
-    const struct ftk_tensor *t = ftk_st_model_find(e, n);
-    if (!t)
-        printf("  fixture lacks %s\n", n);
-    return t ? t->data : NULL;
-}
-
 /* The tiny llama with the lora plugin (opts) and peft's saved adapter of `tag`. */
 static struct ftk_model *model_with(const struct ftk_kv *opts, const char *tag)
 {
-    struct ftk_model *m = NULL;
-    const struct ftk_peft_plugin *pl;
-    CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &m));
-    ftk_status s = ftk_plugin_load_peft("lora", &pl);
-    if (s == FTK_OK)
-        s = ftk_model_set_peft(m, pl, opts, 0, NULL);
     char dir[256];
     snprintf(dir, sizeof dir, FIX "/%s", tag);
-    struct ftk_source *src;
-    if (s == FTK_OK && (s = ftk_source_open(dir, &src)) == FTK_OK) {
-        s = pl->load(ftk_model_peft(m), src);
-        ftk_source_close(src);
-    }
-    CHECK_OK(s);
-    if (s != FTK_OK) {
-        ftk_model_free(m);
-        return NULL;
-    }
-    return m;
+    return model_at(PC_TINY "llama", "lora", opts, dir, 0);
 }
 
 /* Two trainer steps; returns the worst parameter error over them. */
@@ -75,36 +30,24 @@ static double train2(struct ftk_model *m, const struct ftk_st_model *e, const ch
     if (!t)
         return INFINITY;
     struct ftk_message msg;
-    static const char *const names[] = {"input_ids", "labels", "position_ids", NULL};
-    ftk_message_init(&msg);
-    CHECK_OK(ftk_message_set_meta(&msg, "kind", "batch"));
-    for (const char *const *n = names; *n; n++) {
-        const struct ftk_tensor *x = ftk_st_model_find(e, *n);
-        CHECK_OK(ftk_message_add(&msg, *n, x->dtype, x->ndim, x->shape, x->data, NULL));
-    }
+    batch_message(e, &msg);
     double worst_all = 0;
     for (int k = 0; k < 2; k++) {
         int stepped = 0;
         struct ftk_step_result res;
         CHECK_OK(ftk_trainer_feed(t, &msg, &stepped, &res));
         char what[32];
-        snprintf(what, sizeof what, "step%d.", k + 1);
-        double worst = 0;
-        for (size_t i = 0; i < ftk_model_n_trainable(m); i++) {
-            struct ftk_param *q = ftk_model_trainable(m, i);
-            const float *w = want(e, tag, what, q->name);
-            double r = w ? rel_err(q->w, w, q->numel) : INFINITY;
-            if (!(r <= worst)) worst = r;
-        }
+        snprintf(what, sizeof what, "step%d", k + 1);
+        double worst = trainables_vs(m, e, tag, what, 0);
         snprintf(what, sizeof what, "loss%d", k);
-        const float *wl = want(e, tag, what, "");
+        float wl = scalar(e, tag, what);
         snprintf(what, sizeof what, "grad_norm%d", k);
-        const float *wg = want(e, tag, what, "");
+        float wg = scalar(e, tag, what);
         if (report) {
             printf("  %s step %d: loss %.7f (peft %.7f), grad norm %.6f (peft %.6f), params worst rel err %.2e\n", tag, k,
-                   res.loss, wl ? *wl : NAN, res.grad_norm, wg ? *wg : NAN, worst);
-            CHECK(wl && fabs(res.loss - *wl) <= 1e-5 * fabs(*wl));
-            CHECK(wg && fabs(res.grad_norm - *wg) <= 1e-4 * fabs(*wg));
+                   res.loss, wl, res.grad_norm, wg, worst);
+            CHECK(fabs(res.loss - wl) <= 1e-5 * fabs(wl));
+            CHECK(fabs(res.grad_norm - wg) <= 1e-4 * fabs(wg));
         }
         worst_all = fmax(worst_all, worst);
     }
@@ -123,7 +66,8 @@ static void check(const struct ftk_st_model *e, const char *tag, int dora)
     int scaled = 0, bad = 0;
     for (size_t i = 0; i < ftk_model_n_trainable(m); i++) {   /* lr of each parameter = peft's group lr */
         struct ftk_param *q = ftk_model_trainable(m, i);
-        const float *lr = want(e, tag, "lr.", q->name);
+        const struct ftk_tensor *t = exp_t(e, tag, "lr", q->name);
+        const float *lr = t ? t->data : NULL;
         scaled += q->lr_scale != 1.0f;
         if (!lr || fabsf(1e-2f * q->lr_scale - *lr) > 1e-9f) {
             printf("  %s: lr %g x %g, peft %g\n", q->name, 1e-2, q->lr_scale, lr ? *lr : NAN);
@@ -152,21 +96,11 @@ static void check(const struct ftk_st_model *e, const char *tag, int dora)
 
 int main(void)
 {
-    be = ftk_backend_cpu();
-    struct ftk_backend_opts o = {.struct_size = sizeof o, .threads = 1};
-    if (be->create(&o, &ctx) != FTK_OK) {
-        printf("cannot create the cpu backend: %s\n", ftk_last_error());
+    if (plugin_check_begin() != 0)
         return 1;
-    }
-    const struct ftk_loss_plugin *sft;
-    if (ftk_plugin_load_loss("sft", &sft) != FTK_OK || ftk_loss_create(sft, NULL, &loss) != FTK_OK) {
-        printf("cannot load the sft loss: %s\n", ftk_last_error());
-        return 1;
-    }
-    struct ftk_st_model *e = NULL;
-    CHECK_OK(ftk_st_file_open(FIX "/expected.safetensors", &e));
+    struct ftk_st_model *e = expected_of(FIX, NULL);
     if (!e)
-        return check_summary();
+        return plugin_check_end();
     TEST("LoRA+ ratio 16 against peft create_loraplus_optimizer + torch AdamW (LoRA)") check(e, "lora", 0);
     TEST("LoRA+ ratio 16 against peft create_loraplus_optimizer + torch AdamW (DoRA: the magnitude goes with B)")
         check(e, "dora", 1);
@@ -178,18 +112,15 @@ int main(void)
             {"loraplus_lr_ratio", "16", "loraplus_lr_embedding", "-1", FTK_E_INVALID, "loraplus_lr_embedding"},
             {"loraplus_lr_ratio", "16", "modules_to_save", "norm", FTK_E_UNSUPPORTED, "modules_to_save=norm"},
         };
+        for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+            const struct ftk_kv kv[] = {{bad[i].k, bad[i].v}, {bad[i].k2, bad[i].v2}, {NULL, NULL}};
+            check_refused("lora", kv, bad[i].code, bad[i].msg);
+        }
         const struct ftk_peft_plugin *pl;
         CHECK_OK(ftk_plugin_load_peft("lora", &pl));
-        for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-            struct ftk_model *m = NULL;
-            CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &m));
-            const struct ftk_kv kv[] = {{bad[i].k, bad[i].v}, {bad[i].k2, bad[i].v2}, {NULL, NULL}};
-            CHECK_ERR(ftk_model_set_peft(m, pl, kv, 0, NULL), bad[i].code, bad[i].msg);
-            ftk_model_free(m);
-        }
         /* loraplus_lr_embedding alone (LLaMA-Factory passes it): accepted, nothing to apply it to */
         struct ftk_model *m = NULL;
-        CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &m));
+        CHECK_OK(ftk_model_load(PC_TINY "llama", be, ctx, &m));
         CHECK_OK(ftk_model_set_peft(m, pl, (const struct ftk_kv[]){{"loraplus_lr_ratio", "16"}, {"loraplus_lr_embedding", "1e-6"},
                                                                    {"modules_to_save", "lm_head"}, {NULL, NULL}}, 0, NULL));
         struct ftk_param *lm = ftk_model_find_param(m, "lm_head.weight");   /* 2-D: peft's group A, lr x 1 */
@@ -197,7 +128,5 @@ int main(void)
         ftk_model_free(m);
     }
     ftk_st_model_close(e);
-    ftk_loss_free(loss);
-    be->destroy(ctx);
-    return check_summary();
+    return plugin_check_end();
 }

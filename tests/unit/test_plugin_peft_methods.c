@@ -7,190 +7,13 @@
  * Errors are max|got - want| / max|want| over each tensor (scale-free).
  * FTK_PEFT_METHODS_OUT=DIR keeps the adapters ftk saves after the step, for
  * tests/oracle/check_peft_methods.py (peft loads what ftk trains). */
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #include "check.h"
-#include "ftk/model.h"
-#include "ftk/optim.h"
-#include "ftk/safetensors.h"
+#include "plugin_check.h"
 
-static const struct ftk_backend *be;
-static void *ctx;
-static struct ftk_loss *loss;
-
+#define FIX "tests/fixtures/peft_methods"
 #define LORA_TARGETS "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
-static double rel_err(const float *got, const float *want, int64_t n)
-{
-    double md = 0, mw = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)got[i] - want[i]);
-        if (!(d <= md)) md = d;   /* NaN propagates as a failure */
-        if (fabs(want[i]) > mw) mw = fabs(want[i]);
-    }
-    return md / (mw > 1e-30 ? mw : 1e-30);
-}
-
-static const struct ftk_tensor *exp_t(const struct ftk_st_model *e, const char *fmt, const char *a, const char *b)
-{
-    char n[512];
-    snprintf(n, sizeof n, fmt, a, b);
-    const struct ftk_tensor *t = ftk_st_model_find(e, n);
-    if (!t)
-        printf("  fixture lacks %s\n", n);
-    return t;
-}
-
-static float scalar(const struct ftk_st_model *e, const char *tag, const char *what)
-{
-    const struct ftk_tensor *t = exp_t(e, "%s.%s", tag, what);
-    return t ? ((const float *)t->data)[0] : NAN;
-}
-
-static struct ftk_batch_view batch_of(const struct ftk_st_model *e)
-{
-    struct ftk_batch_view b = {0};
-    const struct ftk_tensor *ids = ftk_st_model_find(e, "input_ids");
-    b.B = ids->shape[0];
-    b.T = ids->shape[1];
-    b.input_ids = ids->data;
-    b.labels = ftk_st_model_find(e, "labels")->data;
-    b.position_ids = ftk_st_model_find(e, "position_ids")->data;
-    return b;
-}
-
-/* The sft token-mean loss of a forward (no gradients), in f64; train = 1 applies dropout with
- * the masks backward uses (they depend on seed, step and site only). */
-static double loss_of_mode(struct ftk_model *m, const struct ftk_batch_view *b, int train)
-{
-    float logps[16];
-    int64_t nt[16], tot = 0;
-    double sum = 0;
-    CHECK_OK(ftk_model_forward(m, b, train, logps, nt));
-    for (int64_t i = 0; i < b->B; i++) {
-        sum += logps[i];
-        tot += nt[i];
-    }
-    return -sum / (double)tot;
-}
-static double loss_of(struct ftk_model *m, const struct ftk_batch_view *b) { return loss_of_mode(m, b, 0); }
-
-/* Forward (train), the sft loss, backward; returns the loss. */
-static double step_grads(struct ftk_model *m, const struct ftk_batch_view *b)
-{
-    float logps[16], dl[16];
-    int64_t nt[16];
-    double L = NAN;
-    struct ftk_metrics met = {0};
-    CHECK_OK(ftk_model_zero_grad(m));
-    CHECK_OK(ftk_model_forward(m, b, 1, logps, nt));
-    int64_t tot = 0;
-    for (int64_t i = 0; i < b->B; i++)
-        tot += nt[i];
-    struct ftk_loss_batch lb = {.B = b->B, .logps = logps, .n_tokens = nt, .n_tokens_total = tot, .accum = 1};
-    CHECK_OK(ftk_loss_compute(loss, &lb, &L, dl, &met));
-    CHECK_OK(ftk_model_backward(m, dl));
-    return L;
-}
-
-/* A tiny model with a method attached: from an adapter directory (adapter_config.json names
- * the plugin) when opts is NULL, else plugin `name` with opts, then (if dir) its load slot. */
-static struct ftk_model *model_with(const char *arch, const char *name, const struct ftk_kv *opts, const char *dir)
-{
-    char p[256];
-    snprintf(p, sizeof p, "tests/fixtures/hf_tiny/%s", arch);
-    struct ftk_model *m = NULL;
-    CHECK_OK(ftk_model_load(p, be, ctx, &m));
-    if (!m)
-        return NULL;
-    ftk_status s;
-    if (!opts) {
-        s = ftk_model_load_adapter(m, dir, 0);
-    } else {
-        const struct ftk_peft_plugin *pl;
-        s = ftk_plugin_load_peft(name, &pl);
-        if (s == FTK_OK)
-            s = ftk_model_set_peft(m, pl, opts, 0, NULL);
-        if (s == FTK_OK && dir) {
-            struct ftk_source *src;
-            if ((s = ftk_source_open(dir, &src)) == FTK_OK) {
-                s = pl->load(ftk_model_peft(m), src);
-                ftk_source_close(src);
-            }
-        }
-    }
-    CHECK_OK(s);
-    if (s != FTK_OK) {
-        ftk_model_free(m);
-        return NULL;
-    }
-    return m;
-}
-
-static float *logits_of(struct ftk_model *m, const struct ftk_batch_view *b)
-{
-    int64_t V = ftk_model_get_config(m)->V;
-    float *l = malloc((size_t)(b->B * b->T * V) * sizeof *l);
-    CHECK_OK(ftk_model_logits(m, b, l));
-    return l;
-}
-
-/* Logits, loss, grads, grad norm, one AdamW step and the loss after it against `tag.*`. */
-static void parity(struct ftk_model *m, const struct ftk_st_model *e, const char *arch, const char *tag)
-{
-    struct ftk_batch_view b = batch_of(e);
-    int64_t V = ftk_model_get_config(m)->V;
-    float *lg = logits_of(m, &b);
-    const struct ftk_tensor *want = exp_t(e, "%s.logits%s", tag, "");
-    double err = want ? rel_err(lg, want->data, b.B * b.T * V) : 1;
-    free(lg);
-    double L0 = step_grads(m, &b);
-    printf("  %s %s: logits rel err %.2e, loss %.7f (peft %.7f)\n", arch, tag, err, L0, scalar(e, tag, "loss"));
-    CHECK(err <= 1e-4);
-    CHECK_NEAR(L0, scalar(e, tag, "loss"), 1e-5);
-
-    size_t K = ftk_model_n_trainable(m);
-    double worst = 0;
-    float *sq = calloc(K, sizeof *sq);
-    for (size_t i = 0; i < K; i++) {
-        struct ftk_param *q = ftk_model_trainable(m, i);
-        const struct ftk_tensor *t = exp_t(e, "%s.grad.%s", tag, q->name);
-        if (!t || t->shape[0] * (t->ndim > 1 ? t->shape[1] : 1) != q->numel) { CHECK(0); continue; }
-        double r = rel_err(q->g, t->data, q->numel);
-        if (!(r <= worst)) worst = r;
-        CHECK_OK(be->sumsq(ctx, &sq[i], q->g, q->numel));
-    }
-    float total = 0, coef = 0;
-    CHECK_OK(ftk_clip_grad_norm_coef(sq, (int64_t)K, 1.0f, &total, &coef));
-    printf("  %s %s: grads (%zu tensors) worst rel err %.2e, grad norm %.6f (peft %.6f)\n", arch, tag, K, worst, total,
-           scalar(e, tag, "grad_norm"));
-    CHECK(worst <= 1e-3);
-    CHECK_NEAR(total, scalar(e, tag, "grad_norm"), 1e-4);
-
-    worst = 0;
-    for (size_t i = 0; i < K; i++) {   /* torch AdamW, lr 1e-2, decay 0.01 where the param decays */
-        struct ftk_param *q = ftk_model_trainable(m, i);
-        float *mom = calloc((size_t)q->numel, sizeof *mom), *var = calloc((size_t)q->numel, sizeof *var);
-        struct ftk_adamw_params hp = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
-                                      .weight_decay = q->decay ? 0.01f : 0.0f, .step = 1, .grad_scale = coef};
-        CHECK_OK(be->adamw_step(ctx, q->w, mom, var, q->g, q->numel, &hp));
-        free(mom);
-        free(var);
-        const struct ftk_tensor *t = exp_t(e, "%s.step1.%s", tag, q->name);
-        if (!t) { CHECK(0); continue; }
-        double r = rel_err(q->w, t->data, q->numel);
-        if (!(r <= worst)) worst = r;
-    }
-    double L1 = loss_of(m, &b);
-    printf("  %s %s: after one AdamW step params worst rel err %.2e, loss %.7f (peft %.7f)\n", arch, tag, worst, L1,
-           scalar(e, tag, "loss1"));
-    CHECK(worst <= 1e-4);
-    CHECK_NEAR(L1, scalar(e, tag, "loss1"), 1e-5);
-    free(sq);
-}
+static const struct parity_tol peft_tol = {.oracle = "peft", .grad = 1e-3, .grad_norm = 1e-4};
 
 /* Saves the method's adapter, loads it into a fresh model (by its adapter_config.json, or
  * plugin + opts), and checks the logits are the same. */
@@ -198,109 +21,29 @@ static void round_trip(struct ftk_model *m, const struct ftk_st_model *e, const 
                        const struct ftk_kv *opts)
 {
     char dir[512];
-    const char *keep = getenv("FTK_PEFT_METHODS_OUT");
-    if (keep && *keep) {
-        snprintf(dir, sizeof dir, "%s/%s", keep, arch);
-        mkdir(keep, 0777);
-        mkdir(dir, 0777);
-        snprintf(dir, sizeof dir, "%s/%s/%s", keep, arch, tag);
-        mkdir(dir, 0777);
-    } else {
-        snprintf(dir, sizeof dir, "/tmp/ftk_peft_methods_XXXXXX");
-        CHECK(mkdtemp(dir) != NULL);
-    }
-    struct ftk_peft *p = ftk_model_peft(m);
-    char base[256];
-    snprintf(base, sizeof base, "tests/fixtures/hf_tiny/%s", arch);
-    CHECK_OK(ftk_peft_get_plugin(p)->save(p, dir, base));
-    struct ftk_model *r = model_with(arch, plugin, opts, dir);
+    int kept = save_tiny(m, arch, "FTK_PEFT_METHODS_OUT", tag, dir, sizeof dir);
+    struct ftk_model *r = tiny_with(arch, plugin, opts, dir);
     if (r) {
         struct ftk_batch_view b = batch_of(e);
-        float *a = logits_of(m, &b), *c = logits_of(r, &b);
-        double err = rel_err(c, a, b.B * b.T * ftk_model_get_config(m)->V);
+        double err = logits_vs(r, m, &b);
         printf("  %s %s: saved and loaded back, logits rel err %.2e\n", arch, tag, err);
         CHECK(err <= 1e-6);
-        free(a);
-        free(c);
         ftk_model_free(r);
     }
-    if (!(keep && *keep)) {
-        char f[600];
-        snprintf(f, sizeof f, "%s/adapter_model.safetensors", dir);
-        unlink(f);
-        snprintf(f, sizeof f, "%s/adapter_config.json", dir);
-        unlink(f);
-        rmdir(dir);
-    }
+    if (!kept)
+        rm_dir(dir);
 }
 
 /* The plugin's merge slot: the model saved with the deltas folded in (ftk_model_save merge=1)
  * and loaded without an adapter gives the adapter's logits. */
 static void merged(struct ftk_model *m, const struct ftk_st_model *e, const char *arch, const char *tag)
 {
-    char dir[64], src[256];
-    snprintf(dir, sizeof dir, "/tmp/ftk_peft_merged_XXXXXX");
-    CHECK(mkdtemp(dir) != NULL);
-    snprintf(src, sizeof src, "tests/fixtures/hf_tiny/%s", arch);
-    CHECK_OK(ftk_model_save(m, src, dir, FTK_DTYPE_F32, 1));
-    struct ftk_model *r = NULL;
-    CHECK_OK(ftk_model_load(dir, be, ctx, &r));
-    if (r) {
-        struct ftk_batch_view b = batch_of(e);
-        float *a = logits_of(m, &b), *c = logits_of(r, &b);
-        double err = rel_err(c, a, b.B * b.T * ftk_model_get_config(m)->V);
-        printf("  %s %s: merged into the weights, logits rel err %.2e\n", arch, tag, err);
-        CHECK(err <= 1e-5);
-        free(a);
-        free(c);
-        ftk_model_free(r);
-    }
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0);
-}
-
-/* Central differences of the loss (f64 sums of F32 forwards) against the analytic gradient at
- * `count` entries spread over the plugin parameters whose name contains `which`. */
-static void fd_check(struct ftk_model *m, const struct ftk_st_model *e, const char *which, int count, double eps, const char *what,
-                     int train)
-{
+    char base[256];
+    snprintf(base, sizeof base, PC_TINY "%s", arch);
     struct ftk_batch_view b = batch_of(e);
-    step_grads(m, &b);
-    size_t K = ftk_model_n_trainable(m), picked = 0;
-    double worst = 0;
-    for (size_t i = 0; i < K; i++) {
-        struct ftk_param *q = ftk_model_trainable(m, i);
-        if (!strstr(q->name, which) || q->base)
-            continue;
-        for (int k = 0; k < count; k++) {
-            int64_t j = (int64_t)((k * 7919 + (int)i * 131) % q->numel);
-            float w0 = q->w[j];   /* host memory: the CPU backend */
-            q->w[j] = w0 + (float)eps;
-            double lp = loss_of_mode(m, &b, train);
-            q->w[j] = w0 - (float)eps;
-            double lm = loss_of_mode(m, &b, train);
-            q->w[j] = w0;
-            double fd = (lp - lm) / (2 * eps), g = q->g[j];
-            double d = fabs(fd - g) / fmax(1e-2, fabs(g));
-            if (!(d <= worst)) worst = d;
-            if (!(fabs(fd - g) <= 2e-3 + 2e-2 * fabs(g)))
-                printf("  %s %s[%lld]: fd %.6g, backward %.6g\n", what, q->name, (long long)j, fd, g);
-            CHECK(fabs(fd - g) <= 2e-3 + 2e-2 * fabs(g));
-            picked++;
-        }
-    }
-    printf("  %s: %zu entries, worst |fd - g| / max(|g|, 1e-2) = %.2e\n", what, picked, worst);
-    CHECK(picked > 0);
-}
-
-static struct ftk_st_model *fixture(const char *arch)
-{
-    char p[256];
-    snprintf(p, sizeof p, "tests/fixtures/peft_methods/%s/expected.safetensors", arch);
-    struct ftk_st_model *e = NULL;
-    CHECK_OK(ftk_st_file_open(p, &e));
-    return e;
+    double err = merged_err(m, base, &b);
+    printf("  %s %s: merged into the weights, logits rel err %.2e\n", arch, tag, err);
+    CHECK(err <= 1e-5);
 }
 
 static const struct ftk_kv dora_opts[] = {
@@ -308,12 +51,12 @@ static const struct ftk_kv dora_opts[] = {
 
 static void check_ia3(const char *arch)
 {
-    struct ftk_st_model *e = fixture(arch);
+    struct ftk_st_model *e = expected_of(FIX, arch);
     char dir[256];
-    snprintf(dir, sizeof dir, "tests/fixtures/peft_methods/%s/ia3", arch);
-    struct ftk_model *m = model_with(arch, NULL, NULL, dir);   /* peft's adapter, by adapter_config.json */
+    snprintf(dir, sizeof dir, FIX "/%s/ia3", arch);
+    struct ftk_model *m = tiny_with(arch, NULL, NULL, dir);   /* peft's adapter, by adapter_config.json */
     if (m && e) {
-        parity(m, e, arch, "ia3");
+        parity(m, e, arch, "ia3", &peft_tol);
         round_trip(m, e, arch, "ia3", NULL, NULL);
         if (!strcmp(arch, "llama"))   /* qwen2's q/v have biases: that merge is refused (below) */
             merged(m, e, arch, "ia3");
@@ -324,13 +67,13 @@ static void check_ia3(const char *arch)
 
 static void check_dora(const char *arch)
 {
-    struct ftk_st_model *e = fixture(arch);
+    struct ftk_st_model *e = expected_of(FIX, arch);
     char dir[256];
-    snprintf(dir, sizeof dir, "tests/fixtures/peft_methods/%s/dora", arch);
+    snprintf(dir, sizeof dir, FIX "/%s/dora", arch);
     /* adapter.c refuses use_dora (docs/plugins.md): the lora plugin is attached directly */
-    struct ftk_model *m = model_with(arch, "lora", dora_opts, dir);
+    struct ftk_model *m = tiny_with(arch, "lora", dora_opts, dir);
     if (m && e) {
-        parity(m, e, arch, "dora");
+        parity(m, e, arch, "dora", &peft_tol);
         round_trip(m, e, arch, "dora", "lora", dora_opts);
         merged(m, e, arch, "dora");
     }
@@ -340,18 +83,13 @@ static void check_dora(const char *arch)
 
 static void check_bitfit(const char *arch)
 {
-    struct ftk_st_model *e = fixture(arch);
-    struct ftk_model *m = model_with(arch, "bitfit", (const struct ftk_kv[]){{NULL, NULL}}, NULL);
+    struct ftk_st_model *e = expected_of(FIX, arch);
+    struct ftk_model *m = tiny_with(arch, "bitfit", (const struct ftk_kv[]){{NULL, NULL}}, NULL);
     if (m && e) {
         size_t K = ftk_model_n_trainable(m);
         CHECK_INT(K, 7 * ftk_model_get_config(m)->L);
-        for (size_t i = 0; i < K; i++) {   /* the oracle's random biases */
-            struct ftk_param *q = ftk_model_trainable(m, i);
-            const struct ftk_tensor *t = exp_t(e, "bitfit.init.%s%s", q->name, "");
-            if (t)
-                CHECK_OK(be->to_device(ctx, q->w, t->data, (size_t)q->numel * sizeof(float)));
-        }
-        parity(m, e, arch, "bitfit");
+        set_from(m, e, "bitfit", "init");   /* the oracle's random biases */
+        parity(m, e, arch, "bitfit", &peft_tol);
         round_trip(m, e, arch, "bitfit", NULL, NULL);
     }
     ftk_model_free(m);
@@ -363,15 +101,15 @@ static void check_bitfit(const char *arch)
  * (ftk runs the init again on the original base, as peft does) and trains like peft. */
 static void check_init(const char *arch, const char *init)
 {
-    struct ftk_st_model *e = fixture(arch);
+    struct ftk_st_model *e = expected_of(FIX, arch);
     const struct ftk_kv opts[] = {{"r", "4"}, {"lora_alpha", "8"}, {"target_modules", LORA_TARGETS},
                                   {"init_lora_weights", init}, {NULL, NULL}};
-    struct ftk_model *m = model_with(arch, "lora", opts, NULL);
+    struct ftk_model *m = tiny_with(arch, "lora", opts, NULL);
     if (m && e) {
         double wa = 0, wr = 0;
         for (size_t i = 0; i < ftk_model_n_trainable(m); i += 2) {
             struct ftk_param *A = ftk_model_trainable(m, i), *B = ftk_model_trainable(m, i + 1);
-            const struct ftk_tensor *ta = exp_t(e, "%s.init.%s", init, A->name), *tb = exp_t(e, "%s.init.%s", init, B->name);
+            const struct ftk_tensor *ta = exp_t(e, init, "init", A->name), *tb = exp_t(e, init, "init", B->name);
             if (!ta || !tb) { CHECK(0); continue; }
             const float *wa_ = ta->data, *wb_ = tb->data;
             int64_t r = A->shape[0], I = A->shape[1], O = B->shape[0];
@@ -396,7 +134,7 @@ static void check_init(const char *arch, const char *init)
             *strstr(hf, ".lora_A.weight") = '\0';
             strcat(hf, ".weight");
             struct ftk_param *W = ftk_model_find_param(m, hf);
-            const struct ftk_tensor *tw = exp_t(e, "%s.residual.%s", init, hf);
+            const struct ftk_tensor *tw = exp_t(e, init, "residual", hf);
             if (!W || !tw) { CHECK(0); continue; }
             double er = rel_err(W->w, tw->data, W->numel);
             if (!(er <= wr)) wr = er;
@@ -407,14 +145,14 @@ static void check_init(const char *arch, const char *init)
         CHECK(wa <= 1e-4);
         CHECK(wr <= 1e-5);
         if (!strcmp(arch, "llama"))
-            fd_check(m, e, "lora_", 2, 1e-2, init, 0);
+            fd_check(m, &b, "lora_", 2, 1e-2, init, 0);
     }
     ftk_model_free(m);
     char dir[256];
-    snprintf(dir, sizeof dir, "tests/fixtures/peft_methods/%s/%s", arch, init);
-    m = model_with(arch, NULL, NULL, dir);
+    snprintf(dir, sizeof dir, FIX "/%s/%s", arch, init);
+    m = tiny_with(arch, NULL, NULL, dir);
     if (m && e) {
-        parity(m, e, arch, init);
+        parity(m, e, arch, init, &peft_tol);
         round_trip(m, e, arch, init, NULL, NULL);
         merged(m, e, arch, init);   /* the residual in memory + s B A */
     }
@@ -424,17 +162,8 @@ static void check_init(const char *arch, const char *init)
 
 int main(void)
 {
-    be = ftk_backend_cpu();
-    struct ftk_backend_opts o = {.struct_size = sizeof o, .threads = 1};
-    if (be->create(&o, &ctx) != FTK_OK) {
-        printf("cannot create the cpu backend: %s\n", ftk_last_error());
+    if (plugin_check_begin() != 0)
         return 1;
-    }
-    const struct ftk_loss_plugin *sft;
-    if (ftk_plugin_load_loss("sft", &sft) != FTK_OK || ftk_loss_create(sft, NULL, &loss) != FTK_OK) {
-        printf("cannot load the sft loss: %s\n", ftk_last_error());
-        return 1;
-    }
     static const char *archs[] = {"llama", "qwen2"};
     for (int i = 0; i < 2; i++) {
         char name[96];
@@ -450,28 +179,29 @@ int main(void)
         TEST(name) check_init(archs[i], "olora");
     }
     TEST("finite differences: (IA)3, DoRA magnitude (with and without dropout), BitFit (llama)") {
-        struct ftk_st_model *e = fixture("llama");
-        struct ftk_model *m = model_with("llama", NULL, NULL, "tests/fixtures/peft_methods/llama/ia3");
+        struct ftk_st_model *e = expected_of(FIX, "llama");
+        struct ftk_batch_view b = e ? batch_of(e) : (struct ftk_batch_view){0};
+        struct ftk_model *m = tiny_with("llama", NULL, NULL, FIX "/llama/ia3");
         if (m && e)
-            fd_check(m, e, "ia3_l", 3, 1e-2, "ia3", 0);
+            fd_check(m, &b, "ia3_l", 3, 1e-2, "ia3", 0);
         ftk_model_free(m);
         /* DoRA's A and B get peft's gradient with the norm detached (not the loss's derivative);
          * the magnitude's is exact, and layer 0's goes through layer 1's dx */
-        m = model_with("llama", "lora", dora_opts, "tests/fixtures/peft_methods/llama/dora");
+        m = tiny_with("llama", "lora", dora_opts, FIX "/llama/dora");
         if (m && e)
-            fd_check(m, e, "magnitude", 3, 1e-2, "dora", 0);
+            fd_check(m, &b, "magnitude", 3, 1e-2, "dora", 0);
         ftk_model_free(m);
-        m = model_with("llama", "bitfit", (const struct ftk_kv[]){{NULL, NULL}}, NULL);
+        m = tiny_with("llama", "bitfit", (const struct ftk_kv[]){{NULL, NULL}}, NULL);
         if (m && e)
-            fd_check(m, e, ".bias", 3, 1e-2, "bitfit", 0);
+            fd_check(m, &b, ".bias", 3, 1e-2, "bitfit", 0);
         ftk_model_free(m);
         /* DoRA with lora_dropout: the base path uses dropout(x) W^T too (peft), backward goes
          * through the same mask; train-mode forwards draw the masks again */
         const struct ftk_kv dd[] = {{"r", "4"}, {"lora_alpha", "8"}, {"target_modules", LORA_TARGETS}, {"use_dora", "true"},
                                     {"lora_dropout", "0.3"}, {NULL, NULL}};
-        m = model_with("llama", "lora", dd, "tests/fixtures/peft_methods/llama/dora");
+        m = tiny_with("llama", "lora", dd, FIX "/llama/dora");
         if (m && e)
-            fd_check(m, e, "magnitude", 3, 1e-2, "dora, dropout 0.3", 1);
+            fd_check(m, &b, "magnitude", 3, 1e-2, "dora, dropout 0.3", 1);
         ftk_model_free(m);
         ftk_st_model_close(e);
     }
@@ -485,7 +215,7 @@ int main(void)
             struct ftk_model *m;
             const struct ftk_peft_plugin *pl;
             struct ftk_peft *p = NULL;
-            CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/qwen2", be, ctx, &m));
+            CHECK_OK(ftk_model_load(PC_TINY "qwen2", be, ctx, &m));
             CHECK_OK(ftk_plugin_load_peft(plug[pi], &pl));
             const struct ftk_kv bo[] = {{"target_modules", "q_proj,o_proj"}, {NULL, NULL}};
             const struct ftk_kv io[] = {{"target_modules", "q_proj,down_proj"}, {"feedforward_modules", "down_proj"}, {NULL, NULL}};
@@ -563,26 +293,26 @@ int main(void)
     TEST("bad options are errors naming them") {
         struct ftk_model *m;
         const struct ftk_peft_plugin *pl;
-        CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &m));
+        CHECK_OK(ftk_model_load(PC_TINY "llama", be, ctx, &m));
         CHECK_OK(ftk_plugin_load_peft("ia3", &pl));
         CHECK_ERR(ftk_model_set_peft(m, pl, (const struct ftk_kv[]){{"target_modules", "k_proj"}, {"feedforward_modules", "down_proj"}, {NULL, NULL}}, 0, NULL),
                   FTK_E_INVALID, "feedforward_modules");
         ftk_model_free(m);
-        CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &m));
+        CHECK_OK(ftk_model_load(PC_TINY "llama", be, ctx, &m));
         CHECK_OK(ftk_plugin_load_peft("lora", &pl));
         CHECK_ERR(ftk_model_set_peft(m, pl, (const struct ftk_kv[]){{"init_lora_weights", "loftq"}, {NULL, NULL}}, 0, NULL),
                   FTK_E_UNSUPPORTED, "init_lora_weights=loftq");
         ftk_model_free(m);
-        CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &m));
+        CHECK_OK(ftk_model_load(PC_TINY "llama", be, ctx, &m));
         CHECK_ERR(ftk_model_set_peft(m, pl, (const struct ftk_kv[]){{"init_lora_weights", "pissa_niter_x"}, {NULL, NULL}}, 0, NULL),
                   FTK_E_INVALID, "pissa_niter_x: N of pissa_niter_N must be a whole number");
         ftk_model_free(m);
-        CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &m));
+        CHECK_OK(ftk_model_load(PC_TINY "llama", be, ctx, &m));
         CHECK_ERR(ftk_model_set_peft(m, pl, (const struct ftk_kv[]){{"loraplus_lr_ratio", "-1"}, {NULL, NULL}}, 0, NULL),
                   FTK_E_INVALID, "loraplus_lr_ratio");
         ftk_model_free(m);
-        CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/qwen2", be, ctx, &m));   /* (IA)3 on q_proj with a bias */
-        CHECK_OK(ftk_model_load_adapter(m, "tests/fixtures/peft_methods/qwen2/ia3", 0));
+        CHECK_OK(ftk_model_load(PC_TINY "qwen2", be, ctx, &m));   /* (IA)3 on q_proj with a bias */
+        CHECK_OK(ftk_model_load_adapter(m, FIX "/qwen2/ia3", 0));
         {
             struct ftk_peft *p = ftk_model_peft(m);
             float w[8 * 16];
@@ -595,11 +325,7 @@ int main(void)
                 CHECK_ERR(ftk_peft_get_plugin(p)->merge(p, q, w), FTK_E_UNSUPPORTED, "scale its bias");
         }
         ftk_model_free(m);
-        CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/qwen3", be, ctx, &m));
-        CHECK_ERR(ftk_model_load_adapter(m, "tests/fixtures/peft_methods/llama/ia3", 0), FTK_E_MISMATCH, "adapter for another base");
-        ftk_model_free(m);
+        check_adapter_refused("qwen3", FIX "/llama/ia3", FTK_E_MISMATCH, "adapter for another base");
     }
-    ftk_loss_free(loss);
-    be->destroy(ctx);
-    return check_summary();
+    return plugin_check_end();
 }
