@@ -45,3 +45,19 @@ fixture_stream() {
     { printf '{"kind":"stream","meta":{"producer":"test","batches":"%s"}}\n' "$2"
       for _ in $(seq "$2"); do echo "$b"; done; } | ftk dump --from-json
 }
+# check_trained MODEL DIR B1 METRICS [PREFIX]: a train-step run that wrote DIR (--save-steps 3)
+# and METRICS: the loss falls, and eval --adapter DIR/checkpoint-3 on the batch B1 gives the 4th
+# step's loss (the model after 3 steps); PREFIX starts the checks' names.
+check_trained() {
+    local m=$1 d=$2 b1=$3 metrics=$4 pre=${5:-}
+    check "${pre}the loss falls" jq -se '.[0].loss > .[-1].loss' "$metrics"
+    check_eq "${pre}eval --adapter checkpoint-3 = the 4th step's loss" \
+        "$(ftk eval --model "$m" --adapter "$d/checkpoint-3" -q "$b1" | jq '.loss * 1e5 | round')" \
+        "$(jq -s '.[3].loss * 1e5 | round' "$metrics")"
+}
+# example_stream IDS: a stream of one example with input_ids IDS (a JSON list), for generate.
+example_stream() {
+    printf '{"kind":"stream","meta":{"producer":"t"}}\n{"kind":"example","tensors":{"input_ids":%s}}\n' "$1" | ftk dump --from-json
+}
+# st_header FILE: the JSON header of a safetensors file.
+st_header() { local hl; hl=$(od -An -t u8 -N 8 "$1" | tr -d ' '); dd if="$1" bs=1 skip=8 count="$hl" 2>/dev/null; }

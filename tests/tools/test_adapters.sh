@@ -9,29 +9,8 @@ FIX="$ROOT/tests/fixtures/hf_tiny"
 AD="$ROOT/tests/fixtures/peft_methods/adapters"
 M="$FIX/llama"
 
-# The fixture batch of llama's expected.safetensors as a batch message (as test_train_step.sh).
-fixture_batch() {
-    local f="$FIX/$1/expected.safetensors" hl hdr out='{"kind":"batch","tensors":{' sep=''
-    hl=$(od -An -t u8 -N 8 "$f" | tr -d ' ')
-    hdr=$(dd if="$f" bs=1 skip=8 count="$hl" 2>/dev/null)
-    for t in input_ids labels position_ids; do
-        local b e shape vals
-        b=$(jq -r ".${t}.data_offsets[0]" <<<"$hdr"); e=$(jq -r ".${t}.data_offsets[1]" <<<"$hdr")
-        shape=$(jq -c ".${t}.shape" <<<"$hdr")
-        vals=$(od -An -t d4 -v -j $((8 + hl + b)) -N $((e - b)) "$f" | tr -s ' \n' ' ' | sed 's/^ //; s/ $//; s/ /,/g')
-        out+="$sep\"$t\":{\"dtype\":\"I32\",\"shape\":$shape,\"data\":$(jq -c --argjson s "$shape" \
-            '[range(0; $s[0]) as $r | .[$r*$s[1]:($r+1)*$s[1]]]' <<<"[$vals]")}"
-        sep=','
-    done
-    echo "$out}}"
-}
-batches() {   # N: a stream of N copies of the fixture batch
-    local b; b=$(fixture_batch llama)
-    { printf '{"kind":"stream","meta":{"producer":"test","batches":"%s"}}\n' "$1"
-      for _ in $(seq "$1"); do echo "$b"; done; } | ftk dump --from-json
-}
-batches 4 > "$T/b4.fts"
-batches 1 > "$T/b1.fts"
+fixture_stream "$M/expected.safetensors" 4 > "$T/b4.fts"
+fixture_stream "$M/expected.safetensors" 1 > "$T/b1.fts"
 common=(--lr 1e-2 --lr-scheduler constant --weight-decay 0.01 --seed 3)
 
 hou=(--finetuning-type bottleneck --peft-opt config=houlsby --peft-opt reduction_factor=4 --peft-opt init_weights=bert)
@@ -39,20 +18,15 @@ check "Houlsby adapters, 4 steps, checkpoint at 3" ftk train-step --model "$M" "
     --output "$T/hou" --metrics "$T/m.jsonl" "$T/b4.fts"
 check_eq "adapter config" "$(jq -c '[.peft_type, .config, .mh_adapter, .output_adapter, .bottleneck_size, .non_linearity]' "$T/hou/adapter_config.json")" \
     '["BOTTLENECK","houlsby",true,true,4,"swish"]'
-st_header() { local hl; hl=$(od -An -t u8 -N 8 "$1" | tr -d ' '); dd if="$1" bs=1 skip=8 count="$hl" 2>/dev/null; }
 check_eq "adapters' Llama tensor names" "$(st_header "$T/hou/adapter_model.safetensors" | jq -c 'del(.__metadata__) | keys | length, .[0]')" \
     "$(printf '16\n"model.layers.0.attention_adapters.adapters.default.adapter_down.0.bias"')"
-check "the loss falls" jq -se '.[0].loss > .[-1].loss' "$T/m.jsonl"
-check_eq "eval --adapter checkpoint-3 = the 4th step's loss" \
-    "$(ftk eval --model "$M" --adapter "$T/hou/checkpoint-3" -q "$T/b1.fts" | jq '.loss * 1e5 | round')" \
-    "$(jq -s '.[3].loss * 1e5 | round' "$T/m.jsonl")"
+check_trained "$M" "$T/hou" "$T/b1.fts" "$T/m.jsonl"
 check "resume from checkpoint-3" ftk train-step --model "$M" "${hou[@]}" "${common[@]}" --resume "$T/hou/checkpoint-3" \
     --output "$T/res" --metrics /dev/null "$T/b4.fts"
 check "resumed adapter is bit-identical" cmp "$T/hou/adapter_model.safetensors" "$T/res/adapter_model.safetensors"
 check "and the optimizer moments" cmp "$T/hou/trainer_state.safetensors" "$T/res/trainer_state.safetensors"
 
-echo '{"kind":"stream","meta":{"producer":"t"}}
-{"kind":"example","tensors":{"input_ids":[50,57,34,34,61]}}' | ftk dump --from-json > "$T/ex.fts"
+example_stream '[50,57,34,34,61]' > "$T/ex.fts"
 check "generate --adapter (Houlsby)" bash -c "ftk generate --model '$M' --adapter '$T/hou' --max-new-tokens 6 '$T/ex.fts' | jq -e '.ids | length > 0'"
 check "generate --adapter (the parallel fixture)" bash -c "ftk generate --model '$M' --adapter '$AD/parallel' --max-new-tokens 6 '$T/ex.fts' | jq -e '.ids | length > 0'"
 check_fail "generate --adapter (PALs) is refused" 1 "PALs cannot generate with a KV cache" \

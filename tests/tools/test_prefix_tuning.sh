@@ -8,30 +8,9 @@
 FIX="$ROOT/tests/fixtures/hf_tiny"
 PT="$ROOT/tests/fixtures/peft_methods/prefix_tuning"
 
-# The fixture batch of qwen3's expected.safetensors as a batch message (as test_train_step.sh).
-fixture_batch() {
-    local f="$FIX/$1/expected.safetensors" hl hdr out='{"kind":"batch","tensors":{' sep=''
-    hl=$(od -An -t u8 -N 8 "$f" | tr -d ' ')
-    hdr=$(dd if="$f" bs=1 skip=8 count="$hl" 2>/dev/null)
-    for t in input_ids labels position_ids; do
-        local b e shape vals
-        b=$(jq -r ".${t}.data_offsets[0]" <<<"$hdr"); e=$(jq -r ".${t}.data_offsets[1]" <<<"$hdr")
-        shape=$(jq -c ".${t}.shape" <<<"$hdr")
-        vals=$(od -An -t d4 -v -j $((8 + hl + b)) -N $((e - b)) "$f" | tr -s ' \n' ' ' | sed 's/^ //; s/ $//; s/ /,/g')
-        out+="$sep\"$t\":{\"dtype\":\"I32\",\"shape\":$shape,\"data\":$(jq -c --argjson s "$shape" \
-            '[range(0; $s[0]) as $r | .[$r*$s[1]:($r+1)*$s[1]]]' <<<"[$vals]")}"
-        sep=','
-    done
-    echo "$out}}"
-}
-batches() {   # ARCH N: a stream of N copies of the fixture batch
-    local b; b=$(fixture_batch "$1")
-    { printf '{"kind":"stream","meta":{"producer":"test","batches":"%s"}}\n' "$2"
-      for _ in $(seq "$2"); do echo "$b"; done; } | ftk dump --from-json
-}
-batches qwen3 4 > "$T/b4.fts"
-batches qwen3 1 > "$T/b1.fts"
 M="$FIX/qwen3"
+fixture_stream "$M/expected.safetensors" 4 > "$T/b4.fts"
+fixture_stream "$M/expected.safetensors" 1 > "$T/b1.fts"
 proj=(--finetuning-type prefix_tuning --peft-opt num_virtual_tokens=4 --peft-opt prefix_projection=true
       --peft-opt encoder_hidden_size=12 --lr 1e-2 --lr-scheduler constant --weight-decay 0.01 --seed 3)
 
@@ -41,15 +20,10 @@ check "peft's files and the MLP" test -f "$T/pt/adapter_config.json" -a -f "$T/p
     -a -f "$T/pt/prefix_encoder.safetensors" -a -f "$T/pt/checkpoint-3/prefix_encoder.safetensors"
 check_eq "adapter config" "$(jq -c '[.peft_type, .num_virtual_tokens, .prefix_projection, .inference_mode, .token_dim, .num_attention_heads]' "$T/pt/adapter_config.json")" \
     '["PREFIX_TUNING",4,true,false,16,2]'
-st_header() { local hl; hl=$(od -An -t u8 -N 8 "$1" | tr -d ' '); dd if="$1" bs=1 skip=8 count="$hl" 2>/dev/null; }
 check_eq "prompt_embeddings (P, 2 layers x k,v x 2 kv heads x 8), the MLP as peft's PrefixEncoder" \
     "$(st_header "$T/pt/adapter_model.safetensors" | jq -c '.prompt_embeddings.shape') $(st_header "$T/pt/prefix_encoder.safetensors" | jq -c 'del(.__metadata__) | to_entries | map("\(.key)\(.value.shape)") | sort')" \
     '[4,64] ["embedding.weight[4,16]","transform.0.bias[12]","transform.0.weight[12,16]","transform.2.bias[64]","transform.2.weight[64,12]"]'
-check "the loss falls" jq -se '.[0].loss > .[-1].loss' "$T/m.jsonl"
-# the 4th step's loss is the model after 3 steps: eval of checkpoint-3 reads it back
-check_eq "eval --adapter checkpoint-3 = the 4th step's loss" \
-    "$(ftk eval --model "$M" --adapter "$T/pt/checkpoint-3" -q "$T/b1.fts" | jq '.loss * 1e5 | round')" \
-    "$(jq -s '.[3].loss * 1e5 | round' "$T/m.jsonl")"
+check_trained "$M" "$T/pt" "$T/b1.fts" "$T/m.jsonl"
 check "resume from checkpoint-3" ftk train-step --model "$M" "${proj[@]}" --resume "$T/pt/checkpoint-3" --output "$T/res" \
     --metrics /dev/null "$T/b4.fts"
 check "resumed prefix and MLP are bit-identical" cmp "$T/pt/adapter_model.safetensors" "$T/res/adapter_model.safetensors"
@@ -65,8 +39,7 @@ check "train on from an adapter" ftk train-step --model "$M" --adapter "$T/p2" -
 
 # generate: peft's saved adapters (fixtures); peft's greedy generate (no eos within 8 tokens) gave
 # qwen3 noproj [9,34,59,51,51,52,26,21], proj [31 x 8] for the prompt [19,52,57,9]
-echo '{"kind":"stream","meta":{"producer":"t"}}
-{"kind":"example","tensors":{"input_ids":[19,52,57,9]}}' | ftk dump --from-json > "$T/ex.fts"
+example_stream '[19,52,57,9]' > "$T/ex.fts"
 check_eq "generate --adapter (P-tuning v2) = peft's greedy generate" \
     "$(ftk generate --model "$M" --adapter "$PT/qwen3/noproj" --max-new-tokens 8 "$T/ex.fts" | jq -c .ids)" "[9,34,59,51,51,52,26,21]"
 check_eq "generate --adapter (projection) = peft's greedy generate" \

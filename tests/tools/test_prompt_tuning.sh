@@ -8,31 +8,9 @@
 FIX="$ROOT/tests/fixtures/hf_tiny"
 PT="$ROOT/tests/fixtures/peft_methods/prompt_tuning"
 
-# The fixture batch of llama's expected.safetensors as a batch message (as test_train_step.sh).
-fixture_batch() {
-    local f="$FIX/$1/expected.safetensors" hl hdr out='{"kind":"batch","tensors":{' sep=''
-    hl=$(od -An -t u8 -N 8 "$f" | tr -d ' ')
-    hdr=$(dd if="$f" bs=1 skip=8 count="$hl" 2>/dev/null)
-    for t in input_ids labels position_ids; do
-        local b e shape vals
-        b=$(jq -r ".${t}.data_offsets[0]" <<<"$hdr"); e=$(jq -r ".${t}.data_offsets[1]" <<<"$hdr")
-        shape=$(jq -c ".${t}.shape" <<<"$hdr")
-        vals=$(od -An -t d4 -v -j $((8 + hl + b)) -N $((e - b)) "$f" | tr -s ' \n' ' ' | sed 's/^ //; s/ $//; s/ /,/g')
-        out+="$sep\"$t\":{\"dtype\":\"I32\",\"shape\":$shape,\"data\":$(jq -c --argjson s "$shape" \
-            '[range(0; $s[0]) as $r | .[$r*$s[1]:($r+1)*$s[1]]]' <<<"[$vals]")}"
-        sep=','
-    done
-    echo "$out}}"
-}
-batches() {   # ARCH N: a stream of N copies of the fixture batch
-    local b; b=$(fixture_batch "$1")
-    { printf '{"kind":"stream","meta":{"producer":"test","batches":"%s"}}\n' "$2"
-      for _ in $(seq "$2"); do echo "$b"; done; } | ftk dump --from-json
-}
-batches llama 4 > "$T/b4.fts"
-batches llama 1 > "$T/b1.fts"
 M="$FIX/llama"
-st_header() { local hl; hl=$(od -An -t u8 -N 8 "$1" | tr -d ' '); dd if="$1" bs=1 skip=8 count="$hl" 2>/dev/null; }
+fixture_stream "$M/expected.safetensors" 4 > "$T/b4.fts"
+fixture_stream "$M/expected.safetensors" 1 > "$T/b1.fts"
 
 text=(--finetuning-type prompt_tuning --peft-opt num_virtual_tokens=4 --peft-opt prompt_tuning_init=TEXT
       --peft-opt "prompt_tuning_init_text=the cat" --peft-opt "tokenizer_name_or_path=$PT/tokenizer"
@@ -42,10 +20,7 @@ check "prompt tuning (TEXT init), 4 steps, checkpoint at 3" ftk train-step --mod
 check_eq "peft's files: adapter_config.json, prompt_embeddings (P, C)" \
     "$(jq -c '[.peft_type, .num_virtual_tokens, .token_dim, .prompt_tuning_init, .inference_mode]' "$T/pt/adapter_config.json") $(st_header "$T/pt/adapter_model.safetensors" | jq -c 'del(.__metadata__) | to_entries | map("\(.key)\(.value.shape)")')" \
     '["PROMPT_TUNING",4,16,"TEXT",true] ["prompt_embeddings[4,16]"]'
-check "the loss falls" jq -se '.[0].loss > .[-1].loss' "$T/m.jsonl"
-check_eq "eval --adapter checkpoint-3 = the 4th step's loss" \
-    "$(ftk eval --model "$M" --adapter "$T/pt/checkpoint-3" -q "$T/b1.fts" | jq '.loss * 1e5 | round')" \
-    "$(jq -s '.[3].loss * 1e5 | round' "$T/m.jsonl")"
+check_trained "$M" "$T/pt" "$T/b1.fts" "$T/m.jsonl"
 check "resume from checkpoint-3" ftk train-step --model "$M" "${text[@]}" --resume "$T/pt/checkpoint-3" --output "$T/res" \
     --metrics /dev/null "$T/b4.fts"
 check "resumed prompt is bit-identical" cmp "$T/pt/adapter_model.safetensors" "$T/res/adapter_model.safetensors"
@@ -73,8 +48,7 @@ check_eq "P_TUNING config kept, no encoder file" \
 
 # generate: peft's saved adapters (fixtures) and peft's greedy generate for the prompt
 # input_ids[0,:5] of the fixture batch (tests/oracle/prompt_tuning.py's M.gen0)
-echo '{"kind":"stream","meta":{"producer":"t"}}
-{"kind":"example","tensors":{"input_ids":[50,57,34,34,61]}}' | ftk dump --from-json > "$T/ex.fts"
+example_stream '[50,57,34,34,61]' > "$T/ex.fts"
 for want in "pt_random [1,21,15,8,21,15,8,21,46,42]" "pt_text [16,15,1,21,5,2,16,16,15,6]" \
             "ptune_mlp [47,54,38,47,4,55,38,47,4,28]" "ptune_lstm [21,5,21,17,1,1,1,1,50,21]"; do
     set -- $want

@@ -5,26 +5,7 @@
 # the projection, the saved adapter loading through --adapter, and option errors.
 . "$(dirname "$0")/lib.sh"
 FIX="$ROOT/tests/fixtures/hf_tiny"
-
-# The fixture batch of expected.safetensors as a batch message (as test_train_step.sh does).
-fixture_batch() {
-    local f="$FIX/$1/expected.safetensors" hl hdr out='{"kind":"batch","tensors":{' sep=''
-    hl=$(od -An -t u8 -N 8 "$f" | tr -d ' ')
-    hdr=$(dd if="$f" bs=1 skip=8 count="$hl" 2>/dev/null)
-    for t in input_ids labels position_ids; do
-        local b e shape vals
-        b=$(jq -r ".${t}.data_offsets[0]" <<<"$hdr"); e=$(jq -r ".${t}.data_offsets[1]" <<<"$hdr")
-        shape=$(jq -c ".${t}.shape" <<<"$hdr")
-        vals=$(od -An -t d4 -v -j $((8 + hl + b)) -N $((e - b)) "$f" | tr -s ' \n' ' ' | sed 's/^ //; s/ $//; s/ /,/g')
-        out+="$sep\"$t\":{\"dtype\":\"I32\",\"shape\":$shape,\"data\":$(jq -c --argjson s "$shape" \
-            '[range(0; $s[0]) as $r | .[$r*$s[1]:($r+1)*$s[1]]]' <<<"[$vals]")}"
-        sep=','
-    done
-    echo "$out}}"
-}
-b=$(fixture_batch llama)
-{ printf '{"kind":"stream","meta":{"producer":"test","batches":"6"}}\n'; for _ in 1 2 3 4 5 6; do echo "$b"; done; } \
-    | ftk dump --from-json > "$T/b6.fts"
+fixture_stream "$FIX/llama/expected.safetensors" 6 > "$T/b6.fts"
 
 opts=(--model "$FIX/llama" --finetuning-type diffprune --peft-opt sparsity_pen=1e-3 --peft-opt alpha_lr_ratio=100
       --peft-opt target_sparsity=0.1 --peft-opt projection_step=3 --lr 1e-3 --lr-scheduler constant --seed 5)
@@ -32,8 +13,7 @@ check "straight run: 6 steps, projection after step 4" ftk train-step "${opts[@]
 check_eq "adapter config" "$(jq -c '[.peft_type, .projected, .target_sparsity, .projection_step, (.target_modules | length)]' \
     "$T/straight/adapter_config.json")" '["DIFF_PRUNING",true,0.1,3,7]'
 # 14 sites x (indices, values); 384 = 10% of the 3840 weights of the tiny model's linears
-check_eq "the sparse diff: 384 entries" "$(od -An -t u8 -N 8 "$T/straight/adapter_model.safetensors" | tr -d ' ' | {
-    read -r hl; dd if="$T/straight/adapter_model.safetensors" bs=1 skip=8 count="$hl" 2>/dev/null; } \
+check_eq "the sparse diff: 384 entries" "$(st_header "$T/straight/adapter_model.safetensors" \
     | jq '[to_entries[] | select(.key | endswith(".diff_values")) | .value.shape[0]] | add')" "384"
 # the penalty (lambda * sum sigmoid(alpha)) is in the loss of steps 1-4, not after the projection
 check "loss includes the penalty before the projection only" jq -se \
