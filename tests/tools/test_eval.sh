@@ -15,23 +15,9 @@ HF="$FIX/hf_tiny"
 M="$ROOT/models/stories260K"
 EV="$FIX/eval"
 
-# loss: the fixture batch of hf_tiny/llama as a stream (the I32 tensors read with od)
-fixture_batch() {
-    local f="$HF/$1/expected.safetensors" hl hdr out='{"kind":"batch","tensors":{' sep=''
-    hl=$(od -An -t u8 -N 8 "$f" | tr -d ' ')
-    hdr=$(dd if="$f" bs=1 skip=8 count="$hl" 2>/dev/null)
-    for t in input_ids labels position_ids; do
-        local b e shape vals
-        b=$(jq -r ".${t}.data_offsets[0]" <<<"$hdr"); e=$(jq -r ".${t}.data_offsets[1]" <<<"$hdr")
-        shape=$(jq -c ".${t}.shape" <<<"$hdr")
-        vals=$(od -An -t d4 -v -j $((8 + hl + b)) -N $((e - b)) "$f" | tr -s ' \n' ' ' | sed 's/^ //; s/ $//; s/ /,/g')
-        out+="$sep\"$t\":{\"dtype\":\"I32\",\"shape\":$shape,\"data\":$(jq -c --argjson s "$shape" \
-            '[range(0; $s[0]) as $r | .[$r*$s[1]:($r+1)*$s[1]]]' <<<"[$vals]")}"
-        sep=','
-    done
-    echo "$out}}"
-}
-{ echo '{"kind":"stream","meta":{"producer":"test"}}'; fixture_batch llama; fixture_batch llama; } | ftk dump --from-json > "$T/b.fts"
+# loss: the fixture batch of hf_tiny/llama twice, as a stream
+{ echo '{"kind":"stream","meta":{"producer":"test"}}'; fixture_batch "$HF/llama/expected.safetensors"
+  fixture_batch "$HF/llama/expected.safetensors"; } | ftk dump --from-json > "$T/b.fts"
 check "loss: base model" ftk eval --model "$HF/llama" --per-example "$T/rows.jsonl" "$T/b.fts"
 cp "$T/out" "$T/loss.json"
 # transformers: loss 4.582889 (base), 4.790599 (peft adapter) on this batch

@@ -5,28 +5,9 @@
 . "$(dirname "$0")/lib.sh"
 FIX="$ROOT/tests/fixtures/hf_tiny"
 
-# The fixture batch of expected.safetensors (tests/oracle/hf_tiny_models.py) as a batch
-# message: the I32 tensors read with od at the offsets its JSON header gives.
-fixture_batch() {
-    local f="$FIX/$1/expected.safetensors" hl hdr out='{"kind":"batch","tensors":{' sep=''
-    hl=$(od -An -t u8 -N 8 "$f" | tr -d ' ')
-    hdr=$(dd if="$f" bs=1 skip=8 count="$hl" 2>/dev/null)
-    for t in input_ids labels position_ids; do
-        local b e shape vals
-        b=$(jq -r ".${t}.data_offsets[0]" <<<"$hdr"); e=$(jq -r ".${t}.data_offsets[1]" <<<"$hdr")
-        shape=$(jq -c ".${t}.shape" <<<"$hdr")
-        vals=$(od -An -t d4 -v -j $((8 + hl + b)) -N $((e - b)) "$f" | tr -s ' \n' ' ' | sed 's/^ //; s/ $//; s/ /,/g')
-        out+="$sep\"$t\":{\"dtype\":\"I32\",\"shape\":$shape,\"data\":$(jq -c --argjson s "$shape" \
-            '[range(0; $s[0]) as $r | .[$r*$s[1]:($r+1)*$s[1]]]' <<<"[$vals]")}"
-        sep=','
-    done
-    echo "$out}}"
-}
-batches() {   # ARCH N: a stream of N copies of the fixture batch
-    local b; b=$(fixture_batch "$1")
-    { printf '{"kind":"stream","meta":{"producer":"test","batches":"%s"}}\n' "$2"
-      for _ in $(seq "$2"); do echo "$b"; done; } | ftk dump --from-json
-}
+# ARCH N: a stream of N copies of the fixture batch of ARCH's expected.safetensors
+# (tests/oracle/hf_tiny_models.py)
+batches() { fixture_stream "$FIX/$1/expected.safetensors" "$2"; }
 
 batches llama 3 > "$T/b3.fts"
 check "3 steps from the peft adapter" ftk train-step --model "$FIX/llama" --adapter "$FIX/llama/adapter" --lr 1e-2 \
