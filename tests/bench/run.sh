@@ -18,6 +18,8 @@ echo "== tokenizer: ftk vs HF tokenizers (single thread)"
 tests/bench/tokenize.sh "$build"
 echo "== LoRA SFT training on the CPU: ftk train-step vs PyTorch + transformers + peft"
 "$py" tests/bench/train_cpu.py --ftk "$build/bin/ftk"
+echo "== every PEFT method: ftk train-step vs peft where peft has the method"
+"$py" tests/bench/peft_methods.py --ftk "$build/bin/ftk" --steps 8
 echo "== generation on the CPU: ftk generate vs transformers (and llama.cpp when LLAMACPP_DIR names a build)"
 "$py" tests/bench/generate_cpu.py --ftk "$build/bin/ftk" --shapes 10m,100m --repeats 5
 if [ -f tests/bench/dpo_offline.py ]; then
