@@ -219,6 +219,11 @@ FTK_API ftk_status ftk_peft_load_tensor(struct ftk_peft *p, const struct ftk_st_
                                         const char *name, int ndim, int64_t d0, int64_t d1, float *dst);
 /* Writes adapter_config.json (JSON text) into dir, crash-safely, ending with a newline. */
 FTK_API ftk_status ftk_peft_write_config(const char *dir, const char *json);
+/* peft's rank_pattern / alpha_pattern: `json` is the option's JSON object {"regex": number};
+ * *out = the value of its first key whose regex full-matches `module` as peft's
+ * get_pattern_key does (re.match(rf"(.*\.)?({key})$", module)), else `def` (also for NULL or
+ * ""). `option` names the option in errors (a bad JSON object, a regex ftk cannot run). */
+FTK_API ftk_status ftk_peft_pattern(const char *json, const char *option, const char *module, double def, double *out);
 /* A base weight, F32, backend memory (for PiSSA-like inits and merges). NULL if absent. */
 FTK_API float *ftk_peft_base_weight(struct ftk_peft *p, const char *hf_name, int64_t *numel);
 

@@ -1,0 +1,54 @@
+/* tests/unit/test_peft_pattern.c: ftk_peft_pattern (peft's rank_pattern / alpha_pattern lookup)
+ * picks the value peft's get_pattern_key picks, on the cases of
+ * tests/fixtures/peft_pattern_cases.json (tests/oracle/lora_patterns.py): first matching key,
+ * "." boundaries, regex keys with \d, (?:...), classes and alternation; and refuses what it
+ * cannot match the same way. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <cjson/cJSON.h>
+#include "check.h"
+#include "ftk/fileio.h"
+#include "ftk/plugin.h"
+
+int main(void)
+{
+    TEST("peft get_pattern_key's choices (peft_pattern_cases.json)") {
+        char *text;
+        size_t len;
+        CHECK_OK(ftk_file_read_all("tests/fixtures/peft_pattern_cases.json", &text, &len));
+        cJSON *root = cJSON_ParseWithLength(text, len);
+        free(text);
+        const cJSON *cases = cJSON_GetObjectItemCaseSensitive(root, "cases"), *c;
+        int n = 0, bad = 0;
+        cJSON_ArrayForEach(c, cases) {
+            char *pat = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(c, "pattern"));
+            const char *module = cJSON_GetObjectItemCaseSensitive(c, "module")->valuestring;
+            double want = cJSON_GetObjectItemCaseSensitive(c, "value")->valuedouble, got = 0;
+            CHECK_OK(ftk_peft_pattern(pat, "rank_pattern", module, -1, &got));
+            if (got != want && bad++ < 5)
+                CHECK_FAIL_("%s on %s: %g, peft %g", pat, module, got, want);
+            free(pat);
+            n++;
+        }
+        printf("  %d cases, %d differ from peft\n", n, bad);
+        CHECK(n >= 100);
+        CHECK_INT(bad, 0);
+        cJSON_Delete(root);
+    }
+    TEST("no pattern: the default") {
+        double v = 0;
+        CHECK_OK(ftk_peft_pattern(NULL, "rank_pattern", "model.layers.0.self_attn.q_proj", 8, &v));
+        CHECK(v == 8);
+        CHECK_OK(ftk_peft_pattern("{}", "rank_pattern", "model.layers.0.self_attn.q_proj", 8, &v));
+        CHECK(v == 8);
+    }
+    TEST("bad patterns: clear errors naming the option and key") {
+        double v;
+        CHECK_ERR(ftk_peft_pattern("[1]", "alpha_pattern", "q_proj", 8, &v), FTK_E_FORMAT, "alpha_pattern is not a JSON object");
+        CHECK_ERR(ftk_peft_pattern("{\"q_proj\": \"4\"}", "rank_pattern", "q_proj", 8, &v), FTK_E_FORMAT,
+                  "rank_pattern[\"q_proj\"] is not a number");
+        CHECK_ERR(ftk_peft_pattern("{\"(?<=x)q\": 4}", "rank_pattern", "q_proj", 8, &v), FTK_E_UNSUPPORTED, "(?<");
+        CHECK_ERR(ftk_peft_pattern("{\"q_proj(\": 4}", "rank_pattern", "q_proj", 8, &v), FTK_E_FORMAT, "key \"q_proj(\"");
+    }
+    return check_summary();
+}
