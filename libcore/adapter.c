@@ -81,7 +81,8 @@ static ftk_status config_to_kv(const cJSON *root, const char *where, struct ftk_
 }
 
 /* What peft can express that ftk's plugins would silently get wrong: refuse it. AdaLoRA's
- * rank_pattern (the ranks its allocator kept) is read by the adalora plugin. */
+ * rank_pattern (the ranks its allocator kept) is read by the adalora plugin; LoRA's per-module
+ * rank_pattern and alpha_pattern by the lora plugin. */
 static ftk_status check_supported(const struct ftk_kv *kv, const char *where, const char *peft_type)
 {
     static const struct { const char *key, *ok; } fixed[] = {
@@ -89,7 +90,8 @@ static ftk_status check_supported(const struct ftk_kv *kv, const char *where, co
         {"layer_replication", ""}, {"layers_to_transform", ""},
     };
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++) {
-        if (!strcmp(fixed[i].key, "rank_pattern") && !strcmp(peft_type, "ADALORA"))
+        if ((!strcmp(fixed[i].key, "rank_pattern") && (!strcmp(peft_type, "ADALORA") || !strcmp(peft_type, "LORA"))) ||
+            (!strcmp(fixed[i].key, "alpha_pattern") && !strcmp(peft_type, "LORA")))
             continue;
         const char *v = ftk_kv_get(kv, fixed[i].key);
         FTK_FAIL_IF(v && strcmp(v, fixed[i].ok), FTK_E_UNSUPPORTED, "%s: %s = %s is not supported", where, fixed[i].key, v);

@@ -4,6 +4,8 @@
  * U(-1/sqrt(I), 1/sqrt(I)), or N(0, 1/r) with init_lora_weights=gaussian; B = 0. Saved in
  * peft's layout: adapter_config.json + adapter_model.safetensors with names
  * base_model.model.<module>.lora_{A,B}.weight. Shapes: N tokens, I in, O out, r rank.
+ * rank_pattern / alpha_pattern (peft's per-module overrides, regex keys matched by
+ * ftk_peft_pattern as get_pattern_key) give each site its own r and alpha, hence its own scale.
  *
  * use_dora (DoRA, Liu et al. 2024; peft tuners/lora/dora.py DoraLinearLayer): a magnitude m (O)
  * per output row, initialised to ||W + s B A||_row at init, and
@@ -42,6 +44,8 @@
 
 struct lora_site {
     const struct ftk_site *s;
+    int64_t r;                 /* rank_pattern's, else the config's r */
+    float scale;               /* alpha / r (alpha / sqrt(r) rsLoRA), alpha from alpha_pattern or lora_alpha */
     float *A, *B, *gA, *gB;    /* backend memory */
     float *m, *gm;             /* DoRA magnitude (O) */
     float *W;                  /* base weight (O,I), backend memory (DoRA, PiSSA, OLoRA) */
@@ -55,7 +59,7 @@ struct lora {
     char init[32];             /* "true", "gaussian", "pissa", "pissa_niter_N", "olora" */
     int niter;                 /* N of pissa_niter_N; -1 otherwise */
     uint64_t init_seed;        /* pissa_niter_N's test matrices: ftk_init_seed, else the run's seed */
-    float scale;
+    char *rank_pattern, *alpha_pattern;   /* peft's per-module overrides, JSON objects (NULL: none) */
     char targets[512];         /* comma list as given, or "all" */
     struct lora_site sites[MAX_SITES];
     int n;
@@ -452,20 +456,20 @@ static ftk_status olora_host(const float *W, int64_t O, int64_t I, int64_t r, fl
 static ftk_status init_from_weight(struct lora *L, struct lora_site *ls, const struct ftk_backend *be, void *ctx)
 {
     uint64_t key = mix(L->init_seed ^ mix(name_hash(ls->s->module)) ^ 0x5049535341ull);   /* "PISSA" */
-    int64_t O = ls->s->out, I = ls->s->in, r = L->r;
+    int64_t O = ls->s->out, I = ls->s->in, r = ls->r;
     float *W = malloc((size_t)(O * I) * sizeof *W), *A = malloc((size_t)(r * I) * sizeof *A), *B = malloc((size_t)(O * r) * sizeof *B);
     ftk_status st = W && A && B ? FTK_OK : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
     if (st == FTK_OK)
         st = be->to_host(ctx, W, ls->W, (size_t)(O * I) * sizeof *W);
     if (st == FTK_OK)
-        st = strcmp(L->init, "olora") ? pissa_host(W, O, I, r, L->scale, L->niter, key, A, B) : olora_host(W, O, I, r, A, B);
+        st = strcmp(L->init, "olora") ? pissa_host(W, O, I, r, ls->scale, L->niter, key, A, B) : olora_host(W, O, I, r, A, B);
     if (st == FTK_OK) {
         for (int64_t o = 0; o < O; o++)
             for (int64_t i = 0; i < I; i++) {
                 float d = 0;
                 for (int64_t k = 0; k < r; k++)
                     d += B[o * r + k] * A[k * I + i];
-                W[o * I + i] -= L->scale * d;
+                W[o * I + i] -= ls->scale * d;
             }
         st = be->to_device(ctx, ls->W, W, (size_t)(O * I) * sizeof *W);
     }
@@ -485,7 +489,7 @@ static ftk_status dora_norms(struct ftk_peft *p, struct lora *L, const struct lo
     int64_t O = ls->s->out, I = ls->s->in;
     FTK_TRY(grow(&L->d1, &L->d1_cap, (size_t)(O * I), be, ctx));
     FTK_TRY(be->copy(ctx, L->d1, ls->W, (size_t)(O * I) * sizeof(float)));
-    FTK_TRY(be->gemm(ctx, 0, 0, O, I, L->r, L->scale, ls->B, L->r, ls->A, I, 1.0f, L->d1, I));
+    FTK_TRY(be->gemm(ctx, 0, 0, O, I, ls->r, ls->scale, ls->B, ls->r, ls->A, I, 1.0f, L->d1, I));
     for (int64_t o = 0; o < O; o++) {
         double acc = 0;
         for (int64_t i = 0; i < I; i++)
@@ -562,7 +566,17 @@ static ftk_status lora_init(struct ftk_peft *p, const struct ftk_kv *o)
                 "with weight decay, which ftk's trainer cannot express for a base weight");
     const char *t = ftk_kv_get(o, "target_modules");
     snprintf(L->targets, sizeof L->targets, "%s", t ? t : "all");
-    L->scale = (float)(L->rslora ? L->alpha / sqrt((double)L->r) : L->alpha / (double)L->r);
+    /* peft LoraModel._create_and_replace: per-module r and lora_alpha from the patterns */
+    static const char *const pat_key[2] = {"rank_pattern", "alpha_pattern"};
+    for (int k = 0; k < 2; k++) {
+        const char *v = ftk_kv_get(o, pat_key[k]);
+        if (!v || !strcmp(v, "{}"))
+            continue;
+        char **dst = k ? &L->alpha_pattern : &L->rank_pattern;
+        FTK_FAIL_IF(!(*dst = strdup(v)), FTK_E_NOMEM, "out of memory");
+        double probe;   /* a malformed object or key fails here, naming the option */
+        FTK_TRY(ftk_peft_pattern(*dst, pat_key[k], "", 0, &probe));
+    }
 
     void *ctx;
     const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
@@ -577,8 +591,15 @@ static ftk_status lora_init(struct ftk_peft *p, const struct ftk_kv *o)
         FTK_FAIL_IF(L->n == MAX_SITES, FTK_E_UNSUPPORTED, "more than %d LoRA sites", MAX_SITES);
         struct lora_site *ls = &L->sites[L->n++];
         ls->s = s;
+        double r, alpha;
+        FTK_TRY(ftk_peft_pattern(L->rank_pattern, "rank_pattern", s->module, (double)L->r, &r));
+        FTK_TRY(ftk_peft_pattern(L->alpha_pattern, "alpha_pattern", s->module, L->alpha, &alpha));
+        FTK_FAIL_IF(r != floor(r) || r < 1 || r > 65536, FTK_E_INVALID, "rank_pattern gives %s rank %g: it must be a whole number >= 1",
+                    s->module, r);
+        ls->r = (int64_t)r;
+        ls->scale = (float)(L->rslora ? alpha / sqrt(r) : alpha / r);
         char name[256];
-        int64_t sa[2] = {L->r, s->in}, sb[2] = {s->out, L->r};
+        int64_t sa[2] = {ls->r, s->in}, sb[2] = {s->out, ls->r};
         snprintf(name, sizeof name, "base_model.model.%s.lora_A.weight", s->module);
         FTK_TRY(ftk_peft_add_param(p, name, 2, sa, 1, &ls->A, &ls->gA));
         snprintf(name, sizeof name, "base_model.model.%s.lora_B.weight", s->module);
@@ -595,10 +616,10 @@ static ftk_status lora_init(struct ftk_peft *p, const struct ftk_kv *o)
         if (from_w) {
             FTK_TRY(init_from_weight(L, ls, be, ctx));
         } else {
-            size_t n = (size_t)(L->r * s->in);
+            size_t n = (size_t)(ls->r * s->in);
             float *host = malloc(n * sizeof *host);
             FTK_FAIL_IF(!host, FTK_E_NOMEM, "out of memory");
-            double bound = 1.0 / sqrt((double)s->in), sd = 1.0 / (double)L->r;
+            double bound = 1.0 / sqrt((double)s->in), sd = 1.0 / (double)ls->r;
             for (size_t j = 0; j < n; j++) {
                 uint64_t h = mix(seed ^ mix((uint64_t)i * 0x10001 + 1) ^ mix(j));
                 if (L->gaussian) {   /* Box-Muller */
@@ -693,7 +714,7 @@ static ftk_status dora_forward(struct ftk_peft *p, struct lora *L, struct lora_s
 {
     void *ctx;
     const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
-    int64_t I = ls->s->in, O = ls->s->out, r = L->r;
+    int64_t I = ls->s->in, O = ls->s->out, r = ls->r;
     const float *xd = x;
     if (train)
         FTK_TRY(dropped(p, L, ls, x, N, &xd));
@@ -713,7 +734,7 @@ static ftk_status dora_forward(struct ftk_peft *p, struct lora *L, struct lora_s
     for (int64_t n = 0; n < N; n++)
         for (int64_t o = 0; o < O; o++) {
             float g = L->mns[o];
-            y[n * O + o] += (g - 1.0f) * L->d2[n * O + o] + g * L->d3[n * O + o] * L->scale;
+            y[n * O + o] += (g - 1.0f) * L->d2[n * O + o] + g * L->d3[n * O + o] * ls->scale;
         }
     return FTK_OK;
 }
@@ -725,7 +746,7 @@ static ftk_status dora_backward(struct ftk_peft *p, struct lora *L, struct lora_
 {
     void *ctx;
     const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
-    int64_t I = ls->s->in, O = ls->s->out, r = L->r;
+    int64_t I = ls->s->in, O = ls->s->out, r = ls->r;
     const float *xd;
     FTK_TRY(dropped(p, L, ls, x, N, &xd));
     FTK_TRY(dora_scale(p, L, ls, NULL));
@@ -740,7 +761,7 @@ static ftk_status dora_backward(struct ftk_peft *p, struct lora *L, struct lora_
     for (int64_t o = 0; o < O; o++) {
         double acc = 0;
         for (int64_t n = 0; n < N; n++)
-            acc += (double)dy[n * O + o] * (L->d2[n * O + o] + L->scale * L->d3[n * O + o]);
+            acc += (double)dy[n * O + o] * (L->d2[n * O + o] + ls->scale * L->d3[n * O + o]);
         ls->gm[o] += (float)(acc / nrm[o]);
     }
     for (int64_t n = 0; n < N; n++)
@@ -750,8 +771,8 @@ static ftk_status dora_backward(struct ftk_peft *p, struct lora *L, struct lora_
             L->d3[n * O + o] = d * g;            /* through the LoRA path */
         }
     FTK_TRY(be->gemm(ctx, 0, 0, N, r, O, 1.0f, L->d3, O, ls->B, r, 0.0f, u, r));       /* u = dyl B (N,r) */
-    FTK_TRY(be->gemm(ctx, 1, 0, O, r, N, L->scale, L->d3, O, t, r, 1.0f, ls->gB, r));  /* dB += s dyl^T t */
-    FTK_TRY(be->gemm(ctx, 1, 0, r, I, N, L->scale, u, r, xd, I, 1.0f, ls->gA, I));     /* dA += s u^T xd */
+    FTK_TRY(be->gemm(ctx, 1, 0, O, r, N, ls->scale, L->d3, O, t, r, 1.0f, ls->gB, r));  /* dB += s dyl^T t */
+    FTK_TRY(be->gemm(ctx, 1, 0, r, I, N, ls->scale, u, r, xd, I, 1.0f, ls->gA, I));     /* dA += s u^T xd */
     if (!dx)
         return FTK_OK;
     float *dst = dx;
@@ -762,7 +783,7 @@ static ftk_status dora_backward(struct ftk_peft *p, struct lora *L, struct lora_
         beta = 0.0f;
     }
     FTK_TRY(be->gemm(ctx, 0, 0, N, I, O, 1.0f, L->d2, O, ls->W, I, beta, dst, I));
-    FTK_TRY(be->gemm(ctx, 0, 0, N, I, r, L->scale, u, r, ls->A, I, 1.0f, dst, I));
+    FTK_TRY(be->gemm(ctx, 0, 0, N, I, r, ls->scale, u, r, ls->A, I, 1.0f, dst, I));
     if (L->dropout > 0) {
         uint64_t key = drop_key(p, L, ls);
         float keep = (float)(1.0 / (1.0 - L->dropout));
@@ -786,10 +807,10 @@ static ftk_status lora_forward(struct ftk_peft *p, const struct ftk_site *s, flo
     const float *xd = x;
     if (train)
         FTK_TRY(dropped(p, L, ls, x, N, &xd));
-    FTK_TRY(grow(&L->tmp, &L->tmp_cap, (size_t)(N * L->r), be, ctx));
+    FTK_TRY(grow(&L->tmp, &L->tmp_cap, (size_t)(N * ls->r), be, ctx));
     /* t (N,r) = xd (N,I) A^T ; y (N,O) += scale * t B^T */
-    FTK_TRY(be->gemm(ctx, 0, 1, N, L->r, s->in, 1.0f, xd, s->in, ls->A, s->in, 0.0f, L->tmp, L->r));
-    FTK_TRY(be->gemm(ctx, 0, 1, N, s->out, L->r, L->scale, L->tmp, L->r, ls->B, L->r, 1.0f, y, s->out));
+    FTK_TRY(be->gemm(ctx, 0, 1, N, ls->r, s->in, 1.0f, xd, s->in, ls->A, s->in, 0.0f, L->tmp, ls->r));
+    FTK_TRY(be->gemm(ctx, 0, 1, N, s->out, ls->r, ls->scale, L->tmp, ls->r, ls->B, ls->r, 1.0f, y, s->out));
     return FTK_OK;
 }
 
@@ -806,20 +827,20 @@ static ftk_status lora_backward(struct ftk_peft *p, const struct ftk_site *s, fl
     const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
     const float *xd;
     FTK_TRY(dropped(p, L, ls, x, N, &xd));
-    FTK_TRY(grow(&L->tmp, &L->tmp_cap, (size_t)(2 * N * L->r), be, ctx));
-    float *t = L->tmp, *u = L->tmp + N * L->r;
-    int64_t I = s->in, O = s->out, r = L->r;
+    FTK_TRY(grow(&L->tmp, &L->tmp_cap, (size_t)(2 * N * ls->r), be, ctx));
+    float *t = L->tmp, *u = L->tmp + N * ls->r;
+    int64_t I = s->in, O = s->out, r = ls->r;
     FTK_TRY(be->gemm(ctx, 0, 1, N, r, I, 1.0f, xd, I, ls->A, I, 0.0f, t, r));          /* t = xd A^T      (N,r) */
     FTK_TRY(be->gemm(ctx, 0, 0, N, r, O, 1.0f, dy, O, ls->B, r, 0.0f, u, r));          /* u = dy B        (N,r) */
-    FTK_TRY(be->gemm(ctx, 1, 0, O, r, N, L->scale, dy, O, t, r, 1.0f, ls->gB, r));     /* dB += s dy^T t  (O,r) */
-    FTK_TRY(be->gemm(ctx, 1, 0, r, I, N, L->scale, u, r, xd, I, 1.0f, ls->gA, I));     /* dA += s u^T xd  (r,I) */
+    FTK_TRY(be->gemm(ctx, 1, 0, O, r, N, ls->scale, dy, O, t, r, 1.0f, ls->gB, r));     /* dB += s dy^T t  (O,r) */
+    FTK_TRY(be->gemm(ctx, 1, 0, r, I, N, ls->scale, u, r, xd, I, 1.0f, ls->gA, I));     /* dA += s u^T xd  (r,I) */
     if (!dx)
         return FTK_OK;
     if (L->dropout <= 0)
-        return be->gemm(ctx, 0, 0, N, I, r, L->scale, u, r, ls->A, I, 1.0f, dx, I);   /* dx += s u A */
+        return be->gemm(ctx, 0, 0, N, I, r, ls->scale, u, r, ls->A, I, 1.0f, dx, I);   /* dx += s u A */
     /* with dropout: dx += (s u A) * mask / (1-p), the forward's mask drawn again */
     FTK_TRY(grow(&L->mask, &L->mask_cap, (size_t)(N * I), be, ctx));
-    FTK_TRY(be->gemm(ctx, 0, 0, N, I, r, L->scale, u, r, ls->A, I, 0.0f, L->mask, I));
+    FTK_TRY(be->gemm(ctx, 0, 0, N, I, r, ls->scale, u, r, ls->A, I, 0.0f, L->mask, I));
     uint64_t key = drop_key(p, L, ls);
     float keep = (float)(1.0 / (1.0 - L->dropout));
     for (int64_t j = 0; j < N * I; j++)
@@ -841,7 +862,7 @@ static ftk_status lora_save(struct ftk_peft *p, const char *dir, const char *bas
     for (int i = 0; i < L->n && st == FTK_OK; i++) {
         const struct lora_site *ls = &L->sites[i];
         char name[256];
-        int64_t sa[2] = {L->r, ls->s->in}, sb[2] = {ls->s->out, L->r};
+        int64_t sa[2] = {ls->r, ls->s->in}, sb[2] = {ls->s->out, ls->r};
         struct ftk_tensor *t;
         snprintf(name, sizeof name, "base_model.model.%s.lora_A.weight", ls->s->module);
         if ((st = ftk_message_add(&msg, name, FTK_DTYPE_F32, 2, sa, NULL, &t)) == FTK_OK)
@@ -925,8 +946,9 @@ static ftk_status lora_save(struct ftk_peft *p, const char *dir, const char *bas
         cJSON_AddNullToObject(c, "modules_to_save");
     }
     cJSON_AddNullToObject(c, "layers_to_transform");
-    cJSON_AddItemToObject(c, "rank_pattern", cJSON_CreateObject());
-    cJSON_AddItemToObject(c, "alpha_pattern", cJSON_CreateObject());
+    cJSON *rp = L->rank_pattern ? cJSON_Parse(L->rank_pattern) : NULL, *ap = L->alpha_pattern ? cJSON_Parse(L->alpha_pattern) : NULL;
+    cJSON_AddItemToObject(c, "rank_pattern", rp ? rp : cJSON_CreateObject());
+    cJSON_AddItemToObject(c, "alpha_pattern", ap ? ap : cJSON_CreateObject());
     cJSON_AddNullToObject(c, "revision");
     char *text = cJSON_Print(c);
     cJSON_Delete(c);
@@ -948,7 +970,7 @@ static ftk_status lora_load(struct ftk_peft *p, struct ftk_source *src)
         for (int ab = 0; ab < 2 && s == FTK_OK; ab++) {
             char name[256];
             snprintf(name, sizeof name, "base_model.model.%s.lora_%c.weight", ls->s->module, ab ? 'B' : 'A');
-            int64_t want0 = ab ? ls->s->out : L->r, want1 = ab ? L->r : ls->s->in;
+            int64_t want0 = ab ? ls->s->out : ls->r, want1 = ab ? ls->r : ls->s->in;
             if ((s = ftk_peft_load_tensor(p, st, ftk_source_path(src), name, 2, want0, want1, ab ? ls->B : ls->A)) == FTK_OK)
                 seen++;
         }
@@ -989,7 +1011,7 @@ static ftk_status lora_merge(struct ftk_peft *p, const struct ftk_site *s, float
         return FTK_OK;
     void *ctx;
     const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
-    size_t na = (size_t)(L->r * s->in), nb = (size_t)(s->out * L->r);
+    size_t na = (size_t)(ls->r * s->in), nb = (size_t)(s->out * ls->r);
     float *A = malloc(na * sizeof *A), *B = malloc(nb * sizeof *B);
     ftk_status st = A && B ? FTK_OK : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
     if (st == FTK_OK)
@@ -998,8 +1020,8 @@ static ftk_status lora_merge(struct ftk_peft *p, const struct ftk_site *s, float
         st = be->to_host(ctx, B, ls->B, nb * sizeof *B);
     if (st == FTK_OK)   /* W (O,I) += scale * B (O,r) A (r,I), in F32 */
         for (int64_t o = 0; o < s->out; o++)
-            for (int64_t k = 0; k < L->r; k++) {
-                float b = L->scale * B[o * L->r + k];
+            for (int64_t k = 0; k < ls->r; k++) {
+                float b = ls->scale * B[o * ls->r + k];
                 for (int64_t i = 0; i < s->in; i++)
                     w[o * s->in + i] += b * A[k * s->in + i];
             }
@@ -1029,6 +1051,8 @@ static void lora_release(struct ftk_peft *p)
     be->free(ctx, L->d2);
     be->free(ctx, L->d3);
     be->free(ctx, L->mns);
+    free(L->rank_pattern);
+    free(L->alpha_pattern);
 }
 
 FTK_EXPORT const struct ftk_peft_plugin ftk_peft_plugin = {
