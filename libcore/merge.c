@@ -27,8 +27,7 @@
 #include "ftk/merge.h"
 #include "ftk/safetensors.h"
 #include "ftk/source.h"
-
-#define PEFT_PREFIX "base_model.model."
+#include "merge-impl.h"
 
 /* Files that travel with the weights (transformers' save_pretrained + tokenizer.save_pretrained). */
 static const char *const extra_files[] = {
@@ -83,184 +82,16 @@ static const char *torch_name(enum ftk_dtype dt)
     return dt == FTK_DTYPE_BF16 ? "bfloat16" : dt == FTK_DTYPE_F16 ? "float16" : "float32";
 }
 
-static int is_float(enum ftk_dtype dt)
-{
-    return dt == FTK_DTYPE_F32 || dt == FTK_DTYPE_BF16 || dt == FTK_DTYPE_F16 || dt == FTK_DTYPE_F64;
-}
-
-/* ---- the adapter ----------------------------------------------------------------------------- */
-
-struct pair {
-    char *module;                    /* "model.layers.0.self_attn.q_proj" */
-    const struct ftk_tensor *A, *B;  /* A (r,I), B (O,r), views into the adapter */
-};
-
-struct adapter {
-    struct ftk_source *src;
-    struct ftk_st_model *st;
-    int64_t r;
-    double alpha, scale;
-    int rslora;
-    cJSON *targets;                  /* adapter_config.json's target_modules (list or string) */
-    cJSON *cfg;
-    struct pair *pairs;
-    size_t n_pairs;
-    int plugin;                      /* merged by the method's plugin, not as W + s B A */
-};
-
-static void adapter_free(struct adapter *a)
-{
-    for (size_t i = 0; i < a->n_pairs; i++)
-        free(a->pairs[i].module);
-    free(a->pairs);
-    ftk_st_model_close(a->st);
-    ftk_source_close(a->src);
-    cJSON_Delete(a->cfg);
-}
-
-/* peft's check: a module is targeted when its name equals a target or ends with ".target". */
-static int targeted(const cJSON *targets, const char *module)
-{
-    if (!cJSON_IsArray(targets))
-        return 1;   /* a regular expression or "all-linear": the tensors decide */
-    const cJSON *t;
-    size_t m = strlen(module);
-    cJSON_ArrayForEach(t, targets) {
-        if (!cJSON_IsString(t))
-            continue;
-        size_t n = strlen(t->valuestring);
-        if (!strcmp(module, t->valuestring) || (m > n && module[m - n - 1] == '.' && !strcmp(module + m - n, t->valuestring)))
-            return 1;
-    }
-    return 0;
-}
-
-/* Adapters merged by their plugin rather than as W + s B A: other methods, DoRA, and PiSSA/OLoRA
- * (they belong to a residual base, W - s B0 A0, which the plugin recomputes on loading). */
-static int needs_plugin(const cJSON *c)
-{
-    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(c, "peft_type");
-    const cJSON *init = cJSON_GetObjectItemCaseSensitive(c, "init_lora_weights");
-    return strcmp(pt->valuestring, "LORA") || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c, "use_dora")) ||
-           (cJSON_IsString(init) && (!strncmp(init->valuestring, "pissa", 5) || !strcmp(init->valuestring, "olora")));
-}
-
-/* What peft can express that W + scale B A does not capture: refused, never merged wrongly. */
-static ftk_status check_config(const cJSON *c, const char *where)
-{
-    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(c, "peft_type");
-    FTK_FAIL_IF(!cJSON_IsString(pt), FTK_E_FORMAT, "%s: \"peft_type\" missing", where);
-    static const char *const must_be_false[] = {"fan_in_fan_out", "lora_bias", "use_qalora", NULL};
-    for (int i = 0; must_be_false[i]; i++) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, must_be_false[i]);
-        FTK_FAIL_IF(cJSON_IsTrue(v), FTK_E_UNSUPPORTED, "%s: %s = true cannot be merged by ftk", where, must_be_false[i]);
-    }
-    const cJSON *bias = cJSON_GetObjectItemCaseSensitive(c, "bias");
-    FTK_FAIL_IF(bias && !cJSON_IsNull(bias) && !(cJSON_IsString(bias) && !strcmp(bias->valuestring, "none")),
-                FTK_E_UNSUPPORTED, "%s: bias = %s cannot be merged by ftk (only \"none\")", where,
-                cJSON_IsString(bias) ? bias->valuestring : "(not a string)");
-    /* the plugin path reads the rest of the options itself (AdaLoRA's rank_pattern) */
-    if (needs_plugin(c))
-        return FTK_OK;
-    static const char *const must_be_empty[] = {"rank_pattern", "alpha_pattern", "modules_to_save", "layer_replication",
-                                                "trainable_token_indices", NULL};
-    for (int i = 0; must_be_empty[i]; i++) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, must_be_empty[i]);
-        FTK_FAIL_IF(v && !cJSON_IsNull(v) && !((cJSON_IsObject(v) || cJSON_IsArray(v)) && cJSON_GetArraySize(v) == 0),
-                    FTK_E_UNSUPPORTED, "%s: a non-empty %s cannot be merged by ftk", where, must_be_empty[i]);
-    }
-    return FTK_OK;
-}
-
-/* "base_model.model.<module>.lora_A.weight" -> module, ab = 0 (A) or 1 (B); 0 if not that shape. */
-static int split_name(const char *name, char *module, size_t cap, int *ab)
-{
-    static const char *const suffix[2] = {".lora_A.weight", ".lora_B.weight"};
-    size_t n = strlen(name), p = strlen(PEFT_PREFIX);
-    if (n <= p || strncmp(name, PEFT_PREFIX, p))
-        return 0;
-    for (int k = 0; k < 2; k++) {
-        size_t s = strlen(suffix[k]);
-        if (n > p + s && !strcmp(name + n - s, suffix[k]) && n - s - p < cap) {
-            memcpy(module, name + p, n - s - p);
-            module[n - s - p] = '\0';
-            *ab = k;
-            return 1;
-        }
-    }
-    return 0;
-}
-
-static ftk_status adapter_open(struct adapter *a, const char *path)
-{
-    FTK_TRY(ftk_source_open(path, &a->src));
-    char where[1200], *text;
-    size_t len;
-    snprintf(where, sizeof where, "%s/adapter_config.json", path);
-    FTK_TRY(ftk_source_read(a->src, "adapter_config.json", &text, &len));
-    a->cfg = cJSON_ParseWithLength(text, len);
-    free(text);
-    FTK_FAIL_IF(!cJSON_IsObject(a->cfg), FTK_E_FORMAT, "%s: not a JSON object", where);
-    FTK_TRY(check_config(a->cfg, where));
-    a->plugin = needs_plugin(a->cfg);
-    if (a->plugin)
-        return FTK_OK;
-    const cJSON *r = cJSON_GetObjectItemCaseSensitive(a->cfg, "r");
-    const cJSON *al = cJSON_GetObjectItemCaseSensitive(a->cfg, "lora_alpha");
-    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(a->cfg, "use_rslora");
-    a->r = cJSON_IsNumber(r) ? (int64_t)r->valuedouble : 8;                 /* peft LoraConfig defaults */
-    a->alpha = cJSON_IsNumber(al) ? al->valuedouble : 8.0;
-    a->rslora = cJSON_IsTrue(rs);
-    FTK_FAIL_IF(a->r <= 0 || (cJSON_IsNumber(r) && r->valuedouble != (double)a->r), FTK_E_FORMAT, "%s: r must be a positive integer",
-                where);
-    /* peft LoraLayer.update_layer: scaling = lora_alpha / r, or lora_alpha / sqrt(r) (rsLoRA) */
-    a->scale = a->rslora ? a->alpha / sqrt((double)a->r) : a->alpha / (double)a->r;
-    a->targets = cJSON_GetObjectItemCaseSensitive(a->cfg, "target_modules");
-
-    FTK_TRY(ftk_st_model_open(a->src, "adapter_model", &a->st));
-    size_t n = ftk_st_model_count(a->st);
-    a->pairs = calloc(n ? n : 1, sizeof *a->pairs);
-    FTK_FAIL_IF(!a->pairs, FTK_E_NOMEM, "out of memory");
-    for (size_t i = 0; i < n; i++) {
-        const char *name;
-        const struct ftk_tensor *t = ftk_st_model_at(a->st, i, &name);
-        char module[512];
-        int ab;
-        FTK_FAIL_IF(!split_name(name, module, sizeof module, &ab), FTK_E_UNSUPPORTED,
-                    "%s: tensor \"%s\" is not a LoRA A/B weight (base_model.model.<module>.lora_A.weight): cannot merge it",
-                    path, name);
-        FTK_FAIL_IF(t->ndim != 2 || !is_float(t->dtype), FTK_E_FORMAT, "%s: %s must be a 2-D float tensor", path, name);
-        FTK_FAIL_IF(t->shape[ab ? 1 : 0] != a->r, FTK_E_MISMATCH, "%s: %s has rank %" PRId64 ", adapter_config.json says r = %" PRId64,
-                    path, name, t->shape[ab ? 1 : 0], a->r);
-        FTK_FAIL_IF(!targeted(a->targets, module), FTK_E_MISMATCH, "%s: %s is not among adapter_config.json's target_modules",
-                    path, name);
-        struct pair *p = NULL;
-        for (size_t k = 0; k < a->n_pairs && !p; k++)
-            if (!strcmp(a->pairs[k].module, module))
-                p = &a->pairs[k];
-        if (!p) {
-            p = &a->pairs[a->n_pairs++];
-            FTK_FAIL_IF(!(p->module = strdup(module)), FTK_E_NOMEM, "out of memory");
-        }
-        if (ab)
-            p->B = t;
-        else
-            p->A = t;
-    }
-    FTK_FAIL_IF(a->n_pairs == 0, FTK_E_FORMAT, "%s: adapter_model has no LoRA weights", path);
-    for (size_t k = 0; k < a->n_pairs; k++)
-        FTK_FAIL_IF(!a->pairs[k].A || !a->pairs[k].B, FTK_E_FORMAT, "%s: %s has lora_%c but not lora_%c", path, a->pairs[k].module,
-                    a->pairs[k].A ? 'A' : 'B', a->pairs[k].A ? 'B' : 'A');
-    return FTK_OK;
-}
-
 /* ---- the plan: which tensor goes where ------------------------------------------------------ */
 
 struct item {
     const char *name;               /* the base's (lives with the base checkpoint) */
     const struct ftk_tensor *src;
     enum ftk_dtype dtype;           /* output */
-    const struct pair *lora;        /* NULL: copied */
+    const struct merge_pair *lora;  /* W + s B A; NULL: copied */
+    const struct ftk_tensor *saved; /* modules_to_save: this tensor replaces the base's */
+    const float *trained;           /* the plugin path: a base weight the adapter trained (its
+                                       modules_to_save), F32 in the loaded model */
     const struct ftk_site *site;    /* the plugin path: a site its plugin merges into */
     int shard;
 };
@@ -270,7 +101,6 @@ struct plan {
     size_t n;
     int n_shards;
     uint64_t total;
-    float scale;                    /* LoRA scaling */
     float *w, *a, *b;               /* F32 scratch: one weight (O,I), A (r,I), B (O,r) */
     const struct item **cur;        /* fill(): the items of the shard being written */
     struct ftk_model *m;            /* the plugin path: the base with the adapter loaded */
@@ -332,7 +162,14 @@ static ftk_status fill(void *arg, size_t i, void *dst, size_t nbytes)
     const struct item *it = p->cur[i];
     const struct ftk_tensor *t = it->src;
     size_t n = (size_t)ftk_tensor_numel(t);
-    if ((!it->lora && !it->site && t->dtype == it->dtype) || !is_float(t->dtype)) {   /* unchanged: bit for bit */
+    if (it->saved || it->trained) {   /* modules_to_save: the adapter's tensor in place of the base's */
+        ftk_status s = it->saved ? ftk_convert_to_f32(p->w, it->saved->data, it->saved->dtype, n)
+                                 : p->m->be->to_host(p->m->ctx, p->w, it->trained, n * sizeof *p->w);
+        if (s == FTK_OK)
+            s = ftk_convert_from_f32(dst, it->dtype, p->w, n);
+        return s == FTK_OK ? FTK_OK : ftk_error_wrap(s, "tensor \"%s\"", it->name);
+    }
+    if ((!it->lora && !it->site && t->dtype == it->dtype) || !merge_is_float(t->dtype)) {   /* unchanged: bit for bit */
         FTK_ASSERT(nbytes == t->nbytes);
         memcpy(dst, t->data, nbytes);
         return FTK_OK;
@@ -341,14 +178,14 @@ static ftk_status fill(void *arg, size_t i, void *dst, size_t nbytes)
      * residual a PiSSA/OLoRA init left there */
     ftk_status s = it->site ? site_weight(p->m, it->site, p->w, n) : ftk_convert_to_f32(p->w, t->data, t->dtype, n);
     if (s == FTK_OK && it->lora) {
-        const struct pair *q = it->lora;
+        const struct merge_pair *q = it->lora;
         int64_t O = t->shape[0], In = t->shape[1], r = q->A->shape[0];
         s = ftk_convert_to_f32(p->a, q->A->data, q->A->dtype, (size_t)(r * In));
         if (s == FTK_OK)
             s = ftk_convert_to_f32(p->b, q->B->data, q->B->dtype, (size_t)(O * r));
         /* W (O,I) += scale * B (O,r) A (r,I): peft's get_delta_weight added to the weight, F32 */
         if (s == FTK_OK)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)O, (int)In, (int)r, p->scale, p->b, (int)r, p->a,
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)O, (int)In, (int)r, (float)q->scale, p->b, (int)r, p->a,
                         (int)In, 1.0f, p->w, (int)In);
     }
     if (s == FTK_OK && it->site)   /* the method's own merge: W (O,I) += its delta, F32 */
@@ -705,7 +542,60 @@ static ftk_status base_dtype(struct ftk_source *base, enum ftk_dtype *out)
     return s;
 }
 
-static ftk_status plan_merge(struct plan *p, struct adapter *ad, struct ftk_st_model *st, enum ftk_dtype dt, const char *model,
+static struct item *find_item(struct plan *p, const char *name)
+{
+    for (size_t i = 0; i < p->n; i++)
+        if (!strcmp(p->items[i].name, name))
+            return &p->items[i];
+    return NULL;
+}
+
+/* modules_to_save: the adapter's copy of a whole module replaces the base tensor. A copy of
+ * lm_head on a model that ties it to embed_tokens would untie them: refused. */
+static ftk_status plan_saved(struct plan *p, const struct merge_adapter *ad, const char *model, const char *adapter)
+{
+    for (size_t k = 0; k < ad->n_saved; k++) {
+        const struct merge_saved *sv = &ad->saved[k];
+        struct item *it = find_item(p, sv->name);
+        FTK_FAIL_IF(!it && !strcmp(sv->name, "lm_head.weight"), FTK_E_UNSUPPORTED,
+                    "%s: modules_to_save holds lm_head, which %s ties to embed_tokens (no lm_head.weight): merging it would untie "
+                    "them; cannot merge", adapter, model);
+        FTK_FAIL_IF(!it, FTK_E_MISMATCH, "%s: modules_to_save tensor %s has no tensor %s in %s (adapter for another base?)", adapter,
+                    sv->name, sv->name, model);
+        const struct ftk_tensor *w = it->src;
+        int same = w->ndim == sv->t->ndim && merge_is_float(w->dtype);
+        for (int d = 0; same && d < w->ndim; d++)
+            same = w->shape[d] == sv->t->shape[d];
+        FTK_FAIL_IF(!same, FTK_E_MISMATCH, "%s: modules_to_save tensor %s does not have the shape of %s in %s (adapter for another base?)",
+                    adapter, sv->name, sv->name, model);
+        FTK_FAIL_IF(it->lora || it->saved, FTK_E_FORMAT, "%s: %s is both saved whole and adapted", adapter, sv->name);
+        it->saved = sv->t;
+    }
+    return FTK_OK;
+}
+
+/* The plugin path: base weights the adapter trained whole (LoRA's modules_to_save) come from
+ * the loaded model, where the plugin put them. */
+static ftk_status plan_trained(struct plan *p)
+{
+    struct ftk_peft *peft = p->m->peft;
+    if (!FTK_PLUGIN_SLOT(peft->pl, base_trainable))
+        return FTK_OK;
+    for (size_t i = 0; i < p->n; i++) {
+        struct item *it = &p->items[i];
+        if (!merge_is_float(it->src->dtype) || !peft->pl->base_trainable(peft, it->name))
+            continue;
+        int64_t numel = 0;
+        it->trained = ftk_peft_base_weight(peft, it->name, &numel);
+        FTK_FAIL_IF(!it->trained || numel != ftk_tensor_numel(it->src), FTK_E_MISMATCH,
+                    "%s: the loaded model's copy has %lld elements, the checkpoint's %lld", it->name, (long long)numel,
+                    (long long)ftk_tensor_numel(it->src));
+        FTK_FAIL_IF(it->site, FTK_E_FORMAT, "%s is both trained whole and adapted", it->name);
+    }
+    return FTK_OK;
+}
+
+static ftk_status plan_merge(struct plan *p, struct merge_adapter *ad, struct ftk_st_model *st, enum ftk_dtype dt, const char *model,
                              const char *adapter)
 {
     p->n = ftk_st_model_count(st);
@@ -715,9 +605,9 @@ static ftk_status plan_merge(struct plan *p, struct adapter *ad, struct ftk_st_m
     for (size_t i = 0; i < p->n; i++) {
         struct item *it = &p->items[i];
         it->src = ftk_st_model_at(st, i, &it->name);
-        it->dtype = is_float(it->src->dtype) ? dt : it->src->dtype;
+        it->dtype = merge_is_float(it->src->dtype) ? dt : it->src->dtype;
         p->total += out_bytes(it);
-        if (is_float(it->src->dtype) && (size_t)ftk_tensor_numel(it->src) > big)
+        if (merge_is_float(it->src->dtype) && (size_t)ftk_tensor_numel(it->src) > big)
             big = (size_t)ftk_tensor_numel(it->src);
     }
     for (size_t k = 0; p->m && k < p->m->n_sites; k++) {   /* the plugin path: its hooked sites */
@@ -726,22 +616,16 @@ static ftk_status plan_merge(struct plan *p, struct adapter *ad, struct ftk_st_m
             continue;
         char wname[600];
         snprintf(wname, sizeof wname, "%s.weight", site->module);
-        struct item *it = NULL;
-        for (size_t i = 0; i < p->n && !it; i++)
-            if (!strcmp(p->items[i].name, wname))
-                it = &p->items[i];
+        struct item *it = find_item(p, wname);
         FTK_FAIL_IF(!it, FTK_E_UNSUPPORTED, "%s: %s has no weight %s of its own in %s (tied embeddings?): cannot merge", adapter,
                     site->module, wname, model);
         it->site = site;
     }
     for (size_t k = 0; k < ad->n_pairs; k++) {
-        struct pair *q = &ad->pairs[k];
+        struct merge_pair *q = &ad->pairs[k];
         char wname[600];
         snprintf(wname, sizeof wname, "%s.weight", q->module);
-        struct item *it = NULL;
-        for (size_t i = 0; i < p->n && !it; i++)
-            if (!strcmp(p->items[i].name, wname))
-                it = &p->items[i];
+        struct item *it = find_item(p, wname);
         if (!it && !strcmp(q->module, "lm_head") && ftk_st_model_find(st, "model.embed_tokens.weight"))
             FTK_FAIL(FTK_E_UNSUPPORTED, "%s: LoRA on lm_head of a model with tied embeddings (%s has no lm_head.weight) cannot be merged",
                      adapter, model);
@@ -749,7 +633,7 @@ static ftk_status plan_merge(struct plan *p, struct adapter *ad, struct ftk_st_m
                     wname, model);
         const struct ftk_tensor *w = it->src;
         int64_t r = q->A->shape[0];
-        FTK_FAIL_IF(w->ndim != 2 || !is_float(w->dtype), FTK_E_MISMATCH, "%s: %s is not a 2-D float weight in %s", adapter, wname, model);
+        FTK_FAIL_IF(w->ndim != 2 || !merge_is_float(w->dtype), FTK_E_MISMATCH, "%s: %s is not a 2-D float weight in %s", adapter, wname, model);
         FTK_FAIL_IF(q->A->shape[1] != w->shape[1] || q->B->shape[0] != w->shape[0], FTK_E_MISMATCH,
                     "%s: %s: lora_A [%" PRId64 ",%" PRId64 "] and lora_B [%" PRId64 ",%" PRId64 "] do not fit the base weight [%" PRId64
                     ",%" PRId64 "] (adapter for another base?)",
@@ -762,7 +646,9 @@ static ftk_status plan_merge(struct plan *p, struct adapter *ad, struct ftk_st_m
         if ((size_t)(r * w->shape[0]) > big_b)
             big_b = (size_t)(r * w->shape[0]);
     }
-    p->scale = (float)ad->scale;
+    FTK_TRY(plan_saved(p, ad, model, adapter));
+    if (p->m)
+        FTK_TRY(plan_trained(p));
     p->w = malloc(big * sizeof *p->w);
     p->a = malloc(big_a * sizeof *p->a);
     p->b = malloc(big_b * sizeof *p->b);
@@ -818,12 +704,12 @@ ftk_status ftk_merge_lora(const struct ftk_merge_opts *opts, struct ftk_merge_st
     if (kind == OUT_DIR)
         FTK_TRY(check_output_dir(o->output));
 
-    struct adapter ad = {0};
+    struct merge_adapter ad = {0};
     struct plan p = {0};
     struct ftk_source *base = NULL;
     struct ftk_st_model *st = NULL;
     char tmp[4200] = "";
-    ftk_status s = adapter_open(&ad, o->adapter);
+    ftk_status s = merge_adapter_open(&ad, o->adapter);
     if (s == FTK_OK)
         s = ftk_source_open(o->model, &base);
     if (s == FTK_OK && !o->dtype)
@@ -859,8 +745,10 @@ ftk_status ftk_merge_lora(const struct ftk_merge_opts *opts, struct ftk_merge_st
         memset(stats, 0, sizeof *stats);
         stats->tensors = (int64_t)p.n;
         stats->merged = (int64_t)ad.n_pairs;
-        for (size_t i = 0; i < p.n; i++)
+        for (size_t i = 0; i < p.n; i++) {
             stats->merged += p.items[i].site != NULL;
+            stats->replaced += p.items[i].saved != NULL || p.items[i].trained != NULL;
+        }
         stats->shards = p.n_shards;
         stats->total_size = p.total;
         snprintf(stats->dtype, sizeof stats->dtype, "%s", torch_name(dt));
@@ -871,7 +759,7 @@ ftk_status ftk_merge_lora(const struct ftk_merge_opts *opts, struct ftk_merge_st
     free(p.b);
     ftk_st_model_close(st);
     ftk_source_close(base);
-    adapter_free(&ad);
+    merge_adapter_free(&ad);
     ftk_model_free(p.m);
     if (cpu)
         ftk_backend_cpu()->destroy(cpu);

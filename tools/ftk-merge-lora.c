@@ -90,9 +90,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "ftk-merge-lora: error: %s\n", ftk_last_error());
         return 1;
     }
+    char saved[64] = "";
+    if (st.replaced)
+        snprintf(saved, sizeof saved, ", %" PRId64 " from modules_to_save", st.replaced);
     if (!a.quiet)
-        fprintf(stderr, "ftk-merge-lora: %s: %" PRId64 " tensors (%" PRId64 " with LoRA folded in), %s, %" PRIu64 " bytes in %" PRId64
+        fprintf(stderr, "ftk-merge-lora: %s: %" PRId64 " tensors (%" PRId64 " with LoRA folded in%s), %s, %" PRIu64 " bytes in %" PRId64
                         " file%s\n",
-                a.o.output, st.tensors, st.merged, st.dtype, st.total_size, st.shards, st.shards == 1 ? "" : "s");
+                a.o.output, st.tensors, st.merged, saved, st.dtype, st.total_size, st.shards, st.shards == 1 ? "" : "s");
     return 0;
 }

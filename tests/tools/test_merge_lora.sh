@@ -37,7 +37,8 @@ check "merged loss = base + adapter loss (1e-5), != base loss" \
 for m in "dora:lora --peft-opt use_dora=true" "pissa:lora --peft-opt init_lora_weights=pissa --lora-rank 2" \
          "olora:lora --peft-opt init_lora_weights=olora --lora-rank 2" "ia3:ia3" \
          "adalora:adalora --peft-opt total_step=3 --peft-opt tinit=0 --peft-opt tfinal=0 --peft-opt init_r=4 --peft-opt target_r=2" \
-         "diffprune:diffprune"; do
+         "diffprune:diffprune" \
+         "patterns:lora --lora-rank 2 --peft-opt rank_pattern={\"q_proj\":3} --peft-opt alpha_pattern={\"layers[.]1[.]self_attn[.]v_proj\":32} --peft-opt modules_to_save=lm_head"; do
     name=${m%%:*}; m=${m#*:}
     check "train $name with ftk" ftk train-step --model "$FIX/llama" --finetuning-type $m --lr 5e-2 --lr-scheduler constant \
         --max-steps 3 --metrics /dev/null --output "$T/ad-$name" "$T/b8.fts"
@@ -47,6 +48,11 @@ for m in "dora:lora --peft-opt use_dora=true" "pissa:lora --peft-opt init_lora_w
     check "$name: merged loss = base + adapter loss (1e-5), != base loss" \
         jq -n --argjson a "$l_un" --argjson b "$l_me" --argjson c "$l_base" '(($a - $b) | fabs) < 1e-5 * $a and (($a - $c) | fabs) > 1e-4'
 done
+# peft's per-module rank_pattern / alpha_pattern and modules_to_save, as ftk trains and saves them
+check_eq "patterns: saved in adapter_config.json" "$(jq -c '[.r, .rank_pattern, .alpha_pattern, .modules_to_save]' "$T/ad-patterns/adapter_config.json")" \
+    '[2,{"q_proj":3},{"layers[.]1[.]self_attn[.]v_proj":32},["lm_head"]]'
+check_eq "patterns: k_proj has rank 2, q_proj 3" \
+    "$(st_header "$T/ad-patterns/adapter_model.safetensors" | jq -r '[to_entries[] | select(.key | test("layers.0.self_attn.[qk]_proj.lora_A"))] | sort_by(.key) | map(.value.shape[0]) | @text')" "[2,3]"
 check "train a prefix with ftk" ftk train-step --model "$FIX/llama" --finetuning-type prefix_tuning --peft-opt num_virtual_tokens=2 \
     --max-steps 1 --metrics /dev/null --output "$T/ad-prefix" "$T/b8.fts"
 check_fail "prefix tuning cannot be merged" 1 "cannot be folded into the weights" \

@@ -98,8 +98,9 @@ static double logits_vs_unmerged(const char *base, const char *adapter, const ch
 
 static uint16_t bf16_bits(float f) { return ftk_f32_to_bf16(f); }
 
-/* Every tensor of the peft fixture against the merged checkpoint in `out`. */
-static void check_weights(const char *fixture, const char *out, int bf16)
+/* Every tensor of the peft fixture whose name starts with `prefix` ("" or "merged."), the rest
+ * of its name naming a tensor of the merged checkpoint in `out`. */
+static void check_weights_prefixed(const char *fixture, const char *prefix, const char *out, int bf16)
 {
     struct ftk_st_model *want, *got;
     struct ftk_source *src;
@@ -107,10 +108,14 @@ static void check_weights(const char *fixture, const char *out, int bf16)
     CHECK_OK(ftk_source_open(out, &src));
     CHECK_OK(ftk_st_model_open(src, "model", &got));
     double worst = 0;
-    int64_t max_ulp = 0;
+    int64_t max_ulp = 0, seen = 0;
     for (size_t i = 0; i < ftk_st_model_count(want); i++) {
         const char *name;
         const struct ftk_tensor *w = ftk_st_model_at(want, i, &name);
+        if (strncmp(name, prefix, strlen(prefix)))
+            continue;
+        name += strlen(prefix);
+        seen++;
         const struct ftk_tensor *g = ftk_st_model_find(got, name);
         if (!g) { CHECK_FAIL_("%s lacks %s", out, name); continue; }
         CHECK_INT(g->dtype, bf16 ? FTK_DTYPE_BF16 : FTK_DTYPE_F32);
@@ -136,9 +141,53 @@ static void check_weights(const char *fixture, const char *out, int bf16)
         printf("  %s: f32 weights rel err %.2e vs peft merge_and_unload\n", fixture, worst);
         CHECK(worst <= 1e-6);
     }
+    CHECK(seen > 0);
     ftk_st_model_close(got);
     ftk_source_close(src);
     ftk_st_model_close(want);
+}
+
+static void check_weights(const char *fixture, const char *out, int bf16) { check_weights_prefixed(fixture, "", out, bf16); }
+
+/* A peft adapter with expected.safetensors ("logits"; tests/oracle/lora_patterns.py also
+ * "merged.<name>"): ftk's forward with the adapter unmerged gives peft's logits; the merge gives
+ * peft's merge_and_unload tensors (when the fixture has them) and logits. */
+static void peft_expected_case(const char *name, const char *base, const char *adapter, int64_t merged, int64_t replaced,
+                               int weights)
+{
+    char fx[400], out[400];
+    snprintf(fx, sizeof fx, "%s/expected.safetensors", adapter);
+    struct ftk_st_model *e;
+    CHECK_OK(ftk_st_file_open(fx, &e));
+    const struct ftk_tensor *want = ftk_st_model_find(e, "logits");
+    struct batch bt;
+    batch_for(&bt, base);
+    int64_t n;
+    float *got = logits_of(base, adapter, &bt.b, &n);
+    CHECK(want && got && n == ftk_tensor_numel(want));
+    if (want && got && n == ftk_tensor_numel(want)) {
+        double err = rel_err(got, want->data, n);
+        printf("  %s: ftk base + adapter vs peft logits rel err %.2e\n", name, err);
+        CHECK(err <= 1e-5);
+    }
+    free(got);
+    snprintf(out, sizeof out, "%s/%s", tmp, name);
+    struct ftk_merge_opts o = {.model = base, .adapter = adapter, .output = out};
+    struct ftk_merge_stats st;
+    CHECK_OK(ftk_merge_lora(&o, &st));
+    CHECK_INT(st.merged, merged);
+    CHECK_INT(st.replaced, replaced);
+    if (weights)
+        check_weights_prefixed(fx, "merged.", out, 0);
+    got = logits_of(out, NULL, &bt.b, &n);
+    if (want && got && n == ftk_tensor_numel(want)) {
+        double err = rel_err(got, want->data, n);
+        printf("  %s: merged model vs peft logits rel err %.2e\n", name, err);
+        CHECK(err <= 1e-5);
+    }
+    free(got);
+    ftk_st_model_close(bt.e);
+    ftk_st_model_close(e);
 }
 
 static void merge_case(const char *name, const char *base, const char *adapter, const char *fixture)
@@ -238,6 +287,13 @@ int main(void)
         adapter_variant("tests/fixtures/hf_tiny/llama/adapter", p, "use_rslora", "true");
         merge_case("llama-rslora", "tests/fixtures/hf_tiny/llama", p, "tests/fixtures/merge/llama-rslora.safetensors");
     }
+    TEST("peft rank_pattern, alpha_pattern (regex keys) and modules_to_save: forward and merge = peft") {
+        peft_expected_case("patterns", "tests/fixtures/hf_tiny/llama", "tests/fixtures/hf_tiny/llama/patterns", 14, 1, 1);
+        peft_expected_case("mts", "tests/fixtures/hf_tiny/llama", "tests/fixtures/hf_tiny/llama/mts", 4, 1, 0);
+    }
+    TEST("DoRA with modules_to_save (the plugin path): forward and merge = peft") {
+        peft_expected_case("dora-mts", "tests/fixtures/hf_tiny/llama", "tests/fixtures/hf_tiny/llama/dora-mts", 4, 1, 1);
+    }
     TEST("stories260K (a trained model), tied embeddings") {
         snprintf(p, sizeof p, "%s/stories", tmp);
         CHECK_OK(merge3("models/stories260K", "tests/fixtures/merge/stories260K-adapter", p));
@@ -324,7 +380,19 @@ int main(void)
         CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_UNSUPPORTED, "fan_in_fan_out");
         snprintf(q, sizeof q, "%s/rank", tmp);
         adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "rank_pattern", "{\"q_proj\": 2}");
-        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_UNSUPPORTED, "rank_pattern");
+        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_MISMATCH, "r = 2 (rank_pattern)");
+        snprintf(q, sizeof q, "%s/lookahead", tmp);
+        adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "alpha_pattern", "{\"(?!q)_proj\": 2}");
+        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_UNSUPPORTED, "Python regex construct \"(?!\"");
+        snprintf(q, sizeof q, "%s/badregex", tmp);
+        adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "alpha_pattern", "{\"q_proj[\": 2}");
+        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_FORMAT, "q_proj[");
+        snprintf(q, sizeof q, "%s/mts-embed", tmp);   /* lm_head saved whole, but the config does not say so */
+        adapter_variant("tests/fixtures/hf_tiny/llama/mts", q, "modules_to_save", "[\"embed_tokens\"]");
+        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_UNSUPPORTED, "nor in modules_to_save");
+        snprintf(q, sizeof q, "%s/replication", tmp);
+        adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "layer_replication", "[[0, 2]]");
+        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_UNSUPPORTED, "layer_replication");
         snprintf(q, sizeof q, "%s/r8", tmp);
         adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "r", "8");
         CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_MISMATCH, "r = 8");

@@ -38,11 +38,14 @@ struct ftk_merge_stats {
     int64_t shards;         /* safetensors files written (1: model.safetensors, no index) */
     uint64_t total_size;    /* bytes of tensor data (the index's metadata.total_size) */
     char dtype[16];         /* the output dtype, torch's name */
+    int64_t replaced;       /* tensors replaced whole by the adapter's (modules_to_save) */
 };
 
 /* Merges and writes the output all-or-nothing: a failed merge leaves no output behind.
+ * LoRA's per-module rank_pattern / alpha_pattern give each module its own scale, and tensors of
+ * modules_to_save replace the base's whole.
  * Errors: FTK_E_UNSUPPORTED for adapters that cannot be folded (LoRA with bias, fan_in_fan_out,
- * rank/alpha patterns, modules_to_save; methods without a merge slot), FTK_E_MISMATCH for an adapter made
+ * layer_replication, a saved lm_head of a tied model; methods without a merge slot), FTK_E_MISMATCH for an adapter made
  * for another base (a module the base lacks, or shapes that differ), FTK_E_INVALID for a bad
  * dtype or an existing non-empty output directory. `stats` may be NULL. */
 FTK_API ftk_status ftk_merge_lora(const struct ftk_merge_opts *o, struct ftk_merge_stats *stats);
