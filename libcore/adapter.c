@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cjson/cJSON.h>
-#include "ftk/model.h"
+#include "model-impl.h"
 
 /* peft_type -> plugin name ("LORA" -> "lora"; ftk's own types whose plugin is named otherwise
  * from the table) */
@@ -24,9 +24,99 @@ static void plugin_name(const char *peft_type, char *out, size_t n)
     out[i] = '\0';
 }
 
+/* Does module name `m` end a list entry's way (peft: equal, or ends with "." + entry)? */
+static int listed(const cJSON *list, const char *m)
+{
+    const cJSON *t;
+    size_t lm = strlen(m);
+    cJSON_ArrayForEach(t, list) {
+        size_t n = cJSON_IsString(t) ? strlen(t->valuestring) : 0;
+        if (n && (!strcmp(m, t->valuestring) || (lm > n && m[lm - n - 1] == '.' && !strcmp(m + lm - n, t->valuestring))))
+            return 1;
+    }
+    return 0;
+}
+
+/* peft's check_target_module_exists for one module: excluded by exclude_modules (a regex
+ * string: re.fullmatch; a list: as targets) or by modules_to_save (re.match(rf"(^|.*\.){m}($|\..*)")),
+ * else targeted by target_modules (a regex string: re.fullmatch; "all-linear": every linear but
+ * the output layer; a list: listed). */
+static ftk_status site_targeted(const cJSON *root, const struct ftk_site *site, int *hit)
+{
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "target_modules");
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(root, "exclude_modules");
+    const cJSON *mts = cJSON_GetObjectItemCaseSensitive(root, "modules_to_save"), *e;
+    *hit = 0;
+    if (cJSON_IsString(x)) {
+        int out;
+        FTK_TRY(ftk_peft_regex_fullmatch(x->valuestring, "exclude_modules", site->module, &out));
+        if (out)
+            return FTK_OK;
+    } else if (cJSON_IsArray(x) && listed(x, site->module)) {
+        return FTK_OK;
+    }
+    const cJSON *saved = cJSON_IsArray(mts) ? mts : NULL;
+    cJSON_ArrayForEach(e, saved) {
+        const char *m = site->module, *n = cJSON_IsString(e) ? e->valuestring : "";
+        size_t ln = strlen(n);
+        for (const char *at = strstr(m, n); ln && at; at = strstr(at + 1, n))
+            if ((at == m || at[-1] == '.') && (at[ln] == '\0' || at[ln] == '.'))
+                return FTK_OK;
+    }
+    if (cJSON_IsString(t) && !strcmp(t->valuestring, "all-linear"))
+        *hit = site->kind != FTK_LIN_LM_HEAD;
+    else if (cJSON_IsString(t))
+        FTK_TRY(ftk_peft_regex_fullmatch(t->valuestring, "target_modules", site->module, hit));
+    else
+        *hit = listed(t, site->module);
+    return FTK_OK;
+}
+
+/* target_modules as one regex string, or exclude_modules: resolved against the model's linear
+ * layers into the explicit list of whole module names that every plugin reads as target_modules
+ * (a plugin's "equal or ends with .name" test then picks exactly them). *out NULL: neither is
+ * used, the config's target_modules stands. */
+static ftk_status resolve_targets(const struct ftk_model *m, const cJSON *root, const char *where, char **out)
+{
+    *out = NULL;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "target_modules");
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(root, "exclude_modules");
+    int regex = cJSON_IsString(t) && strcmp(t->valuestring, "all-linear");
+    int excl = cJSON_IsString(x) || (cJSON_IsArray(x) && cJSON_GetArraySize(x) > 0);
+    if (!regex && !excl)
+        return FTK_OK;
+    FTK_FAIL_IF(!cJSON_IsString(t) && !cJSON_IsArray(t), FTK_E_UNSUPPORTED,
+                "%s: exclude_modules without target_modules (the method's default targets) is not supported", where);
+    size_t cap = 1;
+    for (size_t k = 0; k < m->n_sites; k++)
+        cap += strlen(m->sites[k].module) + 1;
+    char *list = calloc(cap, 1);
+    FTK_FAIL_IF(!list, FTK_E_NOMEM, "out of memory");
+    size_t at = 0;
+    for (size_t k = 0; k < m->n_sites; k++) {
+        int hit;
+        ftk_status s = site_targeted(root, &m->sites[k], &hit);
+        if (s != FTK_OK) {
+            free(list);
+            return ftk_error_wrap(s, "%s", where);
+        }
+        if (hit)
+            at += (size_t)snprintf(list + at, cap - at, "%s%s", at ? "," : "", m->sites[k].module);
+    }
+    if (!at) {
+        free(list);
+        FTK_FAIL(FTK_E_MISMATCH, "%s: target_modules (less exclude_modules) matches no linear layer of this model", where);
+    }
+    *out = list;
+    return FTK_OK;
+}
+
 /* adapter_config.json as plugin options: numbers, booleans ("true"/"false"), strings, lists of
- * strings or numbers (comma-joined); nulls are left out; objects as JSON text ("{}" when empty). */
-static ftk_status config_to_kv(const cJSON *root, const char *where, struct ftk_kv **out, char ***strs, size_t *n_strs)
+ * strings or numbers (comma-joined); nulls are left out; objects as JSON text ("{}" when empty).
+ * `targets`, when not NULL, stands for target_modules (resolve_targets); exclude_modules, then
+ * applied, is left out. */
+static ftk_status config_to_kv(const cJSON *root, const char *where, const char *targets, struct ftk_kv **out, char ***strs,
+                               size_t *n_strs)
 {
     int n = cJSON_GetArraySize(root);
     struct ftk_kv *kv = calloc((size_t)n + 1, sizeof *kv);
@@ -38,18 +128,17 @@ static ftk_status config_to_kv(const cJSON *root, const char *where, struct ftk_
     const cJSON *e;
     cJSON_ArrayForEach(e, root) {
         char *v = NULL;
-        if (cJSON_IsNull(e))
+        if (cJSON_IsNull(e) || (targets && !strcmp(e->string, "exclude_modules")))
             continue;
-        if (cJSON_IsBool(e))
+        if (targets && !strcmp(e->string, "target_modules"))
+            v = strdup(targets);
+        else if (cJSON_IsBool(e))
             v = strdup(cJSON_IsTrue(e) ? "true" : "false");
         else if (cJSON_IsNumber(e)) {
             char b[64];
             snprintf(b, sizeof b, "%.17g", e->valuedouble);
             v = strdup(b);
-        } else if (cJSON_IsString(e)) {
-            if (!strcmp(e->string, "target_modules") && strcmp(e->valuestring, "all-linear"))
-                FTK_FAIL(FTK_E_UNSUPPORTED, "%s: target_modules as a regular expression (\"%s\") is not supported; use a list",
-                         where, e->valuestring);
+        } else if (cJSON_IsString(e)) {   /* a regex target_modules came as `targets` */
             v = strdup(e->valuestring);
         } else if (cJSON_IsArray(e)) {   /* of strings or of numbers (WARP's verbalizer_ids) */
             size_t len = 1;
@@ -121,8 +210,12 @@ ftk_status ftk_model_load_adapter(struct ftk_model *m, const char *path, uint64_
         if ((s = ftk_plugin_load_peft(name, &pl)) != FTK_OK)
             s = ftk_error_wrap(s, "%s: peft_type %s", where, pt->valuestring);
     }
+    char *targets = NULL;
     if (s == FTK_OK)
-        s = config_to_kv(root, where, &kv, &strs, &n_strs);
+        s = resolve_targets(m, root, where, &targets);
+    if (s == FTK_OK)
+        s = config_to_kv(root, where, targets, &kv, &strs, &n_strs);
+    free(targets);
     if (s == FTK_OK)
         s = check_supported(kv, where, pt->valuestring);
     if (s == FTK_OK)

@@ -28,14 +28,13 @@ void merge_adapter_free(struct merge_adapter *a)
     cJSON_Delete(a->cfg);
 }
 
-/* peft's check: a module is targeted when its name equals a target or ends with ".target". */
-static int targeted(const cJSON *targets, const char *module)
+/* peft's check for a list: a module is in it when its name equals an entry or ends with
+ * "." + entry. */
+static int listed(const cJSON *list, const char *module)
 {
-    if (!cJSON_IsArray(targets))
-        return 1;   /* a regular expression or "all-linear": the tensors decide */
     const cJSON *t;
     size_t m = strlen(module);
-    cJSON_ArrayForEach(t, targets) {
+    cJSON_ArrayForEach(t, list) {
         if (!cJSON_IsString(t))
             continue;
         size_t n = strlen(t->valuestring);
@@ -43,6 +42,26 @@ static int targeted(const cJSON *targets, const char *module)
             return 1;
     }
     return 0;
+}
+
+/* Is `module` one that target_modules picks and exclude_modules leaves (peft's
+ * check_target_module_exists; a string other than "all-linear" is a regex, re.fullmatch)? */
+static ftk_status targeted(const cJSON *cfg, const char *module, int *hit)
+{
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(cfg, "target_modules");
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(cfg, "exclude_modules");
+    int out = 0;
+    if (cJSON_IsString(x))
+        FTK_TRY(ftk_peft_regex_fullmatch(x->valuestring, "exclude_modules", module, &out));
+    else if (cJSON_IsArray(x))
+        out = listed(x, module);
+    *hit = 0;
+    if (out)
+        return FTK_OK;
+    if (cJSON_IsString(t) && strcmp(t->valuestring, "all-linear"))
+        return ftk_peft_regex_fullmatch(t->valuestring, "target_modules", module, hit);
+    *hit = !cJSON_IsArray(t) || listed(t, module);   /* "all-linear" or none: the tensors decide */
+    return FTK_OK;
 }
 
 /* peft _set_trainable: a module is saved whole when its name ends with an entry of
@@ -204,7 +223,6 @@ ftk_status merge_adapter_open(struct merge_adapter *a, const char *path)
     a->plugin = needs_plugin(a->cfg);
     if (a->plugin)
         return FTK_OK;
-    const cJSON *targets = cJSON_GetObjectItemCaseSensitive(a->cfg, "target_modules");
     const cJSON *mts = cJSON_GetObjectItemCaseSensitive(a->cfg, "modules_to_save");
 
     FTK_TRY(ftk_st_model_open(a->src, "adapter_model", &a->st));
@@ -226,8 +244,10 @@ ftk_status merge_adapter_open(struct merge_adapter *a, const char *path)
             FTK_TRY(add_saved(a, path, name, t));
             continue;
         }
-        FTK_FAIL_IF(!targeted(targets, module), FTK_E_MISMATCH, "%s: %s is not among adapter_config.json's target_modules",
-                    path, name);
+        int hit;
+        FTK_TRY(targeted(a->cfg, module, &hit));
+        FTK_FAIL_IF(!hit, FTK_E_MISMATCH, "%s: %s is not among adapter_config.json's target_modules (less exclude_modules)", path,
+                    name);
         FTK_TRY(add_half(a, path, name, module, ab, t));
     }
     FTK_FAIL_IF(a->n_pairs == 0 && a->n_saved == 0, FTK_E_FORMAT, "%s: adapter_model has no LoRA weights", path);

@@ -1,4 +1,6 @@
-/* libcore/peft_pattern.c: peft's per-module rank_pattern / alpha_pattern lookup (ftk/plugin.h).
+/* libcore/peft_pattern.c: peft's regular expressions over module names (ftk/plugin.h): the
+ * per-module rank_pattern / alpha_pattern lookup, and target_modules / exclude_modules given as
+ * one regex string (peft's match_target_against_key: re.fullmatch(regex, module)).
  *
  * peft (utils/other.py get_pattern_key) takes the first key of the pattern dict, in its order,
  * for which re.match(rf"(.*\.)?({key})$", module) matches, and uses its value for that module;
@@ -14,8 +16,11 @@
 #include <cjson/cJSON.h>
 #include "ftk/plugin.h"
 
-/* "(.*\.)?(KEY)$" anchored at the start, KEY translated to ERE; NULL-terminated in out. */
-static ftk_status translate(const char *key, const char *option, char *out, size_t cap)
+/* head KEY ")$", KEY translated from Python's syntax to ERE; NUL-terminated in out. Outside
+ * brackets glibc knows \w \W \s \S \b \B and escaped punctuation as Python does; \d, \D and
+ * (?:...) are rewritten. Inside brackets POSIX has no escapes, so \d \w \s become classes and an
+ * escaped character itself. What would match differently is refused. */
+static ftk_status translate(const char *head, const char *key, const char *option, char *out, size_t cap)
 {
     size_t n = 0;
 #define PUT(s)                                                                                                  \
@@ -25,28 +30,109 @@ static ftk_status translate(const char *key, const char *option, char *out, size
         memcpy(out + n, s, l_ + 1);                                                                             \
         n += l_;                                                                                                \
     } while (0)
-    PUT("^(.*\\.)?(");
+#define REFUSE(what) FTK_FAIL(FTK_E_UNSUPPORTED, "%s: key \"%s\" uses %s, which ftk cannot match as Python does", option, key, what)
+    PUT(head);
+    int bracket = 0;
     for (const char *c = key; *c; c++) {
-        if (c[0] == '\\' && (c[1] == 'd' || c[1] == 'D')) {
-            PUT(c[1] == 'd' ? "[0-9]" : "[^0-9]");
+        char lit[3] = {c[0], 0, 0};
+        if (bracket) {
+            if (c[0] == ']' && bracket > 1) {
+                bracket = 0;
+            } else if (c[0] == '\\') {
+                c++;
+                if (*c == 'd')
+                    PUT("0-9");
+                else if (*c == 'w')
+                    PUT("[:alnum:]_");
+                else if (*c == 's')
+                    PUT("[:space:]");
+                else if (*c && strchr("DWSbB-]^[\\", *c))
+                    REFUSE("an escape inside [...] that POSIX brackets cannot hold");
+                else if (*c) {
+                    lit[0] = *c;
+                    PUT(lit);
+                } else
+                    break;
+                bracket++;
+                continue;
+            } else if (c[0] == '[' && (c[1] == ':' || c[1] == '=' || c[1] == '.')) {
+                REFUSE("\"[:\", \"[=\" or \"[.\" inside [...]");
+            }
+            if (bracket && !(c[0] == '^' && bracket == 1))
+                bracket++;
+            PUT(lit);
+            continue;
+        }
+        if (c[0] == '[') {
+            bracket = 1;
+            PUT("[");
+            if (c[1] == '^') {
+                PUT("^");
+                c++;
+            }
+            if (c[1] == ']') {   /* a first ']' is a member, in both syntaxes */
+                PUT("]");
+                c++;
+                bracket = 2;
+            }
+            continue;
+        }
+        if (c[0] == '\\') {
             c++;
-        } else if (c[0] == '\\' && c[1]) {
-            char two[3] = {c[0], c[1], 0};
-            PUT(two);
-            c++;
-        } else if (c[0] == '(' && c[1] == '?') {
-            FTK_FAIL_IF(c[2] != ':', FTK_E_UNSUPPORTED,
-                        "%s: key \"%s\" uses a Python regex construct \"(?%c\" that ftk cannot match", option, key, c[2]);
+            if (*c == 'd' || *c == 'D')
+                PUT(*c == 'd' ? "[0-9]" : "[^0-9]");
+            else if (*c && strchr("AZzGNpPuUxo0123456789", *c))
+                REFUSE("a backslash escape POSIX lacks");
+            else if (*c) {
+                lit[0] = '\\';
+                lit[1] = *c;
+                PUT(lit);
+            } else
+                REFUSE("a trailing backslash");
+            continue;
+        }
+        if (c[0] == '(' && c[1] == '?') {
+            if (c[2] != ':') {
+                char what[48];
+                snprintf(what, sizeof what, "the construct \"(?%c\"", c[2] ? c[2] : ' ');
+                REFUSE(what);
+            }
             PUT("(");
             c += 2;
-        } else {
-            char one[2] = {c[0], 0};
-            PUT(one);
+            continue;
         }
+        PUT(lit);
     }
+    FTK_FAIL_IF(bracket, FTK_E_FORMAT, "%s: key \"%s\" is not a regular expression ftk can use: unmatched [", option, key);
     PUT(")$");
+#undef REFUSE
 #undef PUT
     return FTK_OK;
+}
+
+/* get_pattern_key's re.match(rf"(.*\.)?({key})$"), and match_target_against_key's re.fullmatch */
+#define PATTERN_HEAD "^(.*\\.)?("
+#define FULL_HEAD "^("
+
+static ftk_status match(const char *head, const char *key, const char *option, const char *name, int *hit)
+{
+    char re[1024];
+    FTK_TRY(translate(head, key, option, re, sizeof re));
+    regex_t rx;
+    int rc = regcomp(&rx, re, REG_EXTENDED | REG_NOSUB);
+    if (rc != 0) {
+        char msg[128];
+        regerror(rc, &rx, msg, sizeof msg);
+        FTK_FAIL(FTK_E_FORMAT, "%s: key \"%s\" is not a regular expression ftk can use: %s", option, key, msg);
+    }
+    *hit = regexec(&rx, name, 0, NULL, 0) == 0;
+    regfree(&rx);
+    return FTK_OK;
+}
+
+ftk_status ftk_peft_regex_fullmatch(const char *regex, const char *option, const char *name, int *hit)
+{
+    return match(FULL_HEAD, regex, option, name, hit);
 }
 
 ftk_status ftk_peft_pattern(const char *json, const char *option, const char *module, double def, double *out)
@@ -66,20 +152,9 @@ ftk_status ftk_peft_pattern(const char *json, const char *option, const char *mo
             s = ftk_error_set(FTK_E_FORMAT, __FILE__, __LINE__, "%s[\"%s\"] is not a number", option, e->string);
             break;
         }
-        char re[1024];
-        if ((s = translate(e->string, option, re, sizeof re)) != FTK_OK)
+        int hit;
+        if ((s = match(PATTERN_HEAD, e->string, option, module, &hit)) != FTK_OK)
             break;
-        regex_t rx;
-        int rc = regcomp(&rx, re, REG_EXTENDED | REG_NOSUB);
-        if (rc != 0) {
-            char msg[128];
-            regerror(rc, &rx, msg, sizeof msg);
-            s = ftk_error_set(FTK_E_FORMAT, __FILE__, __LINE__, "%s: key \"%s\" is not a regular expression ftk can use: %s",
-                              option, e->string, msg);
-            break;
-        }
-        int hit = regexec(&rx, module, 0, NULL, 0) == 0;
-        regfree(&rx);
         if (hit) {
             *out = e->valuedouble;
             break;

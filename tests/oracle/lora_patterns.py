@@ -9,11 +9,13 @@ perturbed copy of lm_head:
              among them \\d and (?:...); modules_to_save ["lm_head"]
   dora-mts/  DoRA r 2 on q_proj, v_proj with modules_to_save ["lm_head"] (merged by the plugin
              path of ftk merge-lora)
+  regex-targets/  target_modules and exclude_modules as regex strings (re.fullmatch)
 Each directory holds peft's save_pretrained output and expected.safetensors: "logits" of base +
 adapter (unmerged, float32) on the fixture batch, and "merged.<name>" for every tensor of peft's
 merge_and_unload.
 tests/fixtures/peft_pattern_cases.json: which key peft's get_pattern_key picks for module names
-and pattern dicts (tests/unit/test_peft_pattern.c runs ftk_peft_pattern on the same cases).
+and pattern dicts, and whether match_target_against_key (target_modules as one regex) matches
+(tests/unit/test_peft_pattern.c runs ftk_peft_pattern and ftk_peft_regex_fullmatch on them).
 Run from the repo root: .venv/bin/python tests/oracle/lora_patterns.py
 """
 import json
@@ -21,7 +23,7 @@ import os
 
 import peft
 import torch
-from peft.utils.other import get_pattern_key
+from peft.utils.other import get_pattern_key, match_target_against_key
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
@@ -32,6 +34,8 @@ CASES = {
                      rank_pattern={"q_proj": 4, r"layers\.1\.mlp\.down_proj": 3, r"model\.layers\.\d\.self_attn\.o_proj": 1},
                      alpha_pattern={"v_proj": 16, r"(?:gate|up)_proj": 2}),
     "dora-mts": dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], use_dora=True, modules_to_save=["lm_head"]),
+    "regex-targets": dict(r=2, lora_alpha=4, target_modules=r".*\.layers\.\d\.(self_attn\.(q|v)|mlp\.[a-z]+)_proj",
+                          exclude_modules=r".*\.layers\.0\.mlp\.up_proj"),
 }
 
 
@@ -48,7 +52,14 @@ PATTERN_DICTS = [
     {"layers\\.1": 3},                           # a module, not a parent: no match for its children
     {r"\w+_proj": 11},
     {"model.layers.10.self_attn.v_proj": 12},
+    {r"layers\.[\d]\.mlp\.[a-z]+_proj": 5},          # \d inside brackets
+    {r"[^.]*_proj": 3},                             # a negated class
+    {r"layers\.\d+\.self_attn\.[qk]_proj$": 2},     # "$" inside the key too
+    {r"layers\.1\d\.self_attn\..*": 4, r"\.": 1},    # "\." alone matches nothing whole
 ]
+# target_modules / exclude_modules as one string: re.fullmatch (peft match_target_against_key)
+TARGET_REGEXES = [r".*\.layers\.1\.(self_attn\.(q|v)|mlp\.down)_proj", r".*_proj", r"q_proj",
+                  r"model\.layers\.\d+\.self_attn\.[^.]+", r"(?:.*\.)?(up|gate)_proj", r".*\.layers\.1[0-9]?\..*"]
 MODULES = ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.k_proj", "model.layers.1.mlp.down_proj",
            "model.layers.0.mlp.down_proj", "model.layers.0.self_attn.o_proj", "model.layers.10.self_attn.o_proj",
            "model.layers.1.mlp.up_proj", "model.layers.1.mlp.gate_proj", "model.layers.10.self_attn.v_proj",
@@ -61,11 +72,13 @@ def pattern_cases():
         for m in MODULES:
             k = get_pattern_key(d.keys(), m)
             cases.append({"pattern": d, "module": m, "value": d.get(k, -1)})
+    full = [{"regex": r, "module": m, "match": bool(match_target_against_key(r, m))} for r in TARGET_REGEXES for m in MODULES]
     with open("tests/fixtures/peft_pattern_cases.json", "w") as f:
-        json.dump({"source": f"peft {peft.__version__} get_pattern_key", "script": "tests/oracle/lora_patterns.py",
-                   "default": -1, "cases": cases}, f, indent=0)
+        json.dump({"source": f"peft {peft.__version__} get_pattern_key, match_target_against_key",
+                   "script": "tests/oracle/lora_patterns.py", "default": -1, "cases": cases, "fullmatch": full}, f, indent=0)
         f.write("\n")
-    print(len(cases), "pattern cases,", sum(c["value"] != -1 for c in cases), "matching")
+    print(len(cases), "pattern cases,", sum(c["value"] != -1 for c in cases), "matching;", len(full), "fullmatch cases,",
+          sum(c["match"] for c in full), "matching")
 
 
 def main():
@@ -73,6 +86,7 @@ def main():
     e = load_file(os.path.join(BASE, "expected.safetensors"))
     ids, pos = e["input_ids"].long(), e["position_ids"].long()
     for name, kw in CASES.items():
+        torch.manual_seed(7)   # lora_A's init
         gen = torch.Generator().manual_seed(7)
         m = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32, attn_implementation="eager")
         pm = peft.get_peft_model(m, peft.LoraConfig(lora_dropout=0.0, task_type="CAUSAL_LM", **kw))
@@ -82,6 +96,13 @@ def main():
                     p.add_(0.1 * torch.randn(p.shape, generator=gen))
         out = os.path.join(BASE, name)
         pm.save_pretrained(out, safe_serialization=True)
+        cfg = os.path.join(out, "adapter_config.json")   # peft writes target_modules from a set: sort it
+        c = json.load(open(cfg))
+        if isinstance(c.get("target_modules"), list):
+            c["target_modules"] = sorted(c["target_modules"])
+        with open(cfg, "w") as f:
+            json.dump(c, f, indent=2, sort_keys=True)
+            f.write("\n")
         if os.path.exists(os.path.join(out, "README.md")):   # peft's model card: not a fixture
             os.remove(os.path.join(out, "README.md"))
         pm.eval()

@@ -1,8 +1,9 @@
 /* tests/unit/test_peft_pattern.c: ftk_peft_pattern (peft's rank_pattern / alpha_pattern lookup)
  * picks the value peft's get_pattern_key picks, on the cases of
  * tests/fixtures/peft_pattern_cases.json (tests/oracle/lora_patterns.py): first matching key,
- * "." boundaries, regex keys with \d, (?:...), classes and alternation; and refuses what it
- * cannot match the same way. */
+ * "." boundaries, regex keys with \d, (?:...), classes and alternation; ftk_peft_regex_fullmatch
+ * (target_modules as one regex) agrees with peft's match_target_against_key on the same file;
+ * both refuse what they cannot match the same way. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <cjson/cJSON.h>
@@ -33,6 +34,19 @@ int main(void)
         printf("  %d cases, %d differ from peft\n", n, bad);
         CHECK(n >= 100);
         CHECK_INT(bad, 0);
+        n = bad = 0;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(root, "fullmatch")) {
+            const char *rx = cJSON_GetObjectItemCaseSensitive(c, "regex")->valuestring;
+            const char *module = cJSON_GetObjectItemCaseSensitive(c, "module")->valuestring;
+            int want = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c, "match")), got = -1;
+            CHECK_OK(ftk_peft_regex_fullmatch(rx, "target_modules", module, &got));
+            if (got != want && bad++ < 5)
+                CHECK_FAIL_("re.fullmatch(%s, %s): %d, peft %d", rx, module, got, want);
+            n++;
+        }
+        printf("  %d fullmatch cases, %d differ from peft\n", n, bad);
+        CHECK(n >= 50);
+        CHECK_INT(bad, 0);
         cJSON_Delete(root);
     }
     TEST("no pattern: the default") {
@@ -49,6 +63,11 @@ int main(void)
                   "rank_pattern[\"q_proj\"] is not a number");
         CHECK_ERR(ftk_peft_pattern("{\"(?<=x)q\": 4}", "rank_pattern", "q_proj", 8, &v), FTK_E_UNSUPPORTED, "(?<");
         CHECK_ERR(ftk_peft_pattern("{\"q_proj(\": 4}", "rank_pattern", "q_proj", 8, &v), FTK_E_FORMAT, "key \"q_proj(\"");
+        int hit;
+        CHECK_ERR(ftk_peft_regex_fullmatch("[\\D]_proj", "target_modules", "q_proj", &hit), FTK_E_UNSUPPORTED, "inside [...]");
+        CHECK_ERR(ftk_peft_regex_fullmatch("q_proj\\Z", "target_modules", "q_proj", &hit), FTK_E_UNSUPPORTED, "backslash escape");
+        CHECK_ERR(ftk_peft_regex_fullmatch("[a-z_proj", "target_modules", "q_proj", &hit), FTK_E_FORMAT, "unmatched [");
+        CHECK_ERR(ftk_peft_regex_fullmatch("(?P<x>q)_proj", "target_modules", "q_proj", &hit), FTK_E_UNSUPPORTED, "(?P");
     }
     return check_summary();
 }

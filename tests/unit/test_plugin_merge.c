@@ -291,6 +291,9 @@ int main(void)
         peft_expected_case("patterns", "tests/fixtures/hf_tiny/llama", "tests/fixtures/hf_tiny/llama/patterns", 14, 1, 1);
         peft_expected_case("mts", "tests/fixtures/hf_tiny/llama", "tests/fixtures/hf_tiny/llama/mts", 4, 1, 0);
     }
+    TEST("target_modules and exclude_modules as regex strings: forward and merge = peft") {
+        peft_expected_case("regex-targets", "tests/fixtures/hf_tiny/llama", "tests/fixtures/hf_tiny/llama/regex-targets", 9, 0, 1);
+    }
     TEST("DoRA with modules_to_save (the plugin path): forward and merge = peft") {
         peft_expected_case("dora-mts", "tests/fixtures/hf_tiny/llama", "tests/fixtures/hf_tiny/llama/dora-mts", 4, 1, 1);
     }
@@ -383,7 +386,7 @@ int main(void)
         CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_MISMATCH, "r = 2 (rank_pattern)");
         snprintf(q, sizeof q, "%s/lookahead", tmp);
         adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "alpha_pattern", "{\"(?!q)_proj\": 2}");
-        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_UNSUPPORTED, "Python regex construct \"(?!\"");
+        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_UNSUPPORTED, "the construct \"(?!\"");
         snprintf(q, sizeof q, "%s/badregex", tmp);
         adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "alpha_pattern", "{\"q_proj[\": 2}");
         CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_FORMAT, "q_proj[");

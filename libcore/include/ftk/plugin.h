@@ -224,6 +224,9 @@ FTK_API ftk_status ftk_peft_write_config(const char *dir, const char *json);
  * get_pattern_key does (re.match(rf"(.*\.)?({key})$", module)), else `def` (also for NULL or
  * ""). `option` names the option in errors (a bad JSON object, a regex ftk cannot run). */
 FTK_API ftk_status ftk_peft_pattern(const char *json, const char *option, const char *module, double def, double *out);
+/* *hit = whether Python regex `regex` matches all of `name` (peft's target_modules or
+ * exclude_modules given as one string: re.fullmatch). Errors as ftk_peft_pattern's. */
+FTK_API ftk_status ftk_peft_regex_fullmatch(const char *regex, const char *option, const char *name, int *hit);
 /* A base weight, F32, backend memory (for PiSSA-like inits and merges). NULL if absent. */
 FTK_API float *ftk_peft_base_weight(struct ftk_peft *p, const char *hf_name, int64_t *numel);
 
