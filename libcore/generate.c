@@ -203,6 +203,24 @@ static ftk_status row_text(const struct ftk_tokenizer *tok, const struct ftk_gen
     return FTK_OK;
 }
 
+/* The next logits of every live row without a decode step (ftk_model_decode_exact is 0): the
+ * whole sequence so far, prompt and generated tokens, prefilled again into the row. O(T^2) per
+ * row, as transformers' generate with use_cache=False. seq: scratch of the longest sequence. */
+static ftk_status recompute(struct ftk_model *m, struct ftk_kv_cache *kc, int64_t n, const int32_t *const *prompts,
+                            const int64_t *lens, const struct ftk_gen_result *out, const int *done, int32_t *seq, float *logits)
+{
+    int64_t V = ftk_model_get_config(m)->V;
+    for (int64_t i = 0; i < n; i++) {
+        if (done[i])
+            continue;
+        memcpy(seq, prompts[i], (size_t)lens[i] * sizeof *seq);
+        memcpy(seq + lens[i], out[i].ids, (size_t)out[i].n * sizeof *seq);
+        ftk_kv_cache_reset(kc, i);
+        FTK_TRY(ftk_model_prefill(m, kc, i, seq, lens[i] + out[i].n, logits + i * V));
+    }
+    return FTK_OK;
+}
+
 ftk_status ftk_generate(struct ftk_model *m, const struct ftk_tokenizer *tok, const struct ftk_gen_config *c, int64_t n,
                         const int32_t *const *prompts, const int64_t *lens, ftk_gen_token_fn on_token, void *arg,
                         struct ftk_gen_result *out)
@@ -217,6 +235,7 @@ ftk_status ftk_generate(struct ftk_model *m, const struct ftk_tokenizer *tok, co
     }
     struct ftk_kv_cache *kc;
     FTK_TRY(ftk_kv_cache_create(m, n, ctx, &kc));
+    int exact = ftk_model_decode_exact(m);
     float *logits = malloc((size_t)(n * V) * sizeof *logits);
     int32_t *next = calloc((size_t)n, sizeof *next), *seen = NULL;
     int *done = calloc((size_t)n, sizeof *done);
@@ -265,12 +284,14 @@ ftk_status ftk_generate(struct ftk_model *m, const struct ftk_tokenizer *tok, co
             } else if (lens[i] + out[i].n >= ctx) {
                 done[i] = 1;   /* the context is full: "length" */
             }
-            if (done[i])
+            if (done[i]) {
                 live--;
+                ftk_kv_cache_reset(kc, i);   /* still fed (and ignored) while others go on: keep it from filling */
+            }
         }
         if (s == FTK_OK && live > 0 && step + 1 < c->max_new_tokens) {
             double t0 = now_s();
-            s = ftk_model_decode(m, kc, next, logits);
+            s = exact ? ftk_model_decode(m, kc, next, logits) : recompute(m, kc, n, prompts, lens, out, done, seen, logits);
             decode_s += now_s() - t0;
         }
     }

@@ -210,6 +210,11 @@ const struct ftk_backend *ftk_model_backend(const struct ftk_model *m, void **ct
     return m->be;
 }
 void ftk_model_enable_adapter(struct ftk_model *m, int on) { m->adapter_on = on; }
+int ftk_model_decode_exact(struct ftk_model *m)
+{
+    const struct ftk_peft_plugin *pl = m->peft ? ftk_peft_get_plugin(m->peft) : NULL;
+    return !(m->adapter_on && pl && FTK_PLUGIN_SLOT(pl, decode_recomputes) && pl->decode_recomputes(m->peft));
+}
 void ftk_model_set_step(struct ftk_model *m, int64_t step) { m->step = step; }
 void ftk_model_set_recompute(struct ftk_model *m, int on) { m->recompute = on; }
 size_t ftk_model_n_trainable(const struct ftk_model *m) { return m->n_train; }

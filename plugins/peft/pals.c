@@ -10,8 +10,9 @@
  *
  * For a causal LM the inner attention is causal and keeps packed documents apart (the segment
  * ids of the batch), through the backend's attention_forward/backward; it has NO rotary position
- * embedding (BERT's PALs had none: positions reach it only through the hidden states). In KV-cache
- * decoding it cannot see earlier tokens (no cache of its own): generation is refused, naming it.
+ * embedding (BERT's PALs had none: positions reach it only through the hidden states). A KV-cache
+ * decode step cannot see the earlier tokens (no cache of its own): the plugin says so
+ * (decode_recomputes) and generation runs the whole sequence for each new token instead.
  * AdapterDrop (leave_out, adapter_drop_layers, adapter_drop_robust) drops whole layers' PALs.
  *
  * Init: init_weights=zero_decoder (default: V^E, Q, K, V ~ N(0, 0.02), V^D = 0, so training
@@ -160,8 +161,8 @@ static ftk_status pals_fwd(struct ftk_peft *p, const struct ftk_sublayer *s, flo
     struct pals *S = ftk_peft_priv(p);
     int l = s->layer;
     FTK_FAIL_IF(s->decoding, FTK_E_UNSUPPORTED,
-                "PALs cannot generate with a KV cache: their attention needs the earlier tokens, which only the base "
-                "model's keys and values are cached for (not implemented)");
+                "PALs cannot decode with a KV cache: their attention needs the earlier tokens, which only the base "
+                "model's keys and values are cached for (ftk_model_decode_exact says so; generation recomputes)");
     if (l < 0 || l >= S->L)
         return FTK_OK;
     void *ctx;
@@ -357,6 +358,12 @@ static void pals_release(struct ftk_peft *p)
     be->free(ctx, S->scr);
 }
 
+static int pals_decode_recomputes(struct ftk_peft *p)
+{
+    (void)p;
+    return 1;
+}
+
 FTK_EXPORT const struct ftk_peft_plugin ftk_peft_plugin = {
     .abi_version = FTK_PEFT_ABI,
     .struct_size = sizeof(struct ftk_peft_plugin),
@@ -368,4 +375,5 @@ FTK_EXPORT const struct ftk_peft_plugin ftk_peft_plugin = {
     .release = pals_release,
     .sublayer_forward = pals_fwd,
     .sublayer_backward = pals_bwd,
+    .decode_recomputes = pals_decode_recomputes,
 };

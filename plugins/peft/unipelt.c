@@ -21,8 +21,9 @@
  * position, padding included. A row holding several documents (neat packing) is refused: its
  * documents would share gates. As in the paper (an encoder) the gates see the whole row, later
  * tokens included: in a causal LM token t's output depends, through these scalars, on the tokens
- * after it, and KV-cache generation cannot reproduce the full forward (every new token moves every
- * gate): generation is refused by name. Training, eval and ref-logps (full forwards) are exact.
+ * after it, and a KV-cache decode step cannot reproduce the full forward (every new token moves
+ * every gate): the plugin says so (decode_recomputes) and generation runs the whole sequence for
+ * each new token, the gates pooled over it. Training, eval and ref-logps (full forwards) are exact.
  *
  * Gates: weight N(0, 0.02) (adapters'), bias 0 (a fresh gate is 1/2). Options: num_virtual_tokens
  * (10), prefix_projection (true), encoder_hidden_size (512: their mid_dim), r (8),
@@ -72,8 +73,8 @@ static const char *const up_keys[] = {"num_virtual_tokens", "prefix_projection",
 static const char *const up_bn_keys[] = {"reduction_factor", "bottleneck_size", "non_linearity", "init_weights", NULL};
 
 #define GEN_REFUSED                                                                                                    \
-    "unipelt cannot generate with a KV cache: its gates average over the whole row (Mao et al.), so every new token " \
-    "changes the earlier positions (eval and ref-logps run full forwards and work)"
+    "unipelt cannot decode with a KV cache: its gates average over the whole row (Mao et al.), so every new token " \
+    "changes the earlier positions (ftk_model_decode_exact says so; generation recomputes)"
 
 /* n host values into backend memory w: N(0, sd), or U(-bound, bound) when sd is 0 */
 static ftk_status fill(struct ftk_peft *p, float *w, int64_t n, double sd, double bound, uint64_t key)
@@ -455,6 +456,12 @@ static void up_release(struct ftk_peft *p)
     free(S->G);
 }
 
+static int up_decode_recomputes(struct ftk_peft *p)
+{
+    (void)p;
+    return 1;
+}
+
 FTK_EXPORT const struct ftk_peft_plugin ftk_peft_plugin = {
     .abi_version = FTK_PEFT_ABI,
     .struct_size = sizeof(struct ftk_peft_plugin),
@@ -472,4 +479,5 @@ FTK_EXPORT const struct ftk_peft_plugin ftk_peft_plugin = {
     .sublayer_backward = up_sublayer_backward,
     .attn_prefix = up_attn_prefix,
     .attn_prefix_per_row = up_per_row,
+    .decode_recomputes = up_decode_recomputes,
 };

@@ -35,6 +35,15 @@ printf '{"kind":"stream","meta":{"producer":"t"}}\n{"kind":"example","tensors":{
 check_eq "example stream input" "$(ftk generate --model "$M" --max-new-tokens 5 "$T/ex.fts" | jq -c '.ids')" \
     "$(jq -c 'select(.index == null) // . | select(.prompt == "Once upon a time") | .ids[0:5]' "$G")"
 
+# a row that fills the context stops ("length") while a shorter one goes on, in one batch
+printf '{"prompt": "Once upon a time there was a little girl named Lily"}\n{"prompt": "Once"}\n' > "$T/two.jsonl"
+check "batched rows reaching the context at different steps" bash -c \
+    "ftk generate --model '$M' --context 24 --max-new-tokens 40 --ignore-eos --batch-size 2 '$T/two.jsonl' > '$T/ctx2.jsonl'"
+check_eq "  each row fills the context" "$(jq -c '[.finish_reason, .prompt_tokens + .completion_tokens]' "$T/ctx2.jsonl" | tr '\n' ' ')" \
+    '["length",24] ["length",24] '
+check_eq "  the same as one at a time" "$(jq -c .ids "$T/ctx2.jsonl")" \
+    "$(ftk generate --model "$M" --context 24 --max-new-tokens 40 --ignore-eos --batch-size 1 "$T/two.jsonl" | jq -c .ids)"
+
 check_fail "no --model" 2 "--model is required" ftk generate "$T/one.jsonl"
 check_fail "bad --top-p" 2 "--top-p 2 is not in [0, 1]" ftk generate --model "$M" --top-p 2
 check_fail "prompt longer than the context" 1 "prompt 0 has 5 tokens, the context is 4" ftk generate --model "$M" --context 4 "$T/one.jsonl"

@@ -666,18 +666,46 @@ static inline void check_adapter_refused(const char *arch, const char *dir, ftk_
     ftk_model_free(m);
 }
 
-/* A method that cannot generate with a KV cache says so (code FTK_E_UNSUPPORTED, a message
- * containing msg) instead of generating wrong tokens. */
-static inline void check_no_generation(struct ftk_model *m, const char *msg)
+/* A method whose output a KV-cache decode step cannot reproduce says so
+ * (ftk_model_decode_exact 0), and greedy generation then equals greedy decoding by full forwards
+ * of the growing sequence (ftk_model_logits): two prompts of different lengths batched. */
+static inline void check_generation_recomputes(struct ftk_model *m)
 {
-    const int32_t pr[3] = {5, 6, 7}, *pp[1] = {pr};
-    int64_t len[1] = {3};
+    enum { NEW = 4 };
+    CHECK_INT(ftk_model_decode_exact(m), 0);
+    const int32_t p0[3] = {5, 6, 7}, p1[5] = {9, 3, 12, 4, 8}, *pp[2] = {p0, p1};
+    int64_t len[2] = {3, 5};
     struct ftk_gen_config gc;
     ftk_gen_config_init(&gc);
-    gc.max_new_tokens = 2;
+    gc.max_new_tokens = NEW;
     gc.context = 16;
-    struct ftk_gen_result r[1];
-    CHECK_ERR(ftk_generate(m, NULL, &gc, 1, pp, len, NULL, NULL, r), FTK_E_UNSUPPORTED, msg);
+    struct ftk_gen_result r[2];
+    CHECK_OK(ftk_generate(m, NULL, &gc, 2, pp, len, NULL, NULL, r));
+    int64_t V = ftk_model_get_config(m)->V;
+    for (int i = 0; i < 2 && !check_cur_failed_; i++) {
+        int32_t seq[16], pos[16];
+        int64_t T = len[i];
+        memcpy(seq, pp[i], (size_t)T * sizeof *seq);
+        float *lg = malloc((size_t)(16 * V) * sizeof *lg);
+        for (int k = 0; k < NEW && lg; k++, T++) {
+            for (int t = 0; t < T; t++)
+                pos[t] = t;
+            struct ftk_batch_view b = {.B = 1, .T = T, .input_ids = seq, .position_ids = pos};
+            CHECK_OK(ftk_model_logits(m, &b, lg));
+            int32_t best = 0;
+            for (int64_t v = 1; v < V; v++)
+                if (lg[(T - 1) * V + v] > lg[(T - 1) * V + best])
+                    best = (int32_t)v;
+            seq[T] = best;
+        }
+        CHECK_INT(r[i].n, NEW);
+        for (int k = 0; k < NEW && k < r[i].n; k++)
+            CHECK_INT(r[i].ids[k], seq[len[i] + k]);
+        free(lg);
+    }
+    printf("  greedy generation = full-forward greedy, %d tokens x 2 prompts (no KV-cache decode)\n", (int)NEW);
+    ftk_gen_result_free(&r[0]);
+    ftk_gen_result_free(&r[1]);
 }
 
 /* Options a plugin must refuse (check_refused). */

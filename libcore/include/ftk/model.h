@@ -101,8 +101,12 @@ FTK_API void ftk_kv_cache_reset(struct ftk_kv_cache *c, int64_t row);
 FTK_API ftk_status ftk_model_prefill(struct ftk_model *m, struct ftk_kv_cache *c, int64_t row, const int32_t *ids,
                                      int64_t n, float *logits);
 /* One step for every row of the cache: ids (B) appended at each row's next position; logits
- * (B,V) into host memory. Rows that are done may be fed any valid id and ignored. */
+ * (B,V) into host memory. Rows that are done may be fed any valid id and ignored (reset them
+ * first: a full row is an error). */
 FTK_API ftk_status ftk_model_decode(struct ftk_model *m, struct ftk_kv_cache *c, const int32_t *ids, float *logits);
+/* 0 when the enabled adapter's plugin says a decode step cannot reproduce its forward
+ * (decode_recomputes): generate by prefilling the whole sequence for each new token instead. */
+FTK_API int ftk_model_decode_exact(struct ftk_model *m);
 
 /* Forward and backward in one call when dlogps (B) is known before the forward (losses linear
  * in the log-probs, such as SFT's token mean): the log-prob head computes each chunk's logits

@@ -180,6 +180,12 @@ struct ftk_peft_plugin {
      * example); absent or 0: (P,Hkv,D), shared by all rows. Asked once per forward, after
      * forward_begin. */
     int (*attn_prefix_per_row)(struct ftk_peft *p);
+
+    /* generation, appended: 1 if a KV-cache decode step cannot give this instance's output for
+     * a new token (PALs' own attention over the earlier tokens, UniPELT's gates pooled over the
+     * whole row): generation then runs the whole sequence through the model again for every new
+     * token (ftk_model_decode_exact). Absent or 0: KV-cache decoding. */
+    int (*decode_recomputes)(struct ftk_peft *p);
 };
 
 /* What a plugin may ask of its instance. */
