@@ -121,7 +121,8 @@ static const struct map direct[] = {
     {"gradient_accumulation_steps", "GRAD_ACCUM"}, {"learning_rate", "LR"}, {"max_steps", "STEPS"},
     {"lr_scheduler_type", "SCHEDULER"}, {"warmup_ratio", "WARMUP_RATIO"}, {"weight_decay", "WEIGHT_DECAY"},
     {"max_grad_norm", "MAX_GRAD_NORM"}, {"seed", "SEED"}, {"ref_model", "REF_MODEL"},
-    {"ref_model_adapters", "REF_ADAPTER"}, {NULL, NULL}};
+    {"ref_model_adapters", "REF_ADAPTER"}, {"simpo_gamma", "SIMPO_GAMMA"}, {"dpo_label_smoothing", "LABEL_SMOOTHING"},
+    {"kto_chosen_weight", "KTO_DESIRABLE"}, {"kto_rejected_weight", "KTO_UNDESIRABLE"}, {NULL, NULL}};
 
 /* Flags appended to a stage's *_FLAGS variable: key, variable, flag, and how the value goes:
  * 1 a boolean switch (the flag alone when true), 0 "flag VALUE", 2 "flag=VALUE" (--peft-opt). */
@@ -132,6 +133,8 @@ static const struct flagmap flags[] = {
     {"use_rslora", "TRAIN_FLAGS", "--use-rslora", 1},
     {"use_dora", "TRAIN_FLAGS", "--peft-opt use_dora=true", 1},
     {"loraplus_lr_ratio", "TRAIN_FLAGS", "--peft-opt loraplus_lr_ratio", 2},
+    {"loraplus_lr_embedding", "TRAIN_FLAGS", "--peft-opt loraplus_lr_embedding", 2},
+    {"additional_target", "TRAIN_FLAGS", "--peft-opt modules_to_save", 2},   /* "embed_tokens,lm_head" */
     {"warmup_steps", "TRAIN_FLAGS", "--warmup-steps", 0},
     {"freeze_trainable_layers", "TRAIN_FLAGS", "--freeze-trainable-layers", 0},
     {"freeze_trainable_modules", "TRAIN_FLAGS", "--freeze-trainable-modules", 0},
@@ -262,13 +265,15 @@ static ftk_status plan_write(const char *yaml_path, const char *const *sets, int
     const char *mk = NULL;
     if (s == FTK_OK) {
         if (!stage)
-            s = ftk_error_set(FTK_E_INVALID, __FILE__, __LINE__, "%s: \"stage\" is required (sft, pt, dpo)", yaml_path);
+            s = ftk_error_set(FTK_E_INVALID, __FILE__, __LINE__, "%s: \"stage\" is required (sft, pt, dpo, kto)", yaml_path);
         else if (!strcmp(stage, "sft") || !strcmp(stage, "pt"))
             mk = "sft.mk";
         else if (!strcmp(stage, "dpo"))
             mk = "dpo.mk";
+        else if (!strcmp(stage, "kto"))
+            mk = "kto.mk";
         else
-            s = ftk_error_set(FTK_E_UNSUPPORTED, __FILE__, __LINE__, "%s:%d: stage \"%s\" is not supported yet (sft, pt, dpo)",
+            s = ftk_error_set(FTK_E_UNSUPPORTED, __FILE__, __LINE__, "%s:%d: stage \"%s\" is not supported yet (sft, pt, dpo, kto)",
                               yaml_path, line_of(&p, "stage"), stage);
     }
     /* every key: mapped, of no effect, or refused */
@@ -284,7 +289,7 @@ static ftk_status plan_write(const char *yaml_path, const char *const *sets, int
                 known = 1;
                 char *b = flagbuf[!strcmp(flags[m].var, "TRAIN_FLAGS")];
                 size_t l = strlen(b);
-                if (flags[m].boolean && truthy(v))
+                if (flags[m].boolean == 1 && truthy(v))
                     snprintf(b + l, 1024 - l, " %s", flags[m].flag);
                 else if (!flags[m].boolean && v)
                     snprintf(b + l, 1024 - l, " %s %s", flags[m].flag, v);

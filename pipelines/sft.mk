@@ -15,7 +15,8 @@
 
 include $(dir $(lastword $(MAKEFILE_LIST)))common.mk
 
-# STAGE: sft here; pipelines/dpo.mk sets dpo (preference data, reference log-probs, DPO loss).
+# STAGE: sft here; pipelines/dpo.mk sets dpo (preference data, reference log-probs, DPO loss),
+# pipelines/kto.mk kto (desirable/undesirable replies, reference log-probs with the KL rows).
 STAGE        ?= sft
 MODEL        ?=
 DATA         ?=
@@ -60,6 +61,10 @@ TRAIN_FLAGS  ?=
 BETA         ?= 0.1
 PREF_LOSS    ?= sigmoid
 PREF_FTX     ?= 0
+SIMPO_GAMMA  ?= 0.5
+LABEL_SMOOTHING ?= 0
+KTO_DESIRABLE   ?= 1
+KTO_UNDESIRABLE ?= 1
 REF_MODEL    ?= $(MODEL)
 REF_ADAPTER  ?=
 
@@ -82,7 +87,7 @@ else
   DATA_ARGS  := $(DATA)
 endif
 
-TOK_ARGS   := --tokenizer $(MODEL) $(if $(filter sft,$(STAGE)),,--ranking) $(if $(TEMPLATE),--template $(TEMPLATE)) $(if $(FORMAT),--format $(FORMAT)) \
+TOK_ARGS   := --tokenizer $(MODEL) $(if $(filter dpo,$(STAGE)),--ranking) $(if $(filter kto,$(STAGE)),--kto) $(if $(TEMPLATE),--template $(TEMPLATE)) $(if $(FORMAT),--format $(FORMAT)) \
               $(if $(filter-out 0,$(CUTOFF)),--cutoff-len $(CUTOFF)) $(TOKENIZE_FLAGS)
 PACK_ARGS  := --batch-size $(BATCH) --shuffle --seed $(SEED) --tokenizer $(MODEL) \
               $(if $(PACKING),--$(PACKING) --seq-len $(SEQ_LEN) --truncate) \
@@ -96,13 +101,21 @@ TRAIN_ARGS := --model $(MODEL) --finetuning-type $(FINETUNING) \
               $(if $(SAVE_STEPS),--save-steps $(SAVE_STEPS)) --seed $(SEED) $(if $(THREADS),--threads $(THREADS)) \
               $(TRAIN_FLAGS)
 ifeq ($(STAGE),dpo)
-  ifneq ($(filter orpo simpo,$(PREF_LOSS)),)
-    TRAIN_ARGS += --loss $(PREF_LOSS) --loss-opt beta=$(BETA)
+  ifeq ($(PREF_LOSS),simpo)
+    TRAIN_ARGS += --loss simpo --loss-opt beta=$(BETA) --loss-opt gamma=$(SIMPO_GAMMA) --loss-opt pref_ftx=$(PREF_FTX)
+    TRAIN_DATA := $(OUT)/batches.fts
+  else ifeq ($(PREF_LOSS),orpo)
+    TRAIN_ARGS += --loss orpo --loss-opt beta=$(BETA) --loss-opt pref_ftx=$(PREF_FTX)
     TRAIN_DATA := $(OUT)/batches.fts
   else
-    TRAIN_ARGS += --loss dpo --loss-opt beta=$(BETA) --loss-opt loss_type=$(PREF_LOSS) --loss-opt pref_ftx=$(PREF_FTX)
+    TRAIN_ARGS += --loss dpo --loss-opt beta=$(BETA) --loss-opt loss_type=$(PREF_LOSS) --loss-opt pref_ftx=$(PREF_FTX) \
+                  $(if $(filter-out 0,$(LABEL_SMOOTHING)),--loss-opt label_smoothing=$(LABEL_SMOOTHING))
     TRAIN_DATA := $(OUT)/ref.fts
   endif
+else ifeq ($(STAGE),kto)
+  TRAIN_ARGS += --loss kto --loss-opt beta=$(BETA) --loss-opt desirable_weight=$(KTO_DESIRABLE) \
+                --loss-opt undesirable_weight=$(KTO_UNDESIRABLE) --loss-opt pref_ftx=$(PREF_FTX)
+  TRAIN_DATA := $(OUT)/ref.fts
 else
   TRAIN_DATA := $(OUT)/batches.fts
 endif

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tests/tools/test_plan.sh: ftk plan turns LLaMA-Factory's example LoRA SFT and DPO configs
+# tests/tools/test_plan.sh: ftk plan turns LLaMA-Factory's example LoRA SFT, DPO and KTO configs
 # (tests/fixtures/llamafactory-yaml, from hiyouga/LLaMA-Factory examples/train_lora) into
 # pipelines that run, here on the bundled stories260K model with a few steps; unsupported keys
 # are errors naming their line.
@@ -23,6 +23,31 @@ check_eq "DPO options mapped" "$(grep -E '^(BETA|PREF_LOSS|DATA) :=' "$T/dpo.mk"
 check "the DPO pipeline runs (reference log-probs, then DPO)" make -s -f "$T/dpo.mk" FTK="$ROOT/${FTK_BUILD:-build}/bin/ftk" THREADS=1
 check "DPO adapter written" test -f "$T/dpo/run/adapter/adapter_model.safetensors"
 check "DPO metrics carry rewards" jq -e 'has("rewards/margins")' "$T/dpo/run/metrics.jsonl"
+
+check "plan the KTO example" bash -c "ftk plan '$Y/llama3_lora_kto.yaml' ${small[*]} --set output_dir='$T/kto' -o '$T/kto.mk'"
+check_eq "KTO: pipelines/kto.mk with the kto_en_demo data" "$(grep -E '^(BETA :=|DATA :=|include)' "$T/kto.mk" | sed 's|include .*/|include |' | tr '\n' ' ')" \
+    "BETA := 0.1 DATA := kto_en_demo include kto.mk "
+check "the KTO pipeline runs (reference log-probs with the KL rows, then KTO)" \
+    make -s -f "$T/kto.mk" FTK="$ROOT/${FTK_BUILD:-build}/bin/ftk" THREADS=1
+check "KTO adapter written" test -f "$T/kto/run/adapter/adapter_model.safetensors"
+check_eq "KTO's first step: policy = reference, loss 1 - sigmoid(0)" "$(head -1 "$T/kto/run/metrics.jsonl" | jq -c '[.loss, .kl]')" "[0.5,0]"
+dry=(MODEL="$ROOT/models/stories260K" DATA="$ROOT/tests/fixtures/data/llamafactory/kto_en_demo.json" OUT="$T/dry")   # make -n: commands only
+printf 'stage: kto\nmodel_name_or_path: m\ndataset: x\nkto_chosen_weight: 1.5\nkto_rejected_weight: 0.5\npref_ftx: 0.1\n' > "$T/k.yaml"
+check_eq "KTO weights" "$(ftk plan "$T/k.yaml" | grep -E '^(KTO_|PREF_FTX)' | tr '\n' ' ')" \
+    "PREF_FTX := 0.1 KTO_DESIRABLE := 1.5 KTO_UNDESIRABLE := 0.5 "
+check_eq "  reach the kto loss" "$(make -n -f "$ROOT/pipelines/kto.mk" "${dry[@]}" KTO_DESIRABLE=1.5 KTO_UNDESIRABLE=0.5 train 2>/dev/null \
+    | grep -o -- '--loss kto.*pref_ftx=[0-9.]*' | head -1)" \
+    "--loss kto --loss-opt beta=0.1 --loss-opt desirable_weight=1.5 --loss-opt undesirable_weight=0.5 --loss-opt pref_ftx=0"
+printf 'stage: dpo\nmodel_name_or_path: m\ndataset: x\npref_loss: simpo\nsimpo_gamma: 0.8\ndpo_label_smoothing: 0.1\n' > "$T/s.yaml"
+check_eq "simpo_gamma, dpo_label_smoothing" "$(ftk plan "$T/s.yaml" | grep -E '^(SIMPO_GAMMA|LABEL_SMOOTHING)' | tr '\n' ' ')" \
+    "SIMPO_GAMMA := 0.8 LABEL_SMOOTHING := 0.1 "
+check_eq "  simpo's gamma reaches the loss" "$(make -n -f "$ROOT/pipelines/dpo.mk" "${dry[@]}" PREF_LOSS=simpo SIMPO_GAMMA=0.8 train 2>/dev/null \
+    | grep -o -- '--loss simpo[^<]*pref_ftx=0' | head -1)" "--loss simpo --loss-opt beta=0.1 --loss-opt gamma=0.8 --loss-opt pref_ftx=0"
+check_eq "  label smoothing reaches the dpo loss" "$(make -n -f "$ROOT/pipelines/dpo.mk" "${dry[@]}" LABEL_SMOOTHING=0.1 train 2>/dev/null \
+    | grep -o -- '--loss-opt label_smoothing=[0-9.]*' | head -1)" "--loss-opt label_smoothing=0.1"
+printf 'stage: sft\nmodel_name_or_path: m\ndataset: x\nadditional_target: embed_tokens,lm_head\nloraplus_lr_ratio: 1\nloraplus_lr_embedding: 1e-6\n' > "$T/a.yaml"
+check_eq "additional_target, loraplus_lr_embedding; a ratio of 1 keeps its value" "$(ftk plan "$T/a.yaml" | grep -E '^TRAIN_FLAGS')" \
+    "TRAIN_FLAGS := --peft-opt modules_to_save=embed_tokens,lm_head --peft-opt loraplus_lr_ratio=1 --peft-opt loraplus_lr_embedding=1e-6"
 
 printf 'stage: sft\nmodel_name_or_path: m\ndataset: x\nuse_dora: true\nloraplus_lr_ratio: 16\npissa_init: true\npissa_iter: 16\n' > "$T/v.yaml"
 check "plan LoRA variants (DoRA, LoRA+, PiSSA)" ftk plan "$T/v.yaml" -o "$T/v.mk"
