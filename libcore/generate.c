@@ -297,10 +297,9 @@ ftk_status ftk_generate(struct ftk_model *m, const struct ftk_tokenizer *tok, co
     }
     for (int64_t i = 0; i < n; i++)
         out[i].decode_s = decode_s;
-    for (int64_t i = 0; i < n && s == FTK_OK && tok; i++) {
+    for (int64_t i = 0; i < n && s == FTK_OK && tok; i++) {   /* again: a stopping eos was not decoded yet */
         int stopped;
-        if (!out[i].text || !c->n_stop)
-            s = row_text(tok, c, &out[i], &stopped);
+        s = row_text(tok, c, &out[i], &stopped);
     }
     free(seen);
     free(logits);

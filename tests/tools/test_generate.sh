@@ -23,6 +23,10 @@ check_eq "text is the decoded ids" "$(jq -r 'select(.index==0) | .text[0:24]' "$
 echo '{"prompt": "The little dog"}' > "$T/one.jsonl"
 check_eq "stop string cuts the text" "$(ftk generate --model "$M" --max-new-tokens 50 --stop . "$T/one.jsonl" | jq -r '"\(.finish_reason): \(.text)"')" \
     "stop: was a little girl named Lily"
+# an eos id that is a plain token (338 is " She") is decoded into the text, --stop given or not
+check_eq "a plain-token eos is in the text with --stop too" \
+    "$(ftk generate --model "$M" --max-new-tokens 12 --eos 338 --stop zzz "$T/one.jsonl" | jq -c '[.finish_reason, .text]')" \
+    '["stop","was a little girl named Lily. She"]'
 check "--stream prints the text" bash -c "ftk generate --model '$M' --max-new-tokens 20 --stream '$T/one.jsonl' > '$T/stream.txt'"
 check_eq "streamed text equals the JSON text" "$(cat "$T/stream.txt")" \
     "$(ftk generate --model "$M" --max-new-tokens 20 "$T/one.jsonl" | jq -r .text)"
