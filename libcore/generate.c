@@ -101,14 +101,14 @@ int32_t ftk_gen_pick(const struct ftk_gen_config *c, float *lg, int64_t V, const
                 lg[id] = lg[id] < 0 ? lg[id] * p : lg[id] / p;
         }
     }
-    if (!c->do_sample) {
+    if (!c->do_sample || c->temperature <= 0) {   /* temperature 0 means greedy (docs/tools/generate.md) */
         int64_t best = 0;
         for (int64_t v = 1; v < V; v++)
             if (lg[v] > lg[best])
                 best = v;
         return (int32_t)best;
     }
-    if (c->temperature > 0 && c->temperature != 1.0)
+    if (c->temperature != 1.0)
         for (int64_t v = 0; v < V; v++)
             lg[v] = lg[v] / (float)c->temperature;
     struct cand *cs = malloc((size_t)V * sizeof *cs);

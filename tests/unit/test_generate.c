@@ -125,7 +125,7 @@ int main(void)
         ftk_kv_cache_free(kc);
         free(seq); free(full); free(step); free(pos);
     }
-    TEST("sampling: top-k keeps tied maxima; top-p keeps the smallest nucleus; repetition penalty") {
+    TEST("sampling: top-k keeps tied maxima; top-p keeps the smallest nucleus; temperature 0 is greedy; repetition penalty") {
         float lg[5] = {1.0f, 3.0f, 2.0f, 3.0f, -1.0f}, tmp[5];
         uint64_t rng[4] = {1, 2, 3, 4};
         struct ftk_gen_config c;
@@ -142,6 +142,12 @@ int main(void)
             CHECK_INT(ftk_gen_pick(&c, tmp, 5, NULL, 0, rng), 1);
         }
         c.top_p = 1.0;
+        c.temperature = 0;   /* 0 means greedy (docs/tools/generate.md), even with do_sample */
+        for (int i = 0; i < 20; i++) {
+            memcpy(tmp, lg, sizeof lg);
+            CHECK_INT(ftk_gen_pick(&c, tmp, 5, NULL, 0, rng), 1);
+        }
+        c.temperature = 1.0;
         c.repetition_penalty = 100.0;
         c.do_sample = 0;
         int32_t seen[1] = {1};

@@ -18,7 +18,7 @@ extern "C" {
 struct ftk_gen_config {
     int64_t max_new_tokens;        /* 256 */
     int do_sample;                 /* 0: greedy (argmax; ties to the lowest id, as torch.argmax) */
-    double temperature;            /* 1.0 (sampling only) */
+    double temperature;            /* 1.0 (sampling only; 0: greedy) */
     int64_t top_k;                 /* 0: off */
     double top_p;                  /* 1.0: off */
     double min_p;                  /* 0: off */
