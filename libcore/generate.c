@@ -240,9 +240,17 @@ ftk_status ftk_generate(struct ftk_model *m, const struct ftk_tokenizer *tok, co
     int32_t *next = calloc((size_t)n, sizeof *next), *seen = NULL;
     int *done = calloc((size_t)n, sizeof *done);
     ftk_status s = logits && next && done ? FTK_OK : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
-    uint64_t rng[4] = {c->seed ^ 0x9E3779B97F4A7C15ull, 0xBF58476D1CE4E5B9ull, 0x94D049BB133111EBull, c->seed + 1};
-    for (int i = 0; i < 16; i++)
-        next_u64(rng);
+    /* one generator per row, seeded with seed + i: a row's draws do not depend on the others */
+    uint64_t (*rng)[4] = malloc((size_t)n * sizeof *rng);
+    if (s == FTK_OK && !rng)
+        s = ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
+    for (int64_t i = 0; i < n && s == FTK_OK; i++) {
+        uint64_t seed = c->seed + (uint64_t)i;
+        uint64_t *g = rng[i];
+        g[0] = seed ^ 0x9E3779B97F4A7C15ull, g[1] = 0xBF58476D1CE4E5B9ull, g[2] = 0x94D049BB133111EBull, g[3] = seed + 1;
+        for (int k = 0; k < 16; k++)
+            next_u64(g);
+    }
     int64_t cap = 0;
     for (int64_t i = 0; i < n && s == FTK_OK; i++) {
         out[i].prompt_tokens = lens[i];
@@ -269,7 +277,7 @@ ftk_status ftk_generate(struct ftk_model *m, const struct ftk_tokenizer *tok, co
                 continue;
             memcpy(seen, prompts[i], (size_t)lens[i] * sizeof *seen);
             memcpy(seen + lens[i], out[i].ids, (size_t)out[i].n * sizeof *seen);
-            int32_t id = ftk_gen_pick(c, logits + i * V, V, seen, lens[i] + out[i].n, rng);
+            int32_t id = ftk_gen_pick(c, logits + i * V, V, seen, lens[i] + out[i].n, rng[i]);
             out[i].ids[out[i].n++] = id;
             next[i] = id;
             if (on_token)
@@ -302,6 +310,7 @@ ftk_status ftk_generate(struct ftk_model *m, const struct ftk_tokenizer *tok, co
         s = row_text(tok, c, &out[i], &stopped);
     }
     free(seen);
+    free(rng);
     free(logits);
     free(next);
     free(done);

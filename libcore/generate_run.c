@@ -63,6 +63,7 @@ static ftk_status flush_batch(struct gen_run *r)
         ids[i] = r->batch[i].ids;
         lens[i] = r->batch[i].n;
     }
+    r->gc.seed = r->o->seed + (uint64_t)r->batch[0].index;   /* prompt k draws with seed + k, whatever the batch size */
     if (s == FTK_OK && (s = ftk_generate(r->m, r->tok, &r->gc, r->n_batch, ids, lens, NULL, NULL, res)) != FTK_OK)
         s = ftk_error_wrap(s, "prompts %lld..%lld", (long long)r->batch[0].index, (long long)r->batch[r->n_batch - 1].index);
     for (int64_t i = 0; s == FTK_OK && i < r->n_batch; i++) {

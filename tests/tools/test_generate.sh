@@ -33,6 +33,8 @@ check_eq "streamed text equals the JSON text" "$(cat "$T/stream.txt")" \
 a=$(ftk generate --model "$M" --max-new-tokens 20 --do-sample --temperature 0.9 --top-k 40 --seed 5 "$T/one.jsonl" | jq -c .ids)
 b=$(ftk generate --model "$M" --max-new-tokens 20 --do-sample --temperature 0.9 --top-k 40 --seed 5 "$T/one.jsonl" | jq -c .ids)
 check_eq "a seed repeats its sample" "$a" "$b"
+sample() { ftk generate --model "$M" --max-new-tokens 10 --do-sample --seed 3 --batch-size "$1" "$T/prompts.jsonl" | jq -c .ids; }
+check_eq "sampling: the batch size does not change the output" "$(sample 1)" "$(sample 3)"
 # an example stream: the prompt is the unlabelled prefix
 printf '{"kind":"stream","meta":{"producer":"t"}}\n{"kind":"example","tensors":{"input_ids":[1,403,407,261,378,432,383],"labels":[-100,-100,-100,-100,-100,432,383]}}\n' \
     | ftk dump --from-json > "$T/ex.fts"

@@ -23,7 +23,7 @@ struct ftk_gen_config {
     double top_p;                  /* 1.0: off */
     double min_p;                  /* 0: off */
     double repetition_penalty;     /* 1.0: off (HF: over prompt and generated ids) */
-    uint64_t seed;
+    uint64_t seed;                 /* prompt i of a call draws from its own generator, seeded seed + i */
     int32_t eos[FTK_GEN_MAX_EOS];  /* stop ids (generation_config.json's eos_token_id, the template's) */
     int n_eos;
     const char *stop[FTK_GEN_MAX_STOP];   /* stop strings: the text ends before the first one */
