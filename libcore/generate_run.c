@@ -104,6 +104,9 @@ static ftk_status flush_batch(struct gen_run *r)
 
 static ftk_status add_prompt(struct gen_run *r, struct ftk_ids *ids, const char *text, int64_t index)
 {
+    /* --stream: a full batch waits for the next prompt, so a single prompt is kept to be streamed */
+    if (r->o->stream && r->n_batch == r->o->batch_size)
+        FTK_TRY(flush_batch(r));
     struct prompt *p = &r->batch[r->n_batch++];
     p->ids = ids->ids;
     p->n = (int64_t)ids->n;
@@ -111,7 +114,7 @@ static ftk_status add_prompt(struct gen_run *r, struct ftk_ids *ids, const char 
     p->index = index;
     ids->ids = NULL;
     ids->n = ids->cap = 0;
-    if (r->n_batch == r->o->batch_size)
+    if (!r->o->stream && r->n_batch == r->o->batch_size)
         return flush_batch(r);
     return FTK_OK;
 }
@@ -417,7 +420,7 @@ ftk_status ftk_generate_run(const struct ftk_generate_opts *o)
                 s = run_stream(&r, in, name);
             if (s == FTK_OK && o->stream && !r.tok)
                 s = ftk_error_set(FTK_E_NOTFOUND, __FILE__, __LINE__, "--stream needs a tokenizer");
-            if (s == FTK_OK && o->stream && r.n_batch == 1) {   /* one prompt: tokens as they come */
+            if (s == FTK_OK && o->stream && r.n_batch == 1 && r.n_done == 0) {   /* one prompt: tokens as they come */
                 struct ftk_gen_result res;
                 const int32_t *p = r.batch[0].ids;
                 stream_reset(&r);
