@@ -274,6 +274,28 @@ static ftk_status run_stream(struct gen_run *r, FILE *in, const char *name)
     return s == FTK_E_EOF ? FTK_OK : s;
 }
 
+/* How much of the text t (n bytes) may be shown: up to the first stop string, and never the
+ * start of a stop string that the next tokens may complete. */
+static size_t shown_len(const struct ftk_gen_config *c, const char *t, size_t n)
+{
+    size_t lim = n;
+    for (int k = 0; k < c->n_stop; k++) {
+        const char *at = c->stop[k][0] ? strstr(t, c->stop[k]) : NULL;
+        if (at && (size_t)(at - t) < lim)
+            lim = (size_t)(at - t);
+    }
+    if (lim < n)
+        return lim;
+    for (int k = 0; k < c->n_stop; k++)
+        for (size_t m = strlen(c->stop[k]) - (c->stop[k][0] != 0); m > 0; m--)   /* the longest proper prefix at the end */
+            if (m <= n && !memcmp(t + n - m, c->stop[k], m)) {
+                if (n - m < lim)
+                    lim = n - m;
+                break;
+            }
+    return lim;
+}
+
 /* Streaming: decode everything generated so far and print what is new (decoding token by
  * token would lose the spaces SentencePiece decoders strip at the start). */
 static void print_token(void *arg, int64_t i, int32_t id)
@@ -284,12 +306,22 @@ static void print_token(void *arg, int64_t i, int32_t id)
         return;
     char *t = NULL;
     size_t n;
-    if (ftk_tokenizer_decode(r->tok, r->streamed.ids, r->streamed.n, 1, -1, &t, &n) == FTK_OK && n > r->printed) {
+    if (ftk_tokenizer_decode(r->tok, r->streamed.ids, r->streamed.n, 1, -1, &t, &n) == FTK_OK &&
+        (n = shown_len(&r->gc, t, n)) > r->printed) {
         fwrite(t + r->printed, 1, n - r->printed, r->out);
         r->printed = n;
         fflush(r->out);
     }
     free(t);
+}
+
+/* After a streamed generation: what was held back (a stop string's start that stayed unfinished). */
+static void print_rest(struct gen_run *r, const struct ftk_gen_result *res)
+{
+    size_t n = res->text ? strlen(res->text) : 0;
+    if (n > r->printed)
+        fwrite(res->text + r->printed, 1, n - r->printed, r->out);
+    r->printed = n > r->printed ? n : r->printed;
 }
 
 static void stream_reset(struct gen_run *r)
@@ -337,6 +369,7 @@ static ftk_status run_chat(struct gen_run *r)
         ftk_ids_free(&ids);
         if (s != FTK_OK)
             break;
+        print_rest(r, &res);
         putchar('\n');
         cJSON *a = cJSON_CreateObject();
         cJSON_AddStringToObject(a, "role", "assistant");
@@ -425,8 +458,10 @@ ftk_status ftk_generate_run(const struct ftk_generate_opts *o)
                 const int32_t *p = r.batch[0].ids;
                 stream_reset(&r);
                 s = ftk_generate(r.m, r.tok, &r.gc, 1, &p, &r.batch[0].n, print_token, &r, &res);
-                if (s == FTK_OK)
+                if (s == FTK_OK) {
+                    print_rest(&r, &res);
                     putchar('\n');
+                }
                 ftk_gen_result_free(&res);
                 free(r.batch[0].ids);
                 free(r.batch[0].text);

@@ -30,6 +30,8 @@ check_eq "a plain-token eos is in the text with --stop too" \
 check "--stream prints the text" bash -c "ftk generate --model '$M' --max-new-tokens 20 --stream '$T/one.jsonl' > '$T/stream.txt'"
 check_eq "streamed text equals the JSON text" "$(cat "$T/stream.txt")" \
     "$(ftk generate --model "$M" --max-new-tokens 20 "$T/one.jsonl" | jq -r .text)"
+check_eq "--stream cuts at a stop string as the JSON text does" \
+    "$(ftk generate --model "$M" --max-new-tokens 50 --stop . --stop "d L" --stream "$T/one.jsonl")" "was a little girl name"
 check_eq "--stream with --batch-size 1" "$(ftk generate --model "$M" --max-new-tokens 20 --stream --batch-size 1 "$T/one.jsonl")" "$(cat "$T/stream.txt")"
 check_eq "--stream with more prompts than a batch: JSON for all" \
     "$(head -3 "$T/prompts.jsonl" | ftk generate --model "$M" --max-new-tokens 5 --stream --batch-size 2 | jq -c .index | tr '\n' ' ')" "0 1 2 "
