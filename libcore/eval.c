@@ -10,7 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include "eval-impl.h"
+#include "ftk/fileio.h"
 #include "ftk/stream.h"
 #include "ftk/train_run.h"
 
@@ -270,6 +272,7 @@ ftk_status ftk_eval_run(const struct ftk_eval_opts *o, FILE *out)
     struct ftk_backend_opts bo = {.struct_size = sizeof bo, .threads = o->threads};
     FTK_TRY(be->create(&bo, &ctx));
     struct eval_run r = {.o = o};
+    struct ftk_atomic_file per = {0};   /* --per-example: renamed into place on success only */
     const char *name = o->input && strcmp(o->input, "-") ? o->input : "<stdin>";
     FILE *in = NULL;
     cJSON *records = NULL;
@@ -280,8 +283,13 @@ ftk_status ftk_eval_run(const struct ftk_eval_opts *o, FILE *out)
         s = ftk_model_load_adapter(r.m, o->adapter, 0);
     if (s == FTK_OK && !(in = o->input && strcmp(o->input, "-") ? fopen(o->input, "rb") : stdin))
         s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: %s", o->input, strerror(errno));
-    if (s == FTK_OK && o->per_example && !(r.per = fopen(o->per_example, "w")))
-        s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: %s", o->per_example, strerror(errno));
+    struct stat st;
+    if (s == FTK_OK && o->per_example && !stat(o->per_example, &st) && !S_ISREG(st.st_mode)) {   /* /dev/stdout, a pipe */
+        if (!(r.per = fopen(o->per_example, "w")))
+            s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: %s", o->per_example, strerror(errno));
+    } else if (s == FTK_OK && o->per_example && (s = ftk_atomic_open(&per, o->per_example)) == FTK_OK) {
+        r.per = per.fp;
+    }
     if (s == FTK_OK && !(r.metrics = cJSON_CreateObject()))
         s = ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
     if (s == FTK_OK) {
@@ -310,6 +318,12 @@ ftk_status ftk_eval_run(const struct ftk_eval_opts *o, FILE *out)
                 s = mode == FTK_EVAL_CHOICE ? eval_choice(&r, records, name) : eval_generation(&r, records, name);
         }
     }
+    if (per.fp && s == FTK_OK)
+        s = ftk_atomic_commit(&per);
+    else if (per.fp)
+        ftk_atomic_abort(&per);
+    else if (r.per && fclose(r.per) != 0 && s == FTK_OK)
+        s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: %s", o->per_example, strerror(errno));
     if (s == FTK_OK) {
         cJSON *m = cJSON_CreateObject();
         cJSON_AddStringToObject(m, "mode", ftk_eval_mode_name(mode));
@@ -330,8 +344,6 @@ ftk_status ftk_eval_run(const struct ftk_eval_opts *o, FILE *out)
             s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "cannot write the metrics");
         free(t);
     }
-    if (r.per && fclose(r.per) != 0 && s == FTK_OK)
-        s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: %s", o->per_example, strerror(errno));
     cJSON_Delete(records);
     cJSON_Delete(r.metrics);
     if (in && in != stdin)

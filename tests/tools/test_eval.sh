@@ -86,6 +86,15 @@ check_fail "a bad answer letter" 1 "\"answer\" must be one of A, B, C, D" \
     ftk eval --model "$M" --template empty <(echo '{"question":"q","A":"a","B":"b","answer":"E"}')
 printf 'question,A,B,C,D,answer\n"open,a,b,c,d,A\n' > "$T/bad.csv"
 check_fail "csv: a quote that never closes" 1 "bad.csv: row 2: a quoted field is not closed" ftk eval --model "$M" --template empty "$T/bad.csv"
+# --per-example is written crash-safely: a failed run leaves the old file, the input may be it
+echo old > "$T/keep.jsonl"
+check_fail "a failed run" 1 "must be one of A, B, C, D" ftk eval --model "$M" --template empty --per-example "$T/keep.jsonl" \
+    <(echo '{"question":"q","A":"a","B":"b","answer":"E"}')
+check_eq "  leaves the old --per-example file" "$(cat "$T/keep.jsonl"; ls "$T" | grep -c 'keep.jsonl.tmp')" "old
+0"
+cp "$EV/qa.jsonl" "$T/qa_in.jsonl"
+check_eq "--per-example may replace the input" \
+    "$(ftk eval --model "$M" --max-new-tokens 12 --per-example "$T/qa_in.jsonl" "$T/qa_in.jsonl" | jq .total) $(jq -s length "$T/qa_in.jsonl")" "4 4"
 check_eq "--version" "$(ftk eval --version)" "ftk-eval 0.1.0"
 check "--help has examples" bash -c "ftk eval --help | grep -q 'Examples:'"
 summary
