@@ -175,6 +175,10 @@ ftk_status eval_read_records(FILE *in, const char *name, cJSON **out)
     cJSON *arr = cJSON_CreateArray();
     ftk_status s = FTK_OK;
     size_t i = 0;
+    if (len >= 3 && !memcmp(text, "\xef\xbb\xbf", 3)) {   /* a UTF-8 BOM (Excel-saved C-Eval/CMMLU csv): skipped, as pandas does */
+        memmove(text, text + 3, len - 2);
+        len -= 3;
+    }
     while (i < len && isspace((unsigned char)text[i]))
         i++;
     size_t nl = strlen(name);

@@ -61,6 +61,11 @@ check_eq "choice: subject from the file name" "$(ftk eval --model "$M" --templat
 check_eq "choice: csv input (MMLU layout without header)" \
     "$(tail -n +2 "$EV/mc_dev.csv" > "$T/x_test.csv"; ftk eval --model "$M" --template empty "$T/x_test.csv" | jq -c '[.mode, .total, (.subjects|keys)]')" \
     '["choice",2,["x"]]'
+check_eq "choice: csv with a UTF-8 BOM, CRLF, quotes and commas = the same record as JSON" \
+    "$(printf '\xef\xbb\xbfQuestion,A,B,C,D,Answer\r\n"Say ""hi"", then",x,"y,z","two\r\nlines",d,C\r\n' > "$T/bom.csv"
+       ftk eval --model "$M" --template empty --per-example "$T/bom.jsonl" "$T/bom.csv" | jq -c '.subjects | keys'; jq -c .probs "$T/bom.jsonl")" \
+    "$(echo '{"question":"Say \"hi\", then","A":"x","B":"y,z","C":"two\r\nlines","D":"d","answer":"C"}' > "$T/bom_q.jsonl"
+       echo '["bom"]'; ftk eval --model "$M" --template empty --subject bom --per-example "$T/bom_q.out" "$T/bom_q.jsonl" > /dev/null; jq -c .probs "$T/bom_q.out")"
 
 # generation: greedy continuations of stories260K (= transformers' generate)
 check "generation" ftk eval --model "$M" --max-new-tokens 12 --per-example "$T/gen.jsonl" "$EV/qa.jsonl"
