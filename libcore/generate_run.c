@@ -102,8 +102,12 @@ static ftk_status flush_batch(struct gen_run *r)
     return s;
 }
 
-static ftk_status add_prompt(struct gen_run *r, struct ftk_ids *ids, const char *text, int64_t index)
+static ftk_status add_prompt(struct gen_run *r, struct ftk_ids *ids, const char *text, int64_t index, const char *where)
 {
+    /* checked here, where the file and line are known (ftk_generate knows the row in its batch) */
+    int64_t ctx = r->gc.context > 0 ? r->gc.context : ftk_model_get_config(r->m)->max_position_embeddings;
+    FTK_FAIL_IF(ctx > 0 && (int64_t)ids->n >= ctx, FTK_E_INVALID, "%s: prompt %lld has %zu tokens, the context is %lld", where,
+                (long long)index, ids->n, (long long)ctx);
     /* --stream: a full batch waits for the next prompt, so a single prompt is kept to be streamed */
     if (r->o->stream && r->n_batch == r->o->batch_size)
         FTK_TRY(flush_batch(r));
@@ -222,7 +226,7 @@ static ftk_status run_jsonl(struct gen_run *r, FILE *in, const char *name)
         if (s == FTK_OK && ids.n == 0)
             s = ftk_error_set(FTK_E_FORMAT, __FILE__, __LINE__, "%s: the prompt encodes to no tokens", where);
         if (s == FTK_OK)
-            s = add_prompt(r, &ids, shown, index++);
+            s = add_prompt(r, &ids, shown, index++, where);
         ftk_ids_free(&ids);
         cJSON_Delete(j);
     }
@@ -263,8 +267,10 @@ static ftk_status run_stream(struct gen_run *r, FILE *in, const char *name)
         struct ftk_ids ids = {0};
         for (int64_t k = 0; k < cut && s == FTK_OK; k++)
             s = ftk_ids_push(&ids, id[k]);
+        char where[600];
+        snprintf(where, sizeof where, "%s: message %zu", name, ftk_stream_reader_index(rd));
         if (s == FTK_OK)
-            s = add_prompt(r, &ids, NULL, index++);
+            s = add_prompt(r, &ids, NULL, index++, where);
         ftk_ids_free(&ids);
         if (s != FTK_OK)
             break;
