@@ -93,6 +93,9 @@ struct item {
     const float *trained;           /* the plugin path: a base weight the adapter trained (its
                                        modules_to_save), F32 in the loaded model */
     const struct ftk_site *site;    /* the plugin path: a site its plugin merges into */
+    const struct ftk_site *bias_of; /* the plugin path: this bias is the plugin's merge_bias there */
+    int zero;                       /* a bias the base lacks, zero: its config switch gives the
+                                       other linears of the group one too */
     int shard;
 };
 
@@ -104,6 +107,10 @@ struct plan {
     float *w, *a, *b;               /* F32 scratch: one weight (O,I), A (r,I), B (O,r) */
     const struct item **cur;        /* fill(): the items of the shard being written */
     struct ftk_model *m;            /* the plugin path: the base with the adapter loaded */
+    struct ftk_tensor *added;       /* biases the base lacks (merge_bias), after its tensors */
+    char (*added_names)[160];
+    size_t n_added;
+    int attention_bias, mlp_bias;   /* config switches to set for them */
 };
 
 static size_t out_bytes(const struct item *it)
@@ -162,6 +169,13 @@ static ftk_status fill(void *arg, size_t i, void *dst, size_t nbytes)
     const struct item *it = p->cur[i];
     const struct ftk_tensor *t = it->src;
     size_t n = (size_t)ftk_tensor_numel(t);
+    if (it->bias_of || it->zero) {    /* a bias the plugin merged, or a zero one */
+        memset(p->w, 0, n * sizeof *p->w);
+        ftk_status s = it->bias_of ? p->m->peft->pl->merge_bias(p->m->peft, it->bias_of, p->w) : FTK_OK;
+        if (s == FTK_OK)
+            s = ftk_convert_from_f32(dst, it->dtype, p->w, n);
+        return s == FTK_OK ? FTK_OK : ftk_error_wrap(s, "tensor \"%s\"", it->name);
+    }
     if (it->saved || it->trained) {   /* modules_to_save: the adapter's tensor in place of the base's */
         ftk_status s = it->saved ? ftk_convert_to_f32(p->w, it->saved->data, it->saved->dtype, n)
                                  : p->m->be->to_host(p->m->ctx, p->w, it->trained, n * sizeof *p->w);
@@ -265,7 +279,34 @@ static ftk_status write_index(const struct plan *p, const char *dir)
 
 /* config.json with its dtype ("torch_dtype" in transformers 4, "dtype" in 5) set to the
  * output's. The text is edited in place so everything else stays byte for byte. */
-static ftk_status write_config(struct ftk_source *base, const char *dir, enum ftk_dtype dt)
+/* config.json with the switches that give new biases their place (plan_biases), set in the
+ * JSON object (re-printed: a rare case, so the byte-for-byte edit below is not attempted). */
+static ftk_status set_bias_switches(const struct plan *p, char **out, size_t *o, const char *where)
+{
+    if (!p->attention_bias && !p->mlp_bias)
+        return FTK_OK;
+    cJSON *c = cJSON_ParseWithLength(*out, *o);
+    if (!cJSON_IsObject(c)) {
+        cJSON_Delete(c);
+        FTK_FAIL(FTK_E_FORMAT, "%s/config.json: not a JSON object", where);
+    }
+    static const char *const key[2] = {"attention_bias", "mlp_bias"};
+    int on[2] = {p->attention_bias, p->mlp_bias};
+    for (int k = 0; k < 2; k++)
+        if (on[k]) {
+            cJSON_DeleteItemFromObjectCaseSensitive(c, key[k]);
+            cJSON_AddBoolToObject(c, key[k], 1);
+        }
+    char *text = cJSON_Print(c);
+    cJSON_Delete(c);
+    FTK_FAIL_IF(!text, FTK_E_NOMEM, "out of memory");
+    free(*out);
+    *out = text;
+    *o = strlen(text);
+    return FTK_OK;
+}
+
+static ftk_status write_config(struct ftk_source *base, const char *dir, enum ftk_dtype dt, const struct plan *p)
 {
     char *text;
     size_t len;
@@ -335,6 +376,10 @@ static ftk_status write_config(struct ftk_source *base, const char *dir, enum ft
         cJSON_Delete(c);
         FTK_FAIL_IF(!out, FTK_E_NOMEM, "out of memory");
         o = strlen(out);
+    }
+    if ((s = set_bias_switches(p, &out, &o, ftk_source_path(base))) != FTK_OK) {
+        free(out);
+        return s;
     }
     char path[4400];
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -595,6 +640,79 @@ static ftk_status plan_trained(struct plan *p)
     return FTK_OK;
 }
 
+/* The site of linear `kind` in layer `layer` (hooked or not). */
+static const struct ftk_site *site_at(const struct ftk_model *m, int layer, enum ftk_linear kind)
+{
+    for (size_t k = 0; k < m->n_sites; k++)
+        if (m->sites[k].layer == layer && m->sites[k].kind == kind)
+            return &m->sites[k];
+    return NULL;
+}
+
+/* The plugin path, a method that merges biases (BitFit): each hooked site's bias goes to
+ * <module>.bias, the base's tensor when it has one (Qwen2's q/k/v), else a new one. A new bias
+ * needs the architecture's config switch, which gives every linear of its group a bias: Llama's
+ * attention_bias (q, k, v, o) and mlp_bias (gate, up, down), Qwen3's attention_bias; the group's
+ * other linears get zero biases. Where transformers has no switch (Mistral; Qwen2's o_proj and
+ * MLP; Qwen3's MLP) the bias cannot be stored: refused. */
+static ftk_status plan_biases(struct plan *p, enum ftk_dtype dt, const char *model, const char *adapter)
+{
+    const struct ftk_model *m = p->m;
+    static const char *const arch_name[] = {"llama", "mistral", "qwen2", "qwen3"};
+    int switchable[2] = {m->cfg.arch == FTK_ARCH_LLAMA || m->cfg.arch == FTK_ARCH_QWEN3, m->cfg.arch == FTK_ARCH_LLAMA};
+    int need[2] = {0, 0};
+    for (size_t k = 0; k < m->n_sites; k++) {
+        const struct ftk_site *site = &m->sites[k];
+        if (site->layer < 0 || !ftk_peft_hooked(m->peft, site->layer, site->kind))
+            continue;
+        char bname[200];
+        snprintf(bname, sizeof bname, "%s.bias", site->module);
+        struct item *it = find_item(p, bname);
+        int g = site->kind >= FTK_LIN_GATE;
+        if (it) {
+            it->bias_of = site;
+            continue;
+        }
+        FTK_FAIL_IF(!switchable[g], FTK_E_UNSUPPORTED,
+                    "%s: the merged bias of %s cannot be stored in %s: transformers' %s has no bias there and no config switch "
+                    "for one (train without that module in target_modules)",
+                    adapter, site->module, model, arch_name[m->cfg.arch]);
+        need[g] = 1;
+    }
+    p->attention_bias = need[0];
+    p->mlp_bias = need[1];
+    size_t extra = (size_t)m->cfg.L * 7;
+    p->added = calloc(extra, sizeof *p->added);
+    p->added_names = calloc(extra, sizeof *p->added_names);
+    struct item *items = realloc(p->items, (p->n + extra) * sizeof *items);
+    FTK_FAIL_IF(!p->added || !p->added_names || !items, FTK_E_NOMEM, "out of memory");
+    p->items = items;
+    for (int64_t l = 0; l < m->cfg.L; l++)
+        for (int kind = 0; kind < 7; kind++) {
+            const struct ftk_site *site = site_at(m, (int)l, (enum ftk_linear)kind);
+            if (!site || !need[kind >= FTK_LIN_GATE])
+                continue;
+            char *name = p->added_names[p->n_added];
+            snprintf(name, sizeof *p->added_names, "%s.bias", site->module);
+            if (find_item(p, name))
+                continue;
+            struct ftk_tensor *t = &p->added[p->n_added++];
+            t->dtype = dt;
+            t->ndim = 1;
+            t->shape[0] = site->out;
+            t->nbytes = (size_t)site->out * ftk_dtype_size(dt);
+            struct item *it = &p->items[p->n++];
+            memset(it, 0, sizeof *it);
+            it->name = name;
+            it->src = t;
+            it->dtype = t->dtype;
+            it->bias_of = ftk_peft_hooked(m->peft, site->layer, site->kind) ? site : NULL;
+            it->zero = !it->bias_of;
+            p->total += out_bytes(it);
+        }
+    return FTK_OK;
+}
+
 static ftk_status plan_merge(struct plan *p, struct merge_adapter *ad, struct ftk_st_model *st, enum ftk_dtype dt, const char *model,
                              const char *adapter)
 {
@@ -610,7 +728,8 @@ static ftk_status plan_merge(struct plan *p, struct merge_adapter *ad, struct ft
         if (merge_is_float(it->src->dtype) && (size_t)ftk_tensor_numel(it->src) > big)
             big = (size_t)ftk_tensor_numel(it->src);
     }
-    for (size_t k = 0; p->m && k < p->m->n_sites; k++) {   /* the plugin path: its hooked sites */
+    int merges_w = p->m && FTK_PLUGIN_SLOT(p->m->peft->pl, merge);
+    for (size_t k = 0; merges_w && k < p->m->n_sites; k++) {   /* the plugin path: its hooked sites */
         const struct ftk_site *site = &p->m->sites[k];
         if (!ftk_peft_hooked(p->m->peft, site->layer, site->kind))
             continue;
@@ -649,6 +768,8 @@ static ftk_status plan_merge(struct plan *p, struct merge_adapter *ad, struct ft
     FTK_TRY(plan_saved(p, ad, model, adapter));
     if (p->m)
         FTK_TRY(plan_trained(p));
+    if (p->m && FTK_PLUGIN_SLOT(p->m->peft->pl, merge_bias))
+        FTK_TRY(plan_biases(p, dt, model, adapter));
     p->w = malloc(big * sizeof *p->w);
     p->a = malloc(big_a * sizeof *p->a);
     p->b = malloc(big_b * sizeof *p->b);
@@ -666,7 +787,7 @@ static ftk_status load_for_plugin(const struct ftk_merge_opts *o, struct ftk_mod
     FTK_TRY(ftk_model_load(o->model, be, *cpu, m));
     FTK_TRY(ftk_model_load_adapter(*m, o->adapter, 0));
     const struct ftk_peft_plugin *pl = (*m)->peft->pl;
-    FTK_FAIL_IF(!FTK_PLUGIN_SLOT(pl, merge), FTK_E_UNSUPPORTED,
+    FTK_FAIL_IF(!FTK_PLUGIN_SLOT(pl, merge) && !FTK_PLUGIN_SLOT(pl, merge_bias), FTK_E_UNSUPPORTED,
                 "%s: the %s method cannot be folded into the weights (it is not a linear delta); use the adapter with --adapter",
                 o->adapter, pl->name);
     return FTK_OK;
@@ -679,7 +800,7 @@ static ftk_status write_all(const struct ftk_merge_opts *o, struct plan *p, stru
     FTK_TRY(write_shards(p, dir));
     if (p->n_shards > 1)
         FTK_TRY(write_index(p, dir));
-    FTK_TRY(write_config(base, dir, dt));
+    FTK_TRY(write_config(base, dir, dt, p));
     return copy_extras(base, dir);
 }
 
@@ -746,7 +867,7 @@ ftk_status ftk_merge_lora(const struct ftk_merge_opts *opts, struct ftk_merge_st
         stats->tensors = (int64_t)p.n;
         stats->merged = (int64_t)ad.n_pairs;
         for (size_t i = 0; i < p.n; i++) {
-            stats->merged += p.items[i].site != NULL;
+            stats->merged += p.items[i].site != NULL || p.items[i].bias_of != NULL;
             stats->replaced += p.items[i].saved != NULL || p.items[i].trained != NULL;
         }
         stats->shards = p.n_shards;
@@ -754,6 +875,8 @@ ftk_status ftk_merge_lora(const struct ftk_merge_opts *opts, struct ftk_merge_st
         snprintf(stats->dtype, sizeof stats->dtype, "%s", torch_name(dt));
     }
     free(p.items);
+    free(p.added);
+    free(p.added_names);
     free(p.w);
     free(p.a);
     free(p.b);

@@ -11,8 +11,9 @@
  * peft has no BitFit: the saved format is ftk's own (docs/peft-methods.md), peft-shaped so
  * that adapter loading finds it: adapter_config.json {"peft_type": "BITFIT", "target_modules":
  * [...], "base_model_name_or_path": ...} and adapter_model.safetensors with the full bias
- * values c as base_model.model.<module>.bias (O), F32. To use it in transformers, set each
- * module's bias to c (attention_bias / mlp_bias = true in config.json for Llama).
+ * values c as base_model.model.<module>.bias (O), F32. Merging (merge_bias: ftk merge-lora)
+ * writes c as each module's bias, with attention_bias / mlp_bias set in config.json where the
+ * base had none (Llama; Qwen3's attention).
  * Shapes: N tokens, I in, O out. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -230,13 +231,16 @@ static ftk_status bitfit_load(struct ftk_peft *p, struct ftk_source *src)
     return s;
 }
 
-/* The merge slot writes weights only; a merged BitFit model needs its biases written (and
- * attention_bias/mlp_bias set): refused rather than silently dropped. */
-static ftk_status bitfit_merge(struct ftk_peft *p, const struct ftk_site *s, float *w)
+/* The weights stay; the merged bias is c. */
+static ftk_status bitfit_merge_bias(struct ftk_peft *p, const struct ftk_site *s, float *bias)
 {
-    (void)p;
-    (void)w;
-    FTK_FAIL(FTK_E_UNSUPPORTED, "BitFit cannot be merged yet (%s: the merge writes weights, not biases)", s->module);
+    struct bitfit *S = ftk_peft_priv(p);
+    void *ctx;
+    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
+    for (int i = 0; i < S->n; i++)
+        if (S->sites[i].s == s)
+            return be->to_host(ctx, bias, S->sites[i].c, (size_t)s->out * sizeof *bias);
+    FTK_FAIL(FTK_E_NOTFOUND, "BitFit has no bias at %s", s->module);
 }
 
 static void bitfit_release(struct ftk_peft *p)
@@ -258,6 +262,6 @@ FTK_EXPORT const struct ftk_peft_plugin ftk_peft_plugin = {
     .linear_backward = bitfit_backward,
     .save = bitfit_save,
     .load = bitfit_load,
-    .merge = bitfit_merge,
     .release = bitfit_release,
+    .merge_bias = bitfit_merge_bias,
 };

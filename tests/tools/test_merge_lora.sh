@@ -37,7 +37,7 @@ check "merged loss = base + adapter loss (1e-5), != base loss" \
 for m in "dora:lora --peft-opt use_dora=true" "pissa:lora --peft-opt init_lora_weights=pissa --lora-rank 2" \
          "olora:lora --peft-opt init_lora_weights=olora --lora-rank 2" "ia3:ia3" \
          "adalora:adalora --peft-opt total_step=3 --peft-opt tinit=0 --peft-opt tfinal=0 --peft-opt init_r=4 --peft-opt target_r=2" \
-         "diffprune:diffprune" \
+         "diffprune:diffprune" "bitfit:bitfit" "bitfit-some:bitfit --peft-opt target_modules=q_proj,down_proj" \
          "patterns:lora --lora-rank 2 --peft-opt rank_pattern={\"q_proj\":3} --peft-opt alpha_pattern={\"layers[.]1[.]self_attn[.]v_proj\":32} --peft-opt modules_to_save=lm_head"; do
     name=${m%%:*}; m=${m#*:}
     check "train $name with ftk" ftk train-step --model "$FIX/llama" --finetuning-type $m --lr 5e-2 --lr-scheduler constant \
@@ -53,6 +53,20 @@ check_eq "patterns: saved in adapter_config.json" "$(jq -c '[.r, .rank_pattern, 
     '[2,{"q_proj":3},{"layers[.]1[.]self_attn[.]v_proj":32},["lm_head"]]'
 check_eq "patterns: k_proj has rank 2, q_proj 3" \
     "$(st_header "$T/ad-patterns/adapter_model.safetensors" | jq -r '[to_entries[] | select(.key | test("layers.0.self_attn.[qk]_proj.lora_A"))] | sort_by(.key) | map(.value.shape[0]) | @text')" "[2,3]"
+# BitFit merges into biases: new ones need Llama's attention_bias / mlp_bias (the group's other
+# linears get zero biases); Qwen2's own q/k/v biases are replaced; no place for them: refused
+check_eq "bitfit: config switches set" "$(jq -c '[.attention_bias, .mlp_bias]' "$T/mt-bitfit-some/config.json")" "[true,true]"
+check_eq "bitfit: a bias for every linear (zero where untrained)" \
+    "$(st_header "$T/mt-bitfit-some/model.safetensors" | jq '[keys[] | select(endswith("_proj.bias"))] | length')" "14"
+check "train BitFit on qwen2's q/k/v" ftk train-step --model "$FIX/qwen2" --finetuning-type bitfit --peft-opt target_modules=q_proj,k_proj,v_proj \
+    --lr 5e-2 --max-steps 2 --metrics /dev/null --output "$T/ad-bq" "$T/b8.fts"
+check "merge it" ftk merge-lora -q --model "$FIX/qwen2" --adapter "$T/ad-bq" -o "$T/mt-bq"
+check "qwen2: merged loss = base + adapter loss" jq -n --argjson a "$(ftk eval --model "$FIX/qwen2" --adapter "$T/ad-bq" "$T/b8.fts" | jq .loss)" \
+    --argjson b "$(ftk eval --model "$T/mt-bq" "$T/b8.fts" | jq .loss)" '(($a - $b) | fabs) < 1e-5 * $a'
+check_eq "qwen2: its own biases replaced, no switch" "$(jq -c '[.attention_bias, .mlp_bias]' "$T/mt-bq/config.json")" "[null,null]"
+check "train BitFit on mistral" ftk train-step --model "$FIX/mistral" --finetuning-type bitfit --max-steps 1 --metrics /dev/null \
+    --output "$T/ad-bm" "$T/b8.fts"
+check_fail "mistral has no place for biases" 1 "cannot be stored in" ftk merge-lora --model "$FIX/mistral" --adapter "$T/ad-bm" -o "$T/xbm"
 check "train a prefix with ftk" ftk train-step --model "$FIX/llama" --finetuning-type prefix_tuning --peft-opt num_virtual_tokens=2 \
     --max-steps 1 --metrics /dev/null --output "$T/ad-prefix" "$T/b8.fts"
 check_fail "prefix tuning cannot be merged" 1 "cannot be folded into the weights" \

@@ -6,7 +6,9 @@
  * at a time, so memory holds about one tensor (F32) plus the adapter, whatever the model size
  * (a directory base; an archive base is read into memory by libarchive). Adapters of other
  * mergeable methods (DoRA, (IA)^3, AdaLoRA, diff pruning) are folded by their plugin's merge
- * slot, with the base model loaded whole (F32, CPU backend) and the adapter on it.
+ * slot, with the base model loaded whole (F32, CPU backend) and the adapter on it; BitFit's by its
+ * merge_bias slot into the modules' biases (added, with config.json's attention_bias / mlp_bias,
+ * where the base has none).
  *
  * Ownership: what you pass in stays yours and is not kept. */
 #ifndef FTK_MERGE_H
