@@ -85,7 +85,7 @@ static int parse_args(int argc, char **argv, struct ftk_generate_opts *o)
         else if (!strcmp(f, "--repetition-penalty")) { NEED(); if (num(x, f, 1e-6, &o->repetition_penalty)) return -1; }
         else if (!strcmp(f, "--seed")) { NEED(); if (num(x, f, 0, &d)) return -1; o->seed = (uint64_t)d; }
         else if (!strcmp(f, "--stop")) { NEED(); if (o->n_stop == FTK_GEN_MAX_STOP) return usage_error("too many --stop%s", ""); o->stop[o->n_stop++] = x; }
-        else if (!strcmp(f, "--eos")) { NEED(); if (num(x, f, 0, &d) || o->n_eos == FTK_GEN_MAX_EOS) return -1; o->eos[o->n_eos++] = (int32_t)d; }
+        else if (!strcmp(f, "--eos")) { NEED(); if (num(x, f, 0, &d)) return -1; if (o->n_eos == FTK_GEN_MAX_EOS) return usage_error("too many --eos%s", ""); o->eos[o->n_eos++] = (int32_t)d; }
         else if (!strcmp(f, "--batch-size")) { NEED(); if (num(x, f, 1, &d)) return -1; o->batch_size = (int64_t)d; }
         else if (!strcmp(f, "--context")) { NEED(); if (num(x, f, 1, &d)) return -1; o->context = (int64_t)d; }
         else if (!strcmp(f, "--stream")) o->stream = 1;

@@ -57,6 +57,7 @@ check_eq "  the same as one at a time" "$(jq -c .ids "$T/ctx2.jsonl")" \
 
 check_fail "no --model" 2 "--model is required" ftk generate "$T/one.jsonl"
 check_fail "bad --top-p" 2 "--top-p 2 is not in [0, 1]" ftk generate --model "$M" --top-p 2
+check_fail "too many --eos" 2 "too many --eos" ftk generate --model "$M" $(printf -- '--eos %d ' $(seq 1 17)) "$T/one.jsonl"
 check_fail "prompt longer than the context" 1 "prompt 0 has 5 tokens, the context is 4" ftk generate --model "$M" --context 4 "$T/one.jsonl"
 printf '{"prompt": "a"}\n\n{"prompt": "Once"}\n{"prompt": "Once upon a time there was"}\n' > "$T/long.jsonl"
 check_fail "a long prompt in a later batch names its line and index" 1 "long.jsonl:4: prompt 2 has 7 tokens, the context is 5" \
