@@ -281,7 +281,7 @@ static ftk_status run_stream(struct gen_run *r, FILE *in, const char *name)
 }
 
 /* How much of the text t (n bytes) may be shown: up to the first stop string, and never the
- * start of a stop string that the next tokens may complete. */
+ * start of a stop string or of a character (decoded as U+FFFD) that the next tokens may complete. */
 static size_t shown_len(const struct ftk_gen_config *c, const char *t, size_t n)
 {
     size_t lim = n;
@@ -292,6 +292,8 @@ static size_t shown_len(const struct ftk_gen_config *c, const char *t, size_t n)
     }
     if (lim < n)
         return lim;
+    while (lim >= 3 && !memcmp(t + lim - 3, "\xef\xbf\xbd", 3))   /* U+FFFD: a character whose bytes are still coming */
+        lim -= 3;
     for (int k = 0; k < c->n_stop; k++)
         for (size_t m = strlen(c->stop[k]) - (c->stop[k][0] != 0); m > 0; m--)   /* the longest proper prefix at the end */
             if (m <= n && !memcmp(t + n - m, c->stop[k], m)) {
@@ -310,9 +312,15 @@ static void print_token(void *arg, int64_t i, int32_t id)
     struct gen_run *r = arg;
     if (ftk_ids_push(&r->streamed, id) != FTK_OK)
         return;
+    /* a run of byte-fallback tokens ("<0xE4>") at the end decodes as one group, U+FFFD per byte
+     * until it is valid UTF-8 (tokenizers' ByteFallback): it is shown once a later token closes it */
+    size_t k = r->streamed.n;
+    for (const char *tk; k > 0 && (tk = ftk_tokenizer_id_to_token(r->tok, r->streamed.ids[k - 1])) && strlen(tk) == 6 &&
+                         !strncmp(tk, "<0x", 3) && tk[5] == '>';)
+        k--;
     char *t = NULL;
     size_t n;
-    if (ftk_tokenizer_decode(r->tok, r->streamed.ids, r->streamed.n, 1, -1, &t, &n) == FTK_OK &&
+    if (ftk_tokenizer_decode(r->tok, r->streamed.ids, k, 1, -1, &t, &n) == FTK_OK &&
         (n = shown_len(&r->gc, t, n)) > r->printed) {
         fwrite(t + r->printed, 1, n - r->printed, r->out);
         r->printed = n;

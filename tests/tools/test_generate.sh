@@ -32,6 +32,11 @@ check_eq "streamed text equals the JSON text" "$(cat "$T/stream.txt")" \
     "$(ftk generate --model "$M" --max-new-tokens 20 "$T/one.jsonl" | jq -r .text)"
 check_eq "--stream cuts at a stop string as the JSON text does" \
     "$(ftk generate --model "$M" --max-new-tokens 50 --stop . --stop "d L" --stream "$T/one.jsonl")" "was a little girl name"
+# at temperature 50 about half the tokens are byte-fallback ones (<0x..>), decoded as U+FFFD until
+# their group is valid UTF-8: what is streamed must still be the final text
+hot() { ftk generate --model "$M" --max-new-tokens 30 --do-sample --temperature 50 --seed "$1" "${@:2}" "$T/one.jsonl"; }
+check_eq "--stream of byte-fallback tokens equals the JSON text" \
+    "$(for s in 1 3 4; do hot $s --stream | od -c; done)" "$(for s in 1 3 4; do hot $s | jq -r .text | od -c; done)"
 check_eq "--stream with --batch-size 1" "$(ftk generate --model "$M" --max-new-tokens 20 --stream --batch-size 1 "$T/one.jsonl")" "$(cat "$T/stream.txt")"
 check_eq "--stream with more prompts than a batch: JSON for all" \
     "$(head -3 "$T/prompts.jsonl" | ftk generate --model "$M" --max-new-tokens 5 --stream --batch-size 2 | jq -c .index | tr '\n' ' ')" "0 1 2 "
