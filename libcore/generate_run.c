@@ -458,10 +458,10 @@ ftk_status ftk_generate_run(const struct ftk_generate_opts *o)
         else if (!(in = o->input && strcmp(o->input, "-") ? fopen(o->input, "rb") : stdin))
             s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: %s", o->input, strerror(errno));
         else {
-            int c = fgetc(in);   /* a JSON line starts with '{'; a stream with bytes that never do */
+            int c = fgetc(in);   /* a JSON line starts with '{' or white space; a stream with bytes that never do */
             if (c != EOF)
                 ungetc(c, in);
-            if (c == '{' || c == ' ' || c == '\n')
+            if (c == '{' || c == ' ' || c == '\n' || c == '\r' || c == '\t')
                 s = run_jsonl(&r, in, name);
             else if (c != EOF)
                 s = run_stream(&r, in, name);

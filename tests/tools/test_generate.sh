@@ -60,6 +60,9 @@ check_eq "  each row fills the context" "$(jq -c '[.finish_reason, .prompt_token
 check_eq "  the same as one at a time" "$(jq -c .ids "$T/ctx2.jsonl")" \
     "$(ftk generate --model "$M" --context 24 --max-new-tokens 40 --ignore-eos --batch-size 1 "$T/two.jsonl" | jq -c .ids)"
 
+printf '\r\n{"prompt": "The little dog"}\r\n' > "$T/crlf.jsonl"
+check_eq "JSON lines with CRLF and a blank first line" "$(ftk generate --model "$M" --max-new-tokens 20 "$T/crlf.jsonl" | jq -r .text)" "$(cat "$T/stream.txt")"
+
 check_fail "no --model" 2 "--model is required" ftk generate "$T/one.jsonl"
 check_fail "bad --top-p" 2 "--top-p 2 is not in [0, 1]" ftk generate --model "$M" --top-p 2
 check_fail "too many --eos" 2 "too many --eos" ftk generate --model "$M" $(printf -- '--eos %d ' $(seq 1 17)) "$T/one.jsonl"
