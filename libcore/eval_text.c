@@ -230,14 +230,19 @@ ftk_status eval_read_records(FILE *in, const char *name, cJSON **out)
     return FTK_OK;
 }
 
-/* A field as text: strings as they are, numbers printed ("%g"); NULL when absent. */
+/* A field as text: strings as they are, numbers in the fewest digits that read back the same
+ * (Python's str: 0.1, not %.17g's 0.10000000000000001); NULL when absent. */
 static const char *field(const cJSON *rec, const char *key, char *buf, size_t cap)
 {
     const cJSON *v = cJSON_GetObjectItem(rec, key);   /* case-insensitive: Question, Answer */
     if (cJSON_IsString(v))
         return v->valuestring;
     if (cJSON_IsNumber(v)) {
-        snprintf(buf, cap, "%.17g", v->valuedouble);
+        for (int p = 1; p <= 17; p++) {
+            snprintf(buf, cap, "%.*g", p, v->valuedouble);
+            if (strtod(buf, NULL) == v->valuedouble)
+                break;
+        }
         return buf;
     }
     return NULL;

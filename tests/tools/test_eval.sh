@@ -66,6 +66,12 @@ check_eq "choice: csv with a UTF-8 BOM, CRLF, quotes and commas = the same recor
        ftk eval --model "$M" --template empty --per-example "$T/bom.jsonl" "$T/bom.csv" | jq -c '.subjects | keys'; jq -c .probs "$T/bom.jsonl")" \
     "$(echo '{"question":"Say \"hi\", then","A":"x","B":"y,z","C":"two\r\nlines","D":"d","answer":"C"}' > "$T/bom_q.jsonl"
        echo '["bom"]'; ftk eval --model "$M" --template empty --subject bom --per-example "$T/bom_q.out" "$T/bom_q.jsonl" > /dev/null; jq -c .probs "$T/bom_q.out")"
+ftk eval --model "$M" --template empty --subject x --per-example "$T/num_s.jsonl" \
+    <(echo '{"question":"q","A":"0.1","B":"2.5","C":"-3","D":"4","answer":"A"}') > /dev/null
+check_eq "choice: numeric options are written as Python writes them (0.1, not 0.10000000000000001)" \
+    "$(ftk eval --model "$M" --template empty --subject x --per-example /dev/stdout \
+       <(echo '{"question":"q","A":0.1,"B":2.5,"C":-3,"D":"4","answer":"A"}') | head -1 | jq -c '[.prompt_tokens, .probs]')" \
+    "$(jq -c '[.prompt_tokens, .probs]' "$T/num_s.jsonl")"
 
 # generation: greedy continuations of stories260K (= transformers' generate)
 check "generation" ftk eval --model "$M" --max-new-tokens 12 --per-example "$T/gen.jsonl" "$EV/qa.jsonl"
