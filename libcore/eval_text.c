@@ -336,7 +336,8 @@ static ftk_status parse_question(const cJSON *rec, const struct eval_lang *L, co
             cap += strlen(opt[k]) + 8;
     }
     FTK_FAIL_IF(!opt[0] || !opt[1], FTK_E_FORMAT, "%s: a question needs choices A and B at least", where);
-    const char *a = field(rec, "answer", nb, sizeof nb);
+    char ab[64];   /* not nb: q may live there */
+    const char *a = field(rec, "answer", ab, sizeof ab);
     const cJSON *an = cJSON_GetObjectItem(rec, "answer");
     answer[0] = '\0';
     if (cJSON_IsArray(list) && cJSON_IsNumber(an) && an->valuedouble >= 0 && an->valuedouble < N_CHOICES)

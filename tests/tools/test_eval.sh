@@ -72,6 +72,12 @@ check_eq "choice: numeric options are written as Python writes them (0.1, not 0.
     "$(ftk eval --model "$M" --template empty --subject x --per-example /dev/stdout \
        <(echo '{"question":"q","A":0.1,"B":2.5,"C":-3,"D":"4","answer":"A"}') | head -1 | jq -c '[.prompt_tokens, .probs]')" \
     "$(jq -c '[.prompt_tokens, .probs]' "$T/num_s.jsonl")"
+ftk eval --model "$M" --mode choice --template empty --subject x --per-example "$T/q7_s.jsonl" \
+    <(echo '{"question":"7","choices":["a","b","c","d"],"answer":1}') > /dev/null
+check_eq "choice: a numeric question beside a numeric answer" \
+    "$(ftk eval --model "$M" --mode choice --template empty --subject x --per-example /dev/stdout \
+       <(echo '{"question":7,"choices":["a","b","c","d"],"answer":1}') | head -1 | jq -c '[.prompt_tokens, .probs]')" \
+    "$(jq -c '[.prompt_tokens, .probs]' "$T/q7_s.jsonl")"
 
 # generation: greedy continuations of stories260K (= transformers' generate)
 check "generation" ftk eval --model "$M" --max-new-tokens 12 --per-example "$T/gen.jsonl" "$EV/qa.jsonl"
