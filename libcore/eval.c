@@ -312,7 +312,9 @@ ftk_status ftk_eval_run(const struct ftk_eval_opts *o, FILE *out)
                 s = ftk_error_set(FTK_E_INVALID, __FILE__, __LINE__, "%s: no records", name);
             if (s == FTK_OK && mode == FTK_EVAL_AUTO) {
                 const cJSON *first = cJSON_GetArrayItem(records, 0);
-                mode = cJSON_GetObjectItem(first, "A") && cJSON_GetObjectItem(first, "B") ? FTK_EVAL_CHOICE : FTK_EVAL_GENERATION;
+                mode = (cJSON_GetObjectItem(first, "A") && cJSON_GetObjectItem(first, "B")) ||
+                               cJSON_IsArray(cJSON_GetObjectItem(first, "choices"))   /* HF datasets' mmlu layout */
+                           ? FTK_EVAL_CHOICE : FTK_EVAL_GENERATION;
             }
             if (s == FTK_OK)
                 s = mode == FTK_EVAL_CHOICE ? eval_choice(&r, records, name) : eval_generation(&r, records, name);

@@ -78,6 +78,9 @@ check_eq "choice: a numeric question beside a numeric answer" \
     "$(ftk eval --model "$M" --mode choice --template empty --subject x --per-example /dev/stdout \
        <(echo '{"question":7,"choices":["a","b","c","d"],"answer":1}') | head -1 | jq -c '[.prompt_tokens, .probs]')" \
     "$(jq -c '[.prompt_tokens, .probs]' "$T/q7_s.jsonl")"
+check_eq "choice: the HF datasets layout (choices list) is told from its first record" \
+    "$(ftk eval --model "$M" --template empty <(echo '{"question":"q","choices":["a","b","c","d"],"answer":1}') | jq -c '[.mode, .total]')" \
+    '["choice",1]'
 
 # generation: greedy continuations of stories260K (= transformers' generate)
 check "generation" ftk eval --model "$M" --max-new-tokens 12 --per-example "$T/gen.jsonl" "$EV/qa.jsonl"

@@ -25,7 +25,8 @@ extern "C" {
 /* Values fixed, appended only. */
 enum ftk_eval_mode {
     FTK_EVAL_AUTO = 0,          /* a stream: loss, or preference when its header says pairwise;
-                                   records: choice when the first has "A" and "B", else generation */
+                                   records: choice when the first has "A" and "B" (or a "choices"
+                                   list), else generation */
     FTK_EVAL_LOSS = 1,
     FTK_EVAL_PREFERENCE = 2,
     FTK_EVAL_CHOICE = 3,
