@@ -171,7 +171,10 @@ static ftk_status fill(void *arg, size_t i, void *dst, size_t nbytes)
     size_t n = (size_t)ftk_tensor_numel(t);
     if (it->bias_of || it->zero) {    /* a bias the plugin merged, or a zero one */
         memset(p->w, 0, n * sizeof *p->w);
-        ftk_status s = it->bias_of ? p->m->peft->pl->merge_bias(p->m->peft, it->bias_of, p->w) : FTK_OK;
+        int has = 1;
+        ftk_status s = it->bias_of ? p->m->peft->pl->merge_bias(p->m->peft, it->bias_of, p->w, &has) : FTK_OK;
+        if (s == FTK_OK && !has)
+            s = ftk_error_set(FTK_E_INVALID, __FILE__, __LINE__, "the plugin no longer has a bias there");
         if (s == FTK_OK)
             s = ftk_convert_from_f32(dst, it->dtype, p->w, n);
         return s == FTK_OK ? FTK_OK : ftk_error_wrap(s, "tensor \"%s\"", it->name);
@@ -649,8 +652,9 @@ static const struct ftk_site *site_at(const struct ftk_model *m, int layer, enum
     return NULL;
 }
 
-/* The plugin path, a method that merges biases (BitFit): each hooked site's bias goes to
- * <module>.bias, the base's tensor when it has one (Qwen2's q/k/v), else a new one. A new bias
+/* The plugin path, a method that merges biases (BitFit, (IA)^3): each hooked site where the
+ * merged model has a bias (merge_bias) writes it to <module>.bias, the base's tensor when it has
+ * one (Qwen2's q/k/v), else a new one. A new bias
  * needs the architecture's config switch, which gives every linear of its group a bias: Llama's
  * attention_bias (q, k, v, o) and mlp_bias (gate, up, down), Qwen3's attention_bias; the group's
  * other linears get zero biases. Where transformers has no switch (Mistral; Qwen2's o_proj and
@@ -661,9 +665,22 @@ static ftk_status plan_biases(struct plan *p, enum ftk_dtype dt, const char *mod
     static const char *const arch_name[] = {"llama", "mistral", "qwen2", "qwen3"};
     int switchable[2] = {m->cfg.arch == FTK_ARCH_LLAMA || m->cfg.arch == FTK_ARCH_QWEN3, m->cfg.arch == FTK_ARCH_LLAMA};
     int need[2] = {0, 0};
-    for (size_t k = 0; k < m->n_sites; k++) {
+    int *has = calloc(m->n_sites, sizeof *has);   /* per site: the merged model has a bias there */
+    int64_t widest = 1;
+    for (size_t k = 0; k < m->n_sites; k++)
+        if (m->sites[k].out > widest)
+            widest = m->sites[k].out;
+    float *scratch = malloc((size_t)widest * sizeof *scratch);
+    ftk_status s = has && scratch ? FTK_OK : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
+    for (size_t k = 0; k < m->n_sites && s == FTK_OK; k++) {
         const struct ftk_site *site = &m->sites[k];
-        if (site->layer < 0 || !ftk_peft_hooked(m->peft, site->layer, site->kind))
+        if (site->layer >= 0 && ftk_peft_hooked(m->peft, site->layer, site->kind))
+            s = m->peft->pl->merge_bias(m->peft, site, scratch, &has[k]);
+    }
+    free(scratch);
+    for (size_t k = 0; k < m->n_sites && s == FTK_OK; k++) {
+        const struct ftk_site *site = &m->sites[k];
+        if (!has[k])
             continue;
         char bname[200];
         snprintf(bname, sizeof bname, "%s.bias", site->module);
@@ -673,11 +690,16 @@ static ftk_status plan_biases(struct plan *p, enum ftk_dtype dt, const char *mod
             it->bias_of = site;
             continue;
         }
-        FTK_FAIL_IF(!switchable[g], FTK_E_UNSUPPORTED,
-                    "%s: the merged bias of %s cannot be stored in %s: transformers' %s has no bias there and no config switch "
-                    "for one (train without that module in target_modules)",
-                    adapter, site->module, model, arch_name[m->cfg.arch]);
+        if (!switchable[g])
+            s = ftk_error_set(FTK_E_UNSUPPORTED, __FILE__, __LINE__,
+                              "%s: the merged bias of %s cannot be stored in %s: transformers' %s has no bias there and no "
+                              "config switch for one (train without that module in target_modules)",
+                              adapter, site->module, model, arch_name[m->cfg.arch]);
         need[g] = 1;
+    }
+    if (s != FTK_OK) {
+        free(has);
+        return s;
     }
     p->attention_bias = need[0];
     p->mlp_bias = need[1];
@@ -685,7 +707,10 @@ static ftk_status plan_biases(struct plan *p, enum ftk_dtype dt, const char *mod
     p->added = calloc(extra, sizeof *p->added);
     p->added_names = calloc(extra, sizeof *p->added_names);
     struct item *items = realloc(p->items, (p->n + extra) * sizeof *items);
-    FTK_FAIL_IF(!p->added || !p->added_names || !items, FTK_E_NOMEM, "out of memory");
+    if (!p->added || !p->added_names || !items) {
+        free(has);
+        FTK_FAIL(FTK_E_NOMEM, "out of memory");
+    }
     p->items = items;
     for (int64_t l = 0; l < m->cfg.L; l++)
         for (int kind = 0; kind < 7; kind++) {
@@ -706,10 +731,11 @@ static ftk_status plan_biases(struct plan *p, enum ftk_dtype dt, const char *mod
             it->name = name;
             it->src = t;
             it->dtype = t->dtype;
-            it->bias_of = ftk_peft_hooked(m->peft, site->layer, site->kind) ? site : NULL;
+            it->bias_of = has[site - m->sites] ? site : NULL;
             it->zero = !it->bias_of;
             p->total += out_bytes(it);
         }
+    free(has);
     return FTK_OK;
 }
 

@@ -232,9 +232,10 @@ static ftk_status bitfit_load(struct ftk_peft *p, struct ftk_source *src)
 }
 
 /* The weights stay; the merged bias is c. */
-static ftk_status bitfit_merge_bias(struct ftk_peft *p, const struct ftk_site *s, float *bias)
+static ftk_status bitfit_merge_bias(struct ftk_peft *p, const struct ftk_site *s, float *bias, int *has)
 {
     struct bitfit *S = ftk_peft_priv(p);
+    *has = 1;
     void *ctx;
     const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
     for (int i = 0; i < S->n; i++)

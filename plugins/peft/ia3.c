@@ -280,19 +280,41 @@ static ftk_status ia3_load(struct ftk_peft *p, struct ftk_source *src)
     return s;
 }
 
-/* peft IA3 Linear.merge: W *= l (rows, or columns for feed-forward). An attention-like site
- * with a bias would need b *= l too, which the merge slot cannot write: refused. */
+/* peft IA3 Linear.merge: W *= l (rows, or columns for feed-forward); the bias of a scaled
+ * output too (ia3_merge_bias). */
 static ftk_status ia3_merge(struct ftk_peft *p, const struct ftk_site *s, float *w)
 {
     struct ia3 *S = ftk_peft_priv(p);
     struct ia3_site *is = find_site(S, s);
     if (!is)
         return FTK_OK;
-    FTK_FAIL_IF(!is->ff && is->b, FTK_E_UNSUPPORTED, "merging (IA)3 into %s would scale its bias too: not supported yet", s->module);
     for (int64_t o = 0; o < s->out; o++)
         for (int64_t i = 0; i < s->in; i++)
             w[o * s->in + i] *= is->ff ? is->l[i] : is->l[o];
     return FTK_OK;
+}
+
+/* peft IA3 Linear.merge: b *= l where the output is scaled (y = l (x W^T + b)); a feed-forward
+ * site scales its input, its bias stays. No bias where the base has none. */
+static ftk_status ia3_merge_bias(struct ftk_peft *p, const struct ftk_site *s, float *bias, int *has)
+{
+    struct ia3 *S = ftk_peft_priv(p);
+    struct ia3_site *is = find_site(S, s);
+    *has = is && is->b;
+    if (!*has)
+        return FTK_OK;
+    void *ctx;
+    const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
+    FTK_TRY(be->to_host(ctx, bias, is->b, (size_t)s->out * sizeof *bias));
+    if (is->ff)
+        return FTK_OK;
+    float *l = malloc((size_t)s->out * sizeof *l);
+    FTK_FAIL_IF(!l, FTK_E_NOMEM, "out of memory");
+    ftk_status st = be->to_host(ctx, l, is->l, (size_t)s->out * sizeof *l);
+    for (int64_t o = 0; st == FTK_OK && o < s->out; o++)
+        bias[o] *= l[o];
+    free(l);
+    return st;
 }
 
 static void ia3_release(struct ftk_peft *p)
@@ -316,4 +338,5 @@ FTK_EXPORT const struct ftk_peft_plugin ftk_peft_plugin = {
     .load = ia3_load,
     .merge = ia3_merge,
     .release = ia3_release,
+    .merge_bias = ia3_merge_bias,
 };

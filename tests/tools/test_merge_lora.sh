@@ -64,6 +64,12 @@ check "merge it" ftk merge-lora -q --model "$FIX/qwen2" --adapter "$T/ad-bq" -o 
 check "qwen2: merged loss = base + adapter loss" jq -n --argjson a "$(ftk eval --model "$FIX/qwen2" --adapter "$T/ad-bq" "$T/b8.fts" | jq .loss)" \
     --argjson b "$(ftk eval --model "$T/mt-bq" "$T/b8.fts" | jq .loss)" '(($a - $b) | fabs) < 1e-5 * $a'
 check_eq "qwen2: its own biases replaced, no switch" "$(jq -c '[.attention_bias, .mlp_bias]' "$T/mt-bq/config.json")" "[null,null]"
+# (IA)^3 scales Qwen2's v_proj output, bias included (peft's merge: b *= l)
+check "train (IA)3 on qwen2" ftk train-step --model "$FIX/qwen2" --finetuning-type ia3 --lr 5e-2 --max-steps 2 --metrics /dev/null \
+    --output "$T/ad-iq" "$T/b8.fts"
+check "merge it (v_proj's bias scaled)" ftk merge-lora -q --model "$FIX/qwen2" --adapter "$T/ad-iq" -o "$T/mt-iq"
+check "qwen2 (IA)3: merged loss = base + adapter loss" jq -n --argjson a "$(ftk eval --model "$FIX/qwen2" --adapter "$T/ad-iq" "$T/b8.fts" | jq .loss)" \
+    --argjson b "$(ftk eval --model "$T/mt-iq" "$T/b8.fts" | jq .loss)" '(($a - $b) | fabs) < 1e-5 * $a'
 check "train BitFit on mistral" ftk train-step --model "$FIX/mistral" --finetuning-type bitfit --max-steps 1 --metrics /dev/null \
     --output "$T/ad-bm" "$T/b8.fts"
 check_fail "mistral has no place for biases" 1 "cannot be stored in" ftk merge-lora --model "$FIX/mistral" --adapter "$T/ad-bm" -o "$T/xbm"

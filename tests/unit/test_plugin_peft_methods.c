@@ -321,8 +321,23 @@ int main(void)
                 if (ftk_peft_site(p, i)->layer == 0 && ftk_peft_site(p, i)->kind == FTK_LIN_V)
                     q = ftk_peft_site(p, i);
             CHECK(q && q->out * q->in <= 8 * 16);
-            if (q && q->out * q->in <= 8 * 16)
-                CHECK_ERR(ftk_peft_get_plugin(p)->merge(p, q, w), FTK_E_UNSUPPORTED, "scale its bias");
+            /* peft IA3 Linear.merge scales a scaled output's bias too: b * l */
+            int has = 0;
+            int64_t nb = 0;
+            const float *bias = ftk_peft_base_weight(p, "model.layers.0.self_attn.v_proj.bias", &nb);
+            struct ftk_st_model *ad = NULL;
+            CHECK_OK(ftk_st_file_open(FIX "/qwen2/ia3/adapter_model.safetensors", &ad));
+            const struct ftk_tensor *l =
+                ad ? ftk_st_model_find(ad, "base_model.model.model.layers.0.self_attn.v_proj.ia3_l") : NULL;
+            if (q && q->out <= 8 && bias && l && nb == q->out && ftk_tensor_numel(l) == q->out) {
+                CHECK_OK(ftk_peft_get_plugin(p)->merge_bias(p, q, w, &has));
+                CHECK_INT(has, 1);
+                for (int64_t o = 0; o < q->out; o++)
+                    CHECK(w[o] == bias[o] * ((const float *)l->data)[o]);
+            } else {
+                CHECK_FAIL_("no v_proj bias or ia3_l to check against");
+            }
+            ftk_st_model_close(ad);
         }
         ftk_model_free(m);
         check_adapter_refused("qwen3", FIX "/llama/ia3", FTK_E_MISMATCH, "adapter for another base");

@@ -187,10 +187,11 @@ struct ftk_peft_plugin {
      * token (ftk_model_decode_exact). Absent or 0: KV-cache decoding. */
     int (*decode_recomputes)(struct ftk_peft *p);
 
-    /* merging, appended (optional): the site's merged bias (O), F32 host memory, written whole
-     * (BitFit's trained biases). ftk merge-lora stores it as <module>.bias, adding the tensor
-     * and the config switch (attention_bias, mlp_bias) when the base has none. */
-    ftk_status (*merge_bias)(struct ftk_peft *p, const struct ftk_site *s, float *bias_host);
+    /* merging, appended (optional): *has_bias = whether the merged model has a bias at the
+     * site, and if so its value (O), F32 host memory, written whole (BitFit's trained biases;
+     * (IA)^3's b * l). ftk merge-lora stores it as <module>.bias, adding the tensor and the
+     * config switch (attention_bias, mlp_bias) when the base has none. */
+    ftk_status (*merge_bias)(struct ftk_peft *p, const struct ftk_site *s, float *bias_host, int *has_bias);
 };
 
 /* What a plugin may ask of its instance. */
