@@ -274,7 +274,7 @@ ftk_status ftk_eval_run(const struct ftk_eval_opts *o, FILE *out)
     struct eval_run r = {.o = o};
     struct ftk_atomic_file per = {0};   /* --per-example: renamed into place on success only */
     const char *name = o->input && strcmp(o->input, "-") ? o->input : "<stdin>";
-    FILE *in = NULL;
+    FILE *in = NULL, *src = NULL;   /* src: in, its first bytes sniffed and replayed */
     cJSON *records = NULL;
     enum ftk_eval_mode mode = o->mode;
     ftk_progress_start(&r.prog, "eval", "items", 0, o->quiet);
@@ -293,21 +293,18 @@ ftk_status ftk_eval_run(const struct ftk_eval_opts *o, FILE *out)
     if (s == FTK_OK && !(r.metrics = cJSON_CreateObject()))
         s = ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
     if (s == FTK_OK) {
-        /* A stream starts with the zstd magic (0x28) or a u64 header length; records are text
-         * that starts with '{', '[' or white space (JSON), or a .csv/.json/.jsonl file. */
-        int c = fgetc(in);
-        if (c != EOF)
-            ungetc(c, in);
+        /* A stream (ftk_input_sniff: the zstd magic or a u64 header length) or records: text, or
+         * a .csv/.json/.jsonl file. */
+        int sniffed = 0;
+        s = ftk_input_sniff(in, &src, &sniffed);
         size_t nl = strlen(name);
         int text = (nl > 4 && !strcasecmp(name + nl - 4, ".csv")) || (nl > 5 && !strcasecmp(name + nl - 5, ".json")) ||
-                   (nl > 6 && !strcasecmp(name + nl - 6, ".jsonl")) || c == '{' || c == '[' || c == ' ' || c == '\n' ||
-                   c == '\t' || c == '\r';
-        int is_stream = mode == FTK_EVAL_LOSS || mode == FTK_EVAL_PREFERENCE ||
-                        (mode == FTK_EVAL_AUTO && !text && c != EOF);
+                   (nl > 6 && !strcasecmp(name + nl - 6, ".jsonl")) || !sniffed;
+        int is_stream = mode == FTK_EVAL_LOSS || mode == FTK_EVAL_PREFERENCE || (mode == FTK_EVAL_AUTO && !text);
         if (s == FTK_OK && is_stream)
-            s = eval_stream(&r, in, name, &mode, be, ctx);
+            s = eval_stream(&r, src, name, &mode, be, ctx);
         else if (s == FTK_OK) {
-            s = eval_read_records(in, name, &records);
+            s = eval_read_records(src, name, &records);
             if (s == FTK_OK && cJSON_GetArraySize(records) == 0)
                 s = ftk_error_set(FTK_E_INVALID, __FILE__, __LINE__, "%s: no records", name);
             if (s == FTK_OK && mode == FTK_EVAL_AUTO) {
@@ -348,6 +345,8 @@ ftk_status ftk_eval_run(const struct ftk_eval_opts *o, FILE *out)
     }
     cJSON_Delete(records);
     cJSON_Delete(r.metrics);
+    if (src)
+        fclose(src);
     if (in && in != stdin)
         fclose(in);
     ftk_model_free(r.m);

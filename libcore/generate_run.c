@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <cjson/cJSON.h>
+#include "ftk/fileio.h"
 #include "ftk/generate_run.h"
 #include "ftk/progress.h"
 #include "ftk/stream.h"
@@ -449,7 +450,8 @@ ftk_status ftk_generate_run(const struct ftk_generate_opts *o)
         if (!r.batch)
             s = ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
     }
-    FILE *in = NULL;
+    FILE *in = NULL, *src = NULL;   /* src: in, its first bytes sniffed and replayed */
+    int is_stream = 0;
     const char *name = o->input && strcmp(o->input, "-") ? o->input : "<stdin>";
     ftk_progress_start(&r.prog, "generate", "prompts", 0, o->quiet || o->stream);
     if (s == FTK_OK) {
@@ -457,14 +459,8 @@ ftk_status ftk_generate_run(const struct ftk_generate_opts *o)
             s = r.tok ? run_chat(&r) : ftk_error_set(FTK_E_NOTFOUND, __FILE__, __LINE__, "chat needs a tokenizer");
         else if (!(in = o->input && strcmp(o->input, "-") ? fopen(o->input, "rb") : stdin))
             s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: %s", o->input, strerror(errno));
-        else {
-            int c = fgetc(in);   /* a JSON line starts with '{' or white space; a stream with bytes that never do */
-            if (c != EOF)
-                ungetc(c, in);
-            if (c == '{' || c == ' ' || c == '\n' || c == '\r' || c == '\t')
-                s = run_jsonl(&r, in, name);
-            else if (c != EOF)
-                s = run_stream(&r, in, name);
+        else if ((s = ftk_input_sniff(in, &src, &is_stream)) == FTK_OK) {
+            s = is_stream ? run_stream(&r, src, name) : run_jsonl(&r, src, name);
             if (s == FTK_OK && o->stream && !r.tok)
                 s = ftk_error_set(FTK_E_NOTFOUND, __FILE__, __LINE__, "--stream needs a tokenizer");
             if (s == FTK_OK && o->stream && r.n_batch == 1 && r.n_done == 0) {   /* one prompt: tokens as they come */
@@ -493,6 +489,8 @@ ftk_status ftk_generate_run(const struct ftk_generate_opts *o)
     }
     free(r.batch);
     stream_reset(&r);
+    if (src)
+        fclose(src);
     if (in && in != stdin)
         fclose(in);
     ftk_template_free(r.tpl);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "ftk/fileio.h"
 #include "ftk/message.h"
 #include "ftk/stream.h"
 #include "ftk/progress.h"
@@ -588,15 +589,14 @@ ftk_status ftk_tokenize_decode(const char *tokenizer, FILE *in, const char *in_n
     *count = 0;
     struct ftk_tokenizer *t = NULL;
     FTK_TRY(ftk_tokenizer_load_path(tokenizer, &t));
-    int c = getc(in);
-    ftk_status st = FTK_OK;
-    if (c != EOF) {
-        ungetc(c, in);
-        if (c == '{' || c == ' ' || c == '\n' || c == '\t' || c == '\r')
-            st = decode_jsonl(t, in, in_name, out, skip_special, count);
-        else
-            st = decode_stream(t, in, in_name, out, skip_special, count);
-    }
+    FILE *src = NULL;
+    int is_stream = 0;
+    ftk_status st = ftk_input_sniff(in, &src, &is_stream);   /* a stream, or JSON lines */
+    if (st == FTK_OK)
+        st = is_stream ? decode_stream(t, src, in_name, out, skip_special, count)
+                       : decode_jsonl(t, src, in_name, out, skip_special, count);
+    if (src)
+        fclose(src);
     if (st == FTK_OK && fflush(out) != 0)
         st = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "write failed");
     ftk_tokenizer_free(t);

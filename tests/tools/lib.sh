@@ -61,3 +61,17 @@ example_stream() {
 }
 # st_header FILE: the JSON header of a safetensors file.
 st_header() { local hl; hl=$(od -An -t u8 -N 8 "$1" | tr -d ' '); dd if="$1" bs=1 skip=8 count="$hl" 2>/dev/null; }
+
+# stream_first_byte BYTE MSG_JSON: an uncompressed stream (ftk dump --level 0) of a stream header
+# and the message MSG_JSON whose first byte, the low byte of the header's length, is BYTE (32:
+# ' ', as a header of 288 bytes has; headers are padded to 8 bytes, so '{' cannot happen), made
+# by lengthening the producer name: an input that looks like text at byte 0.
+stream_first_byte() {
+    local want=$1 msg=$2 pad=x n
+    for n in $(seq 1 300); do
+        printf '{"kind":"stream","meta":{"producer":"%s"}}\n%s\n' "$pad" "$msg" | ftk dump --from-json --level 0 > "$T/sfb.fts"
+        [ "$(od -An -tu1 -N1 "$T/sfb.fts" | tr -d ' ')" = "$want" ] && { cat "$T/sfb.fts"; return 0; }
+        pad="${pad}x"
+    done
+    return 1
+}

@@ -28,6 +28,9 @@ check_eq "per-example rows" "$(jq -s 'length' "$T/rows.jsonl") $(jq -s 'map(.nll
     "4 $(jq '.loss * 8 * 1e4 | round' "$T/loss.json")"
 check_eq "loss: with the peft adapter" "$(ftk eval --model "$HF/llama" --adapter "$HF/llama/adapter" "$T/b.fts" | jq '.loss * 1e5 | round')" "479060"
 check_eq "loss from stdin" "$(ftk eval --model "$HF/llama" < "$T/b.fts" | jq '.loss * 1e5 | round')" "458289"
+stream_first_byte 32 "$(fixture_batch "$HF/llama/expected.safetensors")" > "$T/b32.fts"   # 288-byte header: ' ' first
+check_eq "an uncompressed stream starting with ' ' is a stream (--mode auto, a pipe)" \
+    "$(cat "$T/b32.fts" | ftk eval --model "$HF/llama" | jq '.loss * 1e5 | round')" "458289"
 
 # preference: TRL's DPO metrics of this batch with the llama adapter, reference = base
 ftk dump --from-json < "$FIX/pref/dpo_batch.jsonl" > "$T/dpo.fts"

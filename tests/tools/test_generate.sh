@@ -63,6 +63,13 @@ check_eq "  the same as one at a time" "$(jq -c .ids "$T/ctx2.jsonl")" \
 printf '\r\n{"prompt": "The little dog"}\r\n' > "$T/crlf.jsonl"
 check_eq "JSON lines with CRLF and a blank first line" "$(ftk generate --model "$M" --max-new-tokens 20 "$T/crlf.jsonl" | jq -r .text)" "$(cat "$T/stream.txt")"
 
+# an uncompressed stream whose header length is 288 starts with ' ', as JSON lines may
+stream_first_byte 32 '{"kind":"example","tensors":{"input_ids":[1,403,407,261,378,432,383],"labels":[-100,-100,-100,-100,-100,432,383]}}' \
+    > "$T/ex32.fts"
+check_eq "an uncompressed stream starting with ' ' is read as a stream (from a pipe)" \
+    "$(cat "$T/ex32.fts" | ftk generate --model "$M" --max-new-tokens 5 | jq -c '.ids')" \
+    "$(ftk generate --model "$M" --max-new-tokens 5 "$T/ex.fts" | jq -c '.ids')"
+
 check_fail "no --model" 2 "--model is required" ftk generate "$T/one.jsonl"
 check_fail "bad --top-p" 2 "--top-p 2 is not in [0, 1]" ftk generate --model "$M" --top-p 2
 check_fail "too many --eos" 2 "too many --eos" ftk generate --model "$M" $(printf -- '--eos %d ' $(seq 1 17)) "$T/one.jsonl"

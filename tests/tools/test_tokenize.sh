@@ -30,6 +30,12 @@ for t in llama3-128k qwen3-151k sp-bpe-32k; do
     check_eq "decode $t: JSONL ids == golden decoded" "$got" "$(jq -c .decoded "$g")"
     got=$(ftk-tokenize --tokenizer $TK/$t --format text < "$g" | ftk-tokenize --tokenizer $TK/$t --decode | jq -c .text)
     check_eq "decode $t: example stream == golden decoded" "$got" "$(jq -c .decoded "$g")"
+    if [ "$t" = llama3-128k ]; then   # once: an uncompressed stream whose first byte is ' '
+        ex=$(ftk-tokenize --tokenizer $TK/$t --format text < "$g" | ftk dump | jq -c 'select(.kind == "example")' | head -1)
+        stream_first_byte 32 "$ex" > "$T/ex32.fts"
+        check_eq "decode $t: an uncompressed stream starting with ' ' (a pipe)" \
+            "$(cat "$T/ex32.fts" | ftk-tokenize --tokenizer $TK/$t --decode | jq -c .text)" "$(jq -c .decoded "$g" | head -1)"
+    fi
 done
 got=$(echo '{"ids":[128000,9906,128009]}' | ftk-tokenize --tokenizer $L3 --decode --skip-special-tokens | jq -r .text)
 check_eq "decode --skip-special-tokens" "$got" "Hello"

@@ -28,6 +28,12 @@ FTK_API ftk_status ftk_atomic_open(struct ftk_atomic_file *f, const char *path);
 FTK_API ftk_status ftk_atomic_commit(struct ftk_atomic_file *f);
 FTK_API void ftk_atomic_abort(struct ftk_atomic_file *f);
 
+/* Reads the first bytes of `in` (a file or a pipe) and sets *is_stream: 1 for a tensor stream
+ * (the zstd magic, or an uncompressed stream's u64 header length), 0 for text (JSON lines, a
+ * JSON array, CSV) or an input of fewer than 8 bytes that is not compressed. *wrapped reads
+ * those bytes again and then the rest of `in`; fclose it when done (that leaves `in` open). */
+FTK_API ftk_status ftk_input_sniff(FILE *in, FILE **wrapped, int *is_stream);
+
 /* mkdir -p */
 FTK_API ftk_status ftk_mkdirs(const char *path);
 
