@@ -286,7 +286,9 @@ ftk_status ftk_generate(struct ftk_model *m, const struct ftk_tokenizer *tok, co
             if (is_eos(c, id)) {
                 out[i].finish_reason = "stop";
                 done[i] = 1;
-            } else if (tok && c->n_stop && (s = row_text(tok, c, &out[i], &stopped)) == FTK_OK && stopped) {
+            } else if (tok && c->n_stop && (s = row_text(tok, c, &out[i], &stopped)) != FTK_OK) {
+                break;   /* the error stands: no later row may overwrite it */
+            } else if (stopped) {
                 out[i].finish_reason = "stop";
                 done[i] = 1;
             } else if (lens[i] + out[i].n >= ctx) {

@@ -58,6 +58,30 @@ static int num(const char *s, const char *opt, double lo, double *out)
     return 0;
 }
 
+/* A probability in [0, 1], one error line otherwise. */
+static int prob(const char *s, const char *opt, double *out)
+{
+    char *end;
+    errno = 0;
+    double d = strtod(s, &end);
+    if (errno || end == s || *end || !(d >= 0 && d <= 1))
+        return usage_error(opt[2] == 't' ? "--top-p %s is not in [0, 1]" : "--min-p %s is not in [0, 1]", s);
+    *out = d;
+    return 0;
+}
+
+/* A seed: a whole number in [0, 2^64), exact (a double would round seeds above 2^53). */
+static int seed_of(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-')
+        return usage_error("--seed wants a whole number >= 0, got '%s'", s);
+    *out = (uint64_t)v;
+    return 0;
+}
+
 static int parse_args(int argc, char **argv, struct ftk_generate_opts *o)
 {
     memset(o, 0, sizeof *o);
@@ -80,10 +104,10 @@ static int parse_args(int argc, char **argv, struct ftk_generate_opts *o)
         else if (!strcmp(f, "--greedy")) o->do_sample = 0;
         else if (!strcmp(f, "--temperature")) { NEED(); if (num(x, f, 0, &o->temperature)) return -1; if (o->temperature == 0) o->do_sample = 0; }
         else if (!strcmp(f, "--top-k")) { NEED(); if (num(x, f, 0, &d)) return -1; o->top_k = (int64_t)d; }
-        else if (!strcmp(f, "--top-p")) { NEED(); if (num(x, f, 0, &o->top_p) || o->top_p > 1) return usage_error("--top-p %s is not in [0, 1]", x); }
-        else if (!strcmp(f, "--min-p")) { NEED(); if (num(x, f, 0, &o->min_p) || o->min_p > 1) return usage_error("--min-p %s is not in [0, 1]", x); }
+        else if (!strcmp(f, "--top-p")) { NEED(); if (prob(x, f, &o->top_p)) return -1; }
+        else if (!strcmp(f, "--min-p")) { NEED(); if (prob(x, f, &o->min_p)) return -1; }
         else if (!strcmp(f, "--repetition-penalty")) { NEED(); if (num(x, f, 1e-6, &o->repetition_penalty)) return -1; }
-        else if (!strcmp(f, "--seed")) { NEED(); if (num(x, f, 0, &d)) return -1; o->seed = (uint64_t)d; }
+        else if (!strcmp(f, "--seed")) { NEED(); if (seed_of(x, &o->seed)) return -1; }
         else if (!strcmp(f, "--stop")) { NEED(); if (o->n_stop == FTK_GEN_MAX_STOP) return usage_error("too many --stop%s", ""); o->stop[o->n_stop++] = x; }
         else if (!strcmp(f, "--eos")) { NEED(); if (num(x, f, 0, &d)) return -1; if (o->n_eos == FTK_GEN_MAX_EOS) return usage_error("too many --eos%s", ""); o->eos[o->n_eos++] = (int32_t)d; }
         else if (!strcmp(f, "--batch-size")) { NEED(); if (num(x, f, 1, &d)) return -1; o->batch_size = (int64_t)d; }

@@ -72,6 +72,11 @@ check_eq "an uncompressed stream starting with ' ' is read as a stream (from a p
 
 check_fail "no --model" 2 "--model is required" ftk generate "$T/one.jsonl"
 check_fail "bad --top-p" 2 "--top-p 2 is not in [0, 1]" ftk generate --model "$M" --top-p 2
+check_eq "  said once" "$(ftk generate --model "$M" --top-p 2 2>&1 | grep -c error)" "1"
+check_fail "a seed is a whole number" 2 "--seed wants a whole number >= 0, got '1.5'" ftk generate --model "$M" --seed 1.5
+a=$(ftk generate --model "$M" --max-new-tokens 8 --do-sample --seed 18446744073709551615 "$T/one.jsonl" | jq -c .ids)
+b=$(ftk generate --model "$M" --max-new-tokens 8 --do-sample --seed 18446744073709551614 "$T/one.jsonl" | jq -c .ids)
+check "seeds above 2^53 are exact (2^64-1 and 2^64-2 differ)" test "$a" != "$b"
 check_fail "too many --eos" 2 "too many --eos" ftk generate --model "$M" $(printf -- '--eos %d ' $(seq 1 17)) "$T/one.jsonl"
 check_fail "prompt longer than the context" 1 "prompt 0 has 5 tokens, the context is 4" ftk generate --model "$M" --context 4 "$T/one.jsonl"
 printf '{"prompt": "a"}\n\n{"prompt": "Once"}\n{"prompt": "Once upon a time there was"}\n' > "$T/long.jsonl"
