@@ -167,7 +167,6 @@ static int parse_args(int argc, char **argv, struct args *a)
             NEED();
             if (dbl(x, f, &o->warmup_ratio)) return -1;
             if (o->warmup_ratio < 0 || o->warmup_ratio > 1) return usage_error("--warmup-ratio %s is not in [0, 1]", x);
-            o->train.warmup_steps = -1;
         }
         else if (!strcmp(f, "--max-steps")) { NEED(); if (i64(x, f, 1, &o->max_steps)) return -1; }
         else if (!strcmp(f, "--output") || !strcmp(f, "-o")) { NEED(); o->output = x; }
@@ -198,6 +197,9 @@ static int parse_args(int argc, char **argv, struct args *a)
         return usage_error("--model is required%s", "");
     if (!o->output && (o->save_steps || o->resume))
         return usage_error("--save-steps and --resume need --output%s", "");
+    /* HF: warmup_steps > 0 wins over warmup_ratio, in whatever order the flags came */
+    if (o->train.warmup_steps == 0 && o->warmup_ratio > 0)
+        o->train.warmup_steps = -1;
     o->peft_opts = a->peft_kv;
     o->loss_opts = a->loss_kv;
     return 0;

@@ -15,6 +15,12 @@ check "3 steps from the peft adapter" ftk train-step --model "$FIX/llama" --adap
 # transformers+peft: lora.loss1..3 = 4.790599, 4.790599, 4.380144 (tests/fixtures/hf_tiny/llama)
 check_eq "loss curve equals transformers+peft" "$(jq -r '.loss * 1e5 | round' "$T/m3.jsonl" | tr '\n' ' ')" "479060 479060 438014 "
 check_eq "lr follows the linear schedule with 1 warmup step" "$(jq -c '.lr' "$T/m3.jsonl" | tr '\n' ' ')" "0 0.01 0.005 "
+# HF: warmup_steps > 0 wins over warmup_ratio, whatever the order of the flags (4 steps, 2 warmup)
+batches llama 4 > "$T/b4l.fts"
+for w in "--warmup-steps 2 --warmup-ratio 0.25" "--warmup-ratio 0.5 --warmup-steps 0"; do
+    check_eq "lr with $w" "$(ftk train-step --model "$FIX/llama" --lora-rank 4 --lr 1e-2 $w -q "$T/b4l.fts" | jq -c .lr | tr '\n' ' ')" \
+        "0 0.005 0.01 0.005 "
+done
 check "adapter in peft layout" test -f "$T/a3/adapter_config.json" -a -f "$T/a3/adapter_model.safetensors" -a -f "$T/a3/trainer_state.safetensors"
 check_eq "adapter config says LORA" "$(jq -r '.peft_type + " r=" + (.r|tostring)' "$T/a3/adapter_config.json")" "LORA r=4"
 
