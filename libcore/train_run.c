@@ -24,7 +24,8 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static ftk_status write_args(const struct ftk_train_opts *o, const char *dir, int64_t total)
+/* tc: the run's resolved training config (warmup and total steps as used) */
+static ftk_status write_args(const struct ftk_train_opts *o, const struct ftk_train_config *tc, const char *dir)
 {
     char path[4200], buf[16384];
     snprintf(path, sizeof path, "%.4000s/ftk_train_args.json", dir);
@@ -32,9 +33,9 @@ static ftk_status write_args(const struct ftk_train_opts *o, const char *dir, in
                      "{\"model\": \"%s\", \"peft\": \"%s\", \"loss\": \"%s\", \"lr\": %.17g, \"weight_decay\": %.17g,\n"
                      " \"adam_beta1\": %.17g, \"adam_beta2\": %.17g, \"adam_eps\": %.17g, \"max_grad_norm\": %.17g,\n"
                      " \"grad_accum\": %lld, \"lr_scheduler\": \"%s\", \"warmup_steps\": %lld, \"max_steps\": %lld, \"seed\": %llu",
-                     o->model, o->peft ? o->peft : "", o->loss, o->train.lr, o->train.weight_decay, o->train.beta1,
-                     o->train.beta2, o->train.eps, o->train.max_grad_norm, (long long)o->train.grad_accum,
-                     ftk_schedule_name(o->train.schedule), (long long)o->train.warmup_steps, (long long)total,
+                     o->model, o->peft ? o->peft : "", o->loss, tc->lr, tc->weight_decay, tc->beta1,
+                     tc->beta2, tc->eps, tc->max_grad_norm, (long long)tc->grad_accum,
+                     ftk_schedule_name(tc->schedule), (long long)tc->warmup_steps, (long long)tc->total_steps,
                      (unsigned long long)o->seed);
     /* the loss options and the reference: what a preference run needs to be repeated */
     const char *sep = "";
@@ -68,8 +69,8 @@ static ftk_status rm_tree(const char *path)
 
 /* Writes the result into `dir` all-or-nothing: everything goes into a temporary sibling that
  * replaces `dir` by rename once complete. */
-static ftk_status save_to(const struct ftk_train_opts *o, struct ftk_model *m, struct ftk_trainer *t, const char *dir,
-                          int is_full, int64_t total)
+static ftk_status save_to(const struct ftk_train_opts *o, const struct ftk_train_config *tc, struct ftk_model *m,
+                          struct ftk_trainer *t, const char *dir, int is_full)
 {
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", dir, (long)getpid());
@@ -96,7 +97,7 @@ static ftk_status save_to(const struct ftk_train_opts *o, struct ftk_model *m, s
     if (s == FTK_OK)
         s = ftk_trainer_save_state(t, tmp);
     if (s == FTK_OK)
-        s = write_args(o, tmp, total);
+        s = write_args(o, tc, tmp);
     if (s == FTK_OK) {
         /* A new directory appears whole by one rename; into an existing one (which may hold
          * checkpoints) each file is renamed in, each one complete. */
@@ -277,7 +278,7 @@ ftk_status ftk_train_run(const struct ftk_train_opts *o)
             char dir[4096];
             snprintf(dir, sizeof dir, "%s/checkpoint-%" PRId64, o->output, res.step);
             if ((s = ftk_mkdirs(o->output)) == FTK_OK)
-                s = save_to(o, m, t, dir, is_full, total);
+                s = save_to(o, &tc, m, t, dir, is_full);
         }
     }
     if (s == FTK_E_EOF)
@@ -293,7 +294,7 @@ ftk_status ftk_train_run(const struct ftk_train_opts *o)
     if (s == FTK_OK && ftk_trainer_step(t) == 0)
         s = ftk_error_set(FTK_E_INVALID, __FILE__, __LINE__, "%s: no batch to train on", name);
     if (s == FTK_OK && o->output)
-        s = save_to(o, m, t, o->output, is_full, total);
+        s = save_to(o, &tc, m, t, o->output, is_full);
     if (mf && fclose(mf) != 0 && s == FTK_OK)
         s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: %s", o->metrics, strerror(errno));
     ftk_message_free(&msg);

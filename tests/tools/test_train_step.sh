@@ -28,6 +28,7 @@ check_eq "adapter config says LORA" "$(jq -r '.peft_type + " r=" + (.r|tostring)
 batches qwen3 4 > "$T/b4.fts"
 opts=(--model "$FIX/qwen3" --lora-rank 4 --lora-dropout 0.1 --lr 5e-3 --lr-scheduler cosine --warmup-ratio 0.25 --seed 7)
 check "straight run" ftk train-step "${opts[@]}" --output "$T/straight" --metrics "$T/ms.jsonl" "$T/b4.fts"
+check_eq "ftk_train_args.json: the warmup steps the ratio gave" "$(jq -c '[.warmup_steps, .max_steps]' "$T/straight/ftk_train_args.json")" "[1,4]"
 check "interrupted run (checkpoint at step 2)" ftk train-step "${opts[@]}" --max-steps 4 --save-steps 2 --output "$T/part" --metrics /dev/null "$T/b4.fts"
 check "checkpoint-2 written" test -f "$T/part/checkpoint-2/trainer_state.safetensors"
 check "resume from checkpoint-2" ftk train-step "${opts[@]}" --resume "$T/part/checkpoint-2" --output "$T/resumed" --metrics "$T/mr.jsonl" "$T/b4.fts"
