@@ -68,9 +68,10 @@ static ftk_status rm_tree(const char *path)
 }
 
 /* Writes the result into `dir` all-or-nothing: everything goes into a temporary sibling that
- * replaces `dir` by rename once complete. */
+ * replaces `dir` by rename once complete. A checkpoint (is_ckpt) of full weights stays F32, the
+ * dtype they train in: --resume must continue from the same numbers. */
 static ftk_status save_to(const struct ftk_train_opts *o, const struct ftk_train_config *tc, struct ftk_model *m,
-                          struct ftk_trainer *t, const char *dir, int is_full)
+                          struct ftk_trainer *t, const char *dir, int is_full, int is_ckpt)
 {
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", dir, (long)getpid());
@@ -79,7 +80,7 @@ static ftk_status save_to(const struct ftk_train_opts *o, const struct ftk_train
     ftk_status s;
     if (is_full) {
         enum ftk_dtype dt = FTK_DTYPE_F32;
-        const char *want = o->save_dtype ? o->save_dtype : ftk_model_get_config(m)->torch_dtype;
+        const char *want = is_ckpt ? "float32" : o->save_dtype ? o->save_dtype : ftk_model_get_config(m)->torch_dtype;
         if (!strcmp(want, "bfloat16"))
             dt = FTK_DTYPE_BF16;
         else if (!strcmp(want, "float16"))
@@ -278,7 +279,7 @@ ftk_status ftk_train_run(const struct ftk_train_opts *o)
             char dir[4096];
             snprintf(dir, sizeof dir, "%s/checkpoint-%" PRId64, o->output, res.step);
             if ((s = ftk_mkdirs(o->output)) == FTK_OK)
-                s = save_to(o, &tc, m, t, dir, is_full);
+                s = save_to(o, &tc, m, t, dir, is_full, 1);
         }
     }
     if (s == FTK_E_EOF)
@@ -294,7 +295,7 @@ ftk_status ftk_train_run(const struct ftk_train_opts *o)
     if (s == FTK_OK && ftk_trainer_step(t) == 0)
         s = ftk_error_set(FTK_E_INVALID, __FILE__, __LINE__, "%s: no batch to train on", name);
     if (s == FTK_OK && o->output)
-        s = save_to(o, &tc, m, t, o->output, is_full);
+        s = save_to(o, &tc, m, t, o->output, is_full, 0);
     if (mf && fclose(mf) != 0 && s == FTK_OK)
         s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: %s", o->metrics, strerror(errno));
     ftk_message_free(&msg);

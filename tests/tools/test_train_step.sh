@@ -46,6 +46,17 @@ check "loss falls by more than half" jq -se '(.[0].loss) > 2 * (.[-1].loss)' "$T
 check "full fine-tuning" ftk train-step --model "$FIX/qwen2" --finetuning-type full --lr 1e-3 --output "$T/full" --metrics /dev/null "$T/b3.fts"
 check "full: HF layout" test -f "$T/full/model.safetensors" -a -f "$T/full/config.json"
 check "full: the result loads and trains" ftk train-step --model "$T/full" --lr 1e-3 --max-steps 1 --metrics /dev/null "$T/b3.fts"
+# full fine-tuning of a bfloat16 base: checkpoints keep the F32 weights, so resume is exact
+mkdir -p "$T/bf16" && cp "$FIX/qwen2/"*.json "$FIX/qwen2/model.safetensors" "$T/bf16/"
+jq '.dtype = "bfloat16"' "$FIX/qwen2/config.json" > "$T/bf16/config.json"
+batches qwen2 4 > "$T/b4q.fts"
+fo=(--model "$T/bf16" --finetuning-type full --lr 1e-3 --metrics /dev/null)
+check "full, bf16 base: straight" ftk train-step "${fo[@]}" --output "$T/fs" "$T/b4q.fts"
+check "full, bf16 base: checkpoint at 2" ftk train-step "${fo[@]}" --save-steps 2 --output "$T/fp" "$T/b4q.fts"
+check "full, bf16 base: resume" ftk train-step "${fo[@]}" --resume "$T/fp/checkpoint-2" --output "$T/fr" "$T/b4q.fts"
+check "full, bf16 base: resumed model bit-identical" cmp "$T/fs/model.safetensors" "$T/fr/model.safetensors"
+check "full, bf16 base: and the moments" cmp "$T/fs/trainer_state.safetensors" "$T/fr/trainer_state.safetensors"
+check_eq "full, bf16 base: the result in bfloat16" "$(st_header "$T/fs/model.safetensors" | jq -r '[.[] | .dtype? // empty] | unique | join(",")')" "BF16"
 check "freeze (last layer)" ftk train-step --model "$FIX/llama" --finetuning-type freeze --freeze-trainable-layers 1 \
     --lr 1e-3 --output "$T/frz" --metrics "$T/mz.jsonl" "$T/b3.fts"
 check_eq "freeze: 3 steps" "$(wc -l < "$T/mz.jsonl")" "3"
