@@ -201,9 +201,12 @@ ftk_status ftk_train_run(const struct ftk_train_opts *o)
         s = ftk_stream_check_model(&msg, o->model, ftk_model_get_config(m), name);
     int64_t total = o->max_steps;
     if (s == FTK_OK && total <= 0) {
-        int64_t nb;
-        if (ftk_message_get_meta_int(&msg, "batches", &nb) == FTK_OK && nb > 0)
+        int64_t nb = -1;
+        int said = ftk_message_get_meta_int(&msg, "batches", &nb) == FTK_OK;
+        if (said && nb > 0)
             total = (nb + o->train.grad_accum - 1) / o->train.grad_accum;
+        else if (said && nb == 0)
+            s = ftk_error_set(FTK_E_INVALID, __FILE__, __LINE__, "%s: no batch to train on (the stream header says 0 batches)", name);
         else
             s = ftk_error_set(FTK_E_INVALID, __FILE__, __LINE__,
                               "%s: the stream header does not say how many batches follow: give --max-steps", name);

@@ -71,6 +71,8 @@ printf '{"kind":"stream","meta":{"producer":"t"}}\n{"kind":"batch","tensors":{"i
     | ftk dump --from-json > "$T/badid.fts"
 check_fail "token id outside the vocab" 1 "token id 999 outside the vocabulary" ftk train-step --model "$FIX/llama" --max-steps 1 "$T/badid.fts"
 check_fail "no batch count and no --max-steps" 1 "give --max-steps" ftk train-step --model "$FIX/llama" "$T/badid.fts"
+printf '{"kind":"stream","meta":{"producer":"t","batches":"0"}}\n' | ftk dump --from-json > "$T/zero.fts"
+check_fail "a stream of 0 batches" 1 "no batch to train on" ftk train-step --model "$FIX/llama" "$T/zero.fts"
 printf '{"kind":"stream","meta":{"producer":"t","vocab_size":"100000"}}\n' | ftk dump --from-json > "$T/vocab.fts"
 check_fail "tokenizer larger than the model's vocab" 1 "100000 tokens" ftk train-step --model "$FIX/llama" --max-steps 1 "$T/vocab.fts"
 mkdir -p "$T/withtok" && cp "$FIX/llama/"*.json "$FIX/llama/model.safetensors" "$T/withtok/" && echo '{"model":{}}' > "$T/withtok/tokenizer.json"
