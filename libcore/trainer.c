@@ -26,8 +26,10 @@ ftk_status ftk_trainer_create(struct ftk_model *m, struct ftk_loss *loss, const 
                               struct ftk_trainer **out)
 {
     FTK_FAIL_IF(c->grad_accum < 1, FTK_E_INVALID, "gradient accumulation steps must be >= 1");
-    FTK_FAIL_IF(!(c->lr >= 0) || !(c->beta1 >= 0 && c->beta1 < 1) || !(c->beta2 >= 0 && c->beta2 < 1) || !(c->eps > 0),
-                FTK_E_INVALID, "AdamW hyper-parameters out of range (lr %g, betas %g %g, eps %g)", c->lr, c->beta1, c->beta2, c->eps);
+    FTK_FAIL_IF(!(c->lr >= 0) || !(c->beta1 >= 0 && c->beta1 < 1) || !(c->beta2 >= 0 && c->beta2 < 1) || !(c->eps > 0) ||
+                !(c->weight_decay >= 0),   /* torch.optim.AdamW refuses a negative weight_decay */
+                FTK_E_INVALID, "AdamW hyper-parameters out of range (lr %g, betas %g %g, eps %g, weight_decay %g)", c->lr,
+                c->beta1, c->beta2, c->eps, c->weight_decay);
     size_t n = ftk_model_n_trainable(m);
     FTK_FAIL_IF(n == 0, FTK_E_INVALID, "nothing to train: the PEFT method made no trainable parameters");
     struct ftk_trainer *t = calloc(1, sizeof *t);
