@@ -1,6 +1,7 @@
 /* tools/ftk-train-step.c: train a model on a batch stream with a PEFT and a loss plugin
  * (docs/tools/train-step.md). Exit status: 0 ok, 1 input or runtime error, 2 usage. */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -181,7 +182,12 @@ static int parse_args(int argc, char **argv, struct args *a)
         else if (!strcmp(f, "--resume")) { NEED(); o->resume = x; }
         else if (!strcmp(f, "--recompute")) o->recompute = 1;
         else if (!strcmp(f, "--quiet") || !strcmp(f, "-q")) o->quiet = 1;
-        else if (!strcmp(f, "--threads")) { NEED(); if (i64(x, f, 0, &v)) return -1; o->threads = (int)v; }
+        else if (!strcmp(f, "--threads")) {
+            NEED();
+            if (i64(x, f, 0, &v)) return -1;
+            if (v > INT_MAX) return usage_error("--threads %s is too large", x);
+            o->threads = (int)v;
+        }
         else if (!strcmp(f, "--seed")) { NEED(); if (i64(x, f, 0, &v)) return -1; o->seed = (uint64_t)v; }
         else if (!strcmp(f, "--device")) {
             NEED();

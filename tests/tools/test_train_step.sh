@@ -64,6 +64,7 @@ check_eq "freeze: 3 steps" "$(wc -l < "$T/mz.jsonl")" "3"
 # errors
 check_fail "no --model" 2 "--model is required" ftk train-step "$T/b3.fts"
 check_fail "bad --lr" 2 "--lr wants a number" ftk train-step --model "$FIX/llama" --lr abc
+check_fail "--threads beyond an int (it wrapped to 1)" 2 "--threads" ftk train-step --model "$FIX/llama" --threads 4294967297 --max-steps 1 "$T/b3.fts"
 check_fail "unknown plugin" 1 "peft plugin \"nosuch\" not found" ftk train-step --model "$FIX/llama" --finetuning-type nosuch "$T/b3.fts"
 check_fail "unknown loss" 1 "loss plugin \"nope\" not found" ftk train-step --model "$FIX/llama" --loss nope "$T/b3.fts"
 check_fail "bad LoRA option" 1 "lora_dropout=2" ftk train-step --model "$FIX/llama" --lora-dropout 2 "$T/b3.fts"
