@@ -32,7 +32,7 @@ static ftk_status translate(const char *head, const char *key, const char *optio
     } while (0)
 #define REFUSE(what) FTK_FAIL(FTK_E_UNSUPPORTED, "%s: key \"%s\" uses %s, which ftk cannot match as Python does", option, key, what)
     PUT(head);
-    int bracket = 0;
+    int bracket = 0, depth = 0;   /* depth: the key's own open groups; a ')' beyond them would close head's */
     for (const char *c = key; *c; c++) {
         char lit[3] = {c[0], 0, 0};
         if (bracket) {
@@ -98,9 +98,14 @@ static ftk_status translate(const char *head, const char *key, const char *optio
                 REFUSE(what);
             }
             PUT("(");
+            depth++;
             c += 2;
             continue;
         }
+        if (c[0] == '(')
+            depth++;
+        else if (c[0] == ')' && depth-- == 0)
+            REFUSE("a ')' without its '(' (it would close the group the key is put in)");
         PUT(lit);
     }
     FTK_FAIL_IF(bracket, FTK_E_FORMAT, "%s: key \"%s\" is not a regular expression ftk can use: unmatched [", option, key);

@@ -69,5 +69,15 @@ int main(void)
         CHECK_ERR(ftk_peft_regex_fullmatch("[a-z_proj", "target_modules", "q_proj", &hit), FTK_E_FORMAT, "unmatched [");
         CHECK_ERR(ftk_peft_regex_fullmatch("(?P<x>q)_proj", "target_modules", "q_proj", &hit), FTK_E_UNSUPPORTED, "(?P");
     }
+    TEST("a key's ')' cannot close the group the key is put in") {
+        /* peft: re.match(r"(.*\.)?(a)|(b)$", "model.xb") is None (the second branch is anchored
+         * at the start too); as POSIX "^(.*\.)?(a)|(b)$" it would match */
+        double v = 0;
+        CHECK_ERR(ftk_peft_pattern("{\"a)|(b\": 4}", "rank_pattern", "model.xb", 8, &v), FTK_E_UNSUPPORTED, "key \"a)|(b\"");
+        int hit = -1;
+        CHECK_ERR(ftk_peft_regex_fullmatch("q_proj)(", "target_modules", "q_proj", &hit), FTK_E_UNSUPPORTED, "')'");
+        CHECK_OK(ftk_peft_regex_fullmatch("(q|v)_proj", "target_modules", "v_proj", &hit));
+        CHECK_INT(hit, 1);
+    }
     return check_summary();
 }
