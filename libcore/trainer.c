@@ -402,6 +402,11 @@ ftk_status ftk_trainer_load_state(struct ftk_trainer *t, const char *dir)
                *done = ftk_st_model_meta(st, "batches_done");
     if (!fmt || strcmp(fmt, "ftk-trainer-state-1") || !step || !done)
         s = ftk_error_set(FTK_E_FORMAT, __FILE__, __LINE__, "%s: not an ftk trainer state", path);
+    /* the data position counts batches: another accumulation would regroup them into other steps */
+    const char *ga = ftk_st_model_meta(st, "grad_accum");
+    if (s == FTK_OK && ga && strtoll(ga, NULL, 10) != t->c.grad_accum)
+        s = ftk_error_set(FTK_E_MISMATCH, __FILE__, __LINE__, "%s: made with --grad-accum %s, this run has %lld", path, ga,
+                          (long long)t->c.grad_accum);
     for (size_t i = 0; i < t->n && s == FTK_OK; i++) {
         const struct ftk_param *q = ftk_model_trainable(t->m, i);
         for (int w = 0; w < 2 && s == FTK_OK; w++) {

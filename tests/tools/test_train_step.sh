@@ -35,6 +35,8 @@ check "resume from checkpoint-2" ftk train-step "${opts[@]}" --resume "$T/part/c
 check "resumed adapter is bit-identical" cmp "$T/straight/adapter_model.safetensors" "$T/resumed/adapter_model.safetensors"
 check "and so are the optimizer moments" cmp "$T/straight/trainer_state.safetensors" "$T/resumed/trainer_state.safetensors"
 check_eq "resumed run logs steps 3 and 4" "$(jq -c .step "$T/mr.jsonl" | tr '\n' ' ')" "3 4 "
+check_fail "resume with another --grad-accum" 1 "made with --grad-accum 1" ftk train-step "${opts[@]}" --grad-accum 2 \
+    --resume "$T/part/checkpoint-2" --output "$T/resumed2" --metrics /dev/null "$T/b4.fts"
 
 # a fresh LoRA (random init, B = 0) learns the batch
 batches mistral 30 > "$T/b30.fts"
