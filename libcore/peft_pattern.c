@@ -9,6 +9,7 @@
  * module-name patterns use translated (\d, \D, (?:...)); any other (?...) construct is refused
  * rather than matched differently. Full-match semantics make Python's lazy quantifiers and
  * POSIX's leftmost-longest rule agree on whether a name matches. */
+#include <ctype.h>
 #include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,9 +18,9 @@
 #include "ftk/plugin.h"
 
 /* head KEY ")$", KEY translated from Python's syntax to ERE; NUL-terminated in out. Outside
- * brackets glibc knows \w \W \s \S \b \B and escaped punctuation as Python does; \d, \D and
- * (?:...) are rewritten. Inside brackets POSIX has no escapes, so \d \w \s become classes and an
- * escaped character itself. What would match differently is refused. */
+ * brackets glibc knows \w \W \s \S \b \B and escaped punctuation as Python does (but \< \> \' \`
+ * are its anchors: written bare); \d, \D and (?:...) are rewritten. Inside brackets POSIX has no
+ * escapes, so \d \w \s become classes and an escaped character itself. What would match differently is refused. */
 static ftk_status translate(const char *head, const char *key, const char *option, char *out, size_t cap)
 {
     size_t n = 0;
@@ -46,7 +47,7 @@ static ftk_status translate(const char *head, const char *key, const char *optio
                     PUT("[:alnum:]_");
                 else if (*c == 's')
                     PUT("[:space:]");
-                else if (*c && strchr("DWSbB-]^[\\", *c))
+                else if (*c && (isalnum((unsigned char)*c) || strchr("-]^[\\", *c)))   /* \t \n \x41 ... are not the letter */
                     REFUSE("an escape inside [...] that POSIX brackets cannot hold");
                 else if (*c) {
                     lit[0] = *c;
@@ -81,9 +82,12 @@ static ftk_status translate(const char *head, const char *key, const char *optio
             c++;
             if (*c == 'd' || *c == 'D')
                 PUT(*c == 'd' ? "[0-9]" : "[^0-9]");
-            else if (*c && strchr("AZzGNpPuUxo0123456789", *c))
+            else if (isalnum((unsigned char)*c) && !strchr("wWsSbB", *c))   /* \A \n \x41 \1; \q: Python's bad escape */
                 REFUSE("a backslash escape POSIX lacks");
-            else if (*c) {
+            else if (*c && strchr("<>'`", *c)) {   /* plain characters in Python, anchors in glibc */
+                lit[0] = *c;
+                PUT(lit);
+            } else if (*c) {
                 lit[0] = '\\';
                 lit[1] = *c;
                 PUT(lit);

@@ -79,5 +79,24 @@ int main(void)
         CHECK_OK(ftk_peft_regex_fullmatch("(q|v)_proj", "target_modules", "v_proj", &hit));
         CHECK_INT(hit, 1);
     }
+    TEST("escapes: Python's meaning or a refusal, never glibc's") {
+        int hit = -1;
+        /* \< \> \' \` are plain characters in Python, word and buffer anchors in glibc */
+        static const char *const plain[] = {"q_proj\\'", "\\<q_proj", "q_proj\\>", "\\`q_proj"};
+        for (int i = 0; i < 4; i++) {
+            CHECK_OK(ftk_peft_regex_fullmatch(plain[i], "target_modules", "q_proj", &hit));
+            CHECK_INT(hit, 0);   /* re.fullmatch: None */
+        }
+        CHECK_OK(ftk_peft_regex_fullmatch("q_proj\\'", "target_modules", "q_proj'", &hit));
+        CHECK_INT(hit, 1);
+        /* \n \t ... are control characters in Python (a letter in glibc); \q is Python's "bad escape" */
+        CHECK_ERR(ftk_peft_regex_fullmatch("q\\nproj", "target_modules", "qnproj", &hit), FTK_E_UNSUPPORTED, "escape");
+        CHECK_ERR(ftk_peft_regex_fullmatch("[\\t]_proj", "target_modules", "t_proj", &hit), FTK_E_UNSUPPORTED, "escape");
+        CHECK_ERR(ftk_peft_regex_fullmatch("\\q_proj", "target_modules", "q_proj", &hit), FTK_E_UNSUPPORTED, "escape");
+        CHECK_OK(ftk_peft_regex_fullmatch("\\w_proj", "target_modules", "q_proj", &hit));
+        CHECK_INT(hit, 1);
+        CHECK_OK(ftk_peft_regex_fullmatch("[\\w.]+", "target_modules", "model.q_proj", &hit));
+        CHECK_INT(hit, 1);
+    }
     return check_summary();
 }
