@@ -59,7 +59,7 @@ static ftk_status translate(const char *head, const char *key, const char *optio
             } else if (c[0] == '[' && (c[1] == ':' || c[1] == '=' || c[1] == '.')) {
                 REFUSE("\"[:\", \"[=\" or \"[.\" inside [...]");
             }
-            if (bracket && !(c[0] == '^' && bracket == 1))
+            if (bracket)   /* still open; a '^' here follows "[^": a member */
                 bracket++;
             PUT(lit);
             continue;

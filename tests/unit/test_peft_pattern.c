@@ -98,5 +98,12 @@ int main(void)
         CHECK_OK(ftk_peft_regex_fullmatch("[\\w.]+", "target_modules", "model.q_proj", &hit));
         CHECK_INT(hit, 1);
     }
+    TEST("brackets: '^' after \"[^\" is a member") {
+        int hit = -1;
+        CHECK_OK(ftk_peft_regex_fullmatch("[^^]_proj", "target_modules", "q_proj", &hit));
+        CHECK_INT(hit, 1);
+        CHECK_OK(ftk_peft_regex_fullmatch("[^^]_proj", "target_modules", "^_proj", &hit));
+        CHECK_INT(hit, 0);
+    }
     return check_summary();
 }
