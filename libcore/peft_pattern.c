@@ -34,6 +34,7 @@ static ftk_status translate(const char *head, const char *key, const char *optio
 #define REFUSE(what) FTK_FAIL(FTK_E_UNSUPPORTED, "%s: key \"%s\" uses %s, which ftk cannot match as Python does", option, key, what)
     PUT(head);
     int bracket = 0, depth = 0;   /* depth: the key's own open groups; a ')' beyond them would close head's */
+    int quant = 0;                /* the last character was a quantifier */
     for (const char *c = key; *c; c++) {
         char lit[3] = {c[0], 0, 0};
         if (bracket) {
@@ -64,6 +65,10 @@ static ftk_status translate(const char *head, const char *key, const char *optio
             PUT(lit);
             continue;
         }
+        /* Python 3.11's possessive *+ ++ ?+ {m,n}+ give nothing back; glibc reads (x*)+ */
+        if (c[0] == '+' && quant)
+            REFUSE("a possessive quantifier");
+        quant = strchr("*+?}", c[0]) != NULL;
         if (c[0] == '[') {
             bracket = 1;
             PUT("[");

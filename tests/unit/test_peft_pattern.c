@@ -105,5 +105,17 @@ int main(void)
         CHECK_OK(ftk_peft_regex_fullmatch("[^^]_proj", "target_modules", "^_proj", &hit));
         CHECK_INT(hit, 0);
     }
+    TEST("possessive quantifiers (Python 3.11) are refused, not matched as greedy ones") {
+        int hit = -1;
+        /* re.fullmatch(".*+_proj", "q_proj") is None: .*+ gives nothing back */
+        CHECK_ERR(ftk_peft_regex_fullmatch(".*+_proj", "target_modules", "q_proj", &hit), FTK_E_UNSUPPORTED, "possessive");
+        CHECK_ERR(ftk_peft_regex_fullmatch("q{1,2}+_proj", "target_modules", "q_proj", &hit), FTK_E_UNSUPPORTED, "possessive");
+        CHECK_OK(ftk_peft_regex_fullmatch("q+_proj", "target_modules", "qq_proj", &hit));
+        CHECK_INT(hit, 1);
+        CHECK_OK(ftk_peft_regex_fullmatch("q_pro[+]+j", "target_modules", "q_pro++j", &hit));
+        CHECK_INT(hit, 1);
+        CHECK_OK(ftk_peft_regex_fullmatch("q\\++_proj", "target_modules", "q++_proj", &hit));
+        CHECK_INT(hit, 1);
+    }
     return check_summary();
 }
