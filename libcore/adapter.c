@@ -177,13 +177,15 @@ static ftk_status check_supported(const struct ftk_kv *kv, const char *where, co
     static const struct { const char *key, *ok; } fixed[] = {
         {"bias", "none"}, {"fan_in_fan_out", "false"}, {"rank_pattern", "{}"}, {"alpha_pattern", "{}"},
         {"layer_replication", ""}, {"layers_to_transform", ""},
+        {"alora_invocation_tokens", ""}, {"arrow_config", NULL},   /* LoRA variants the lora plugin does not run */
     };
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++) {
         if ((!strcmp(fixed[i].key, "rank_pattern") && (!strcmp(peft_type, "ADALORA") || !strcmp(peft_type, "LORA"))) ||
             (!strcmp(fixed[i].key, "alpha_pattern") && !strcmp(peft_type, "LORA")))
             continue;
         const char *v = ftk_kv_get(kv, fixed[i].key);
-        FTK_FAIL_IF(v && strcmp(v, fixed[i].ok), FTK_E_UNSUPPORTED, "%s: %s = %s is not supported", where, fixed[i].key, v);
+        FTK_FAIL_IF(v && (!fixed[i].ok || strcmp(v, fixed[i].ok)), FTK_E_UNSUPPORTED,   /* ok NULL: no value is */
+                    "%s: %s = %s is not supported", where, fixed[i].key, v);
     }
     return FTK_OK;
 }

@@ -109,6 +109,12 @@ static ftk_status check_config(const cJSON *c, const char *where)
     FTK_FAIL_IF(bias && !cJSON_IsNull(bias) && !(cJSON_IsString(bias) && !strcmp(bias->valuestring, "none")),
                 FTK_E_UNSUPPORTED, "%s: bias = %s cannot be merged by ftk (only \"none\")", where,
                 cJSON_IsString(bias) ? bias->valuestring : "(not a string)");
+    /* LoRA variants whose delta is not in the weights (aLoRA: only after its invocation tokens;
+     * Arrow: routed per token): peft refuses to merge them too */
+    static const char *const variants[] = {"alora_invocation_tokens", "arrow_config", NULL};
+    for (int i = 0; variants[i]; i++)
+        FTK_FAIL_IF(!is_empty(cJSON_GetObjectItemCaseSensitive(c, variants[i])), FTK_E_UNSUPPORTED,
+                    "%s: %s is set: that LoRA variant cannot be folded into the weights", where, variants[i]);
     /* the plugin path reads the rest of the options itself (AdaLoRA's rank_pattern) */
     if (needs_plugin(c))
         return FTK_OK;

@@ -404,6 +404,25 @@ int main(void)
         CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_MISMATCH, "target_modules");
         CHECK(!exists(p));
     }
+    TEST("peft LoRA variants that cannot be merged (aLoRA, Arrow) are refused, merged or loaded") {
+        /* peft: "aLoRA does not support merging" (the delta applies only after the invocation
+         * tokens), "Cannot merge an active Arrow router adapter" */
+        static const char *const key[] = {"alora_invocation_tokens", "arrow_config"};
+        static const char *const val[] = {"[5, 6]", "{\"top_k\": 2}"};
+        static const char *const src[] = {"tests/fixtures/hf_tiny/llama/adapter", "tests/fixtures/hf_tiny/llama/dora-mts"};
+        for (int i = 0; i < 2; i++)
+            for (int j = 0; j < 2; j++) {
+                snprintf(p, sizeof p, "%s/variant-out", tmp);
+                snprintf(q, sizeof q, "%s/variant-%d-%d", tmp, i, j);
+                adapter_variant(src[j], q, key[i], val[i]);
+                CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_UNSUPPORTED, key[i]);
+                CHECK(!exists(p));
+                struct ftk_model *m;
+                CHECK_OK(ftk_model_load("tests/fixtures/hf_tiny/llama", be, ctx, &m));
+                CHECK_ERR(ftk_model_load_adapter(m, q, 0), FTK_E_UNSUPPORTED, key[i]);
+                ftk_model_free(m);
+            }
+    }
     TEST("sizes as huggingface_hub counts them") {
         uint64_t v = 0;
         CHECK_OK(ftk_parse_size("5GB", &v));
