@@ -54,6 +54,7 @@ struct ftk_model {
     struct ftk_peft *peft;
     int adapter_on;
     int64_t step;
+    int64_t micro;              /* the micro-batch of the step under way (gradient accumulation) */
 
     /* Workspace of the last forward, reused while big enough. */
     void *act_arena;

@@ -216,6 +216,7 @@ int ftk_model_decode_exact(struct ftk_model *m)
     return !(m->adapter_on && pl && FTK_PLUGIN_SLOT(pl, decode_recomputes) && pl->decode_recomputes(m->peft));
 }
 void ftk_model_set_step(struct ftk_model *m, int64_t step) { m->step = step; }
+void ftk_model_set_micro(struct ftk_model *m, int64_t micro) { m->micro = micro; }
 void ftk_model_set_recompute(struct ftk_model *m, int on) { m->recompute = on; }
 size_t ftk_model_n_trainable(const struct ftk_model *m) { return m->n_train; }
 struct ftk_param *ftk_model_trainable(struct ftk_model *m, size_t i) { return i < m->n_train ? m->train[i] : NULL; }
@@ -317,6 +318,10 @@ ftk_status ftk_peft_set_lr_scale(struct ftk_peft *p, const char *name, float sca
     return ftk_error_set(FTK_E_NOTFOUND, __FILE__, __LINE__, "no plugin parameter \"%s\"", name);
 }
 int64_t ftk_peft_step(struct ftk_peft *p) { return p->model->step; }
+uint64_t ftk_peft_noise_step(struct ftk_peft *p)
+{
+    return (uint64_t)p->model->step + (uint64_t)p->model->micro * 0x9E3779B97F4A7C15ull;   /* golden-ratio stride */
+}
 const int32_t *ftk_peft_segments(struct ftk_peft *p) { return p->model->has_seg ? p->model->seg : NULL; }
 size_t ftk_peft_n_sites(struct ftk_peft *p) { return p->model->n_sites; }
 const struct ftk_site *ftk_peft_site(struct ftk_peft *p, size_t i) { return i < p->model->n_sites ? &p->model->sites[i] : NULL; }

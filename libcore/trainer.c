@@ -194,6 +194,7 @@ static ftk_status run_step(struct ftk_trainer *t, struct ftk_step_result *res)
     for (int64_t i = 0; i < t->n_held && s == FTK_OK; i++) {
         const struct ftk_batch_view *v = &views[i];
         int64_t idx = base_idx + i;
+        ftk_model_set_micro(m, i);   /* fresh dropout masks per micro-batch, as torch */
         struct ftk_batch_view kv = {0};
         const float *kl_ref = NULL;
         if (needs_kl && (s = kl_view_of(&t->held[i], &kv, &kl_ref, idx)) != FTK_OK)

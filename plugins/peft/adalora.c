@@ -268,7 +268,7 @@ static ftk_status ada_init(struct ftk_peft *p, const struct ftk_kv *o)
 /* Dropout key of (seed, step, site): forward and backward draw the same mask from it. */
 static uint64_t drop_key(struct ftk_peft *p, const struct adalora *S, const struct ada_site *as)
 {
-    return mix(ftk_peft_seed(p) ^ mix((uint64_t)ftk_peft_step(p) + 7) ^ mix((uint64_t)(as - S->sites) + 99));
+    return mix(ftk_peft_seed(p) ^ mix(ftk_peft_noise_step(p) + 7) ^ mix((uint64_t)(as - S->sites) + 99));
 }
 static int dropped_at(uint64_t key, size_t j, double p) { return uniform01(mix(key ^ mix(j))) < p; }
 

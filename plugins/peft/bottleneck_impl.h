@@ -695,7 +695,7 @@ static inline ftk_status bn_set_forward(struct ftk_peft *p, struct bn_set *S, co
     }
     FTK_TRY(bn_module_forward(be, ctx, &S->c, w, N, C, in, z, a, y));
     if (train && S->c.dropout > 0)
-        bn_dropout(y, N * C, S->c.dropout, bn_key(ftk_peft_seed(p), (uint64_t)ftk_peft_step(p), (uint64_t)l, (uint64_t)loc + 5));
+        bn_dropout(y, N * C, S->c.dropout, bn_key(ftk_peft_seed(p), ftk_peft_noise_step(p), (uint64_t)l, (uint64_t)loc + 5));
     for (int64_t n = 0; row_scale && n < N; n++)
         for (int64_t k = 0; k < C; k++)
             y[n * C + k] *= row_scale[n / s->T];
@@ -724,7 +724,7 @@ static inline ftk_status bn_set_backward(struct ftk_peft *p, struct bn_set *S, c
     FTK_TRY(bn_set_scratch(S, be, ctx, N, &gy, &gup, &du, &ga, &y));
     /* dy is read once, here: dresid may be the same memory */
     FTK_TRY(be->copy(ctx, gy, dy, (size_t)(N * C) * sizeof(float)));
-    uint64_t key = bn_key(ftk_peft_seed(p), (uint64_t)ftk_peft_step(p), (uint64_t)l, (uint64_t)loc + 5);
+    uint64_t key = bn_key(ftk_peft_seed(p), ftk_peft_noise_step(p), (uint64_t)l, (uint64_t)loc + 5);
     if (S->c.dropout > 0)
         bn_dropout(gy, N * C, S->c.dropout, key);
     if (row_scale) {   /* dropout(y) . dy per row, then the module's share r_b dy */

@@ -190,7 +190,7 @@ static struct dp_site *find_site(struct diffprune *S, const struct ftk_site *s)
 /* The gates' key for this step (training) */
 static uint64_t key_of(struct ftk_peft *p, const struct dp_site *ds)
 {
-    return hc_key(ftk_peft_seed(p), ftk_peft_step(p), ds->s->layer, (int)ds->s->kind);
+    return hc_key(ftk_peft_seed(p), (int64_t)ftk_peft_noise_step(p), ds->s->layer, (int)ds->s->kind);
 }
 
 /* The group gate (1 when not structured) and its derivative. */

@@ -664,7 +664,7 @@ static struct lora_site *find_site(struct lora *L, const struct ftk_site *s)
 /* Dropout key of (seed, step, site): forward and backward draw the same mask from it. */
 static uint64_t drop_key(struct ftk_peft *p, const struct lora *L, const struct lora_site *ls)
 {
-    return mix(ftk_peft_seed(p) ^ mix((uint64_t)ftk_peft_step(p) + 7) ^ mix((uint64_t)(ls - L->sites) + 99));
+    return mix(ftk_peft_seed(p) ^ mix(ftk_peft_noise_step(p) + 7) ^ mix((uint64_t)(ls - L->sites) + 99));
 }
 static int dropped_at(uint64_t key, size_t j, double p) { return uniform01(mix(key ^ mix(j))) < p; }
 

@@ -319,7 +319,7 @@ static ftk_status encoder_forward(struct ftk_peft *p, struct p_tuning *S, int tr
             size_t n = (size_t)(P * 2 * H);
             unsigned char *mk = S->mask + (size_t)l * n;
             float keep = (float)(1.0 / (1.0 - S->dropout));
-            uint64_t seed = ftk_peft_seed(p) ^ vt_mix((uint64_t)ftk_peft_step(p) + 77);
+            uint64_t seed = ftk_peft_seed(p) ^ vt_mix(ftk_peft_noise_step(p) + 77);
             FTK_TRY(be->to_host(ctx, S->hb, S->Y[l], n * sizeof(float)));
             for (size_t i = 0; i < n; i++) {
                 mk[i] = vt_uniform(seed, 200 + (uint64_t)l, i) >= S->dropout;

@@ -21,6 +21,13 @@ for w in "--warmup-steps 2 --warmup-ratio 0.25" "--warmup-ratio 0.5 --warmup-ste
     check_eq "lr with $w" "$(ftk train-step --model "$FIX/llama" --lora-rank 4 --lr 1e-2 $w -q "$T/b4l.fts" | jq -c .lr | tr '\n' ' ')" \
         "0 0.005 0.01 0.005 "
 done
+# gradient accumulation draws fresh dropout masks per micro-batch, as torch does: one step over
+# two copies of a batch (grad-accum 2) is not the step over one copy with one mask
+batches llama 1 > "$T/b1l.fts"; batches llama 2 > "$T/b2l.fts"
+dopts=(--model "$FIX/llama" --lora-rank 4 --lora-dropout 0.5 --lr 1e-2 --lr-scheduler constant --seed 3 --max-steps 1 --metrics /dev/null)
+check "dropout 0.5, one batch" ftk train-step "${dopts[@]}" --output "$T/d1" "$T/b1l.fts"
+check "dropout 0.5, the batch twice, grad-accum 2" ftk train-step "${dopts[@]}" --grad-accum 2 --output "$T/d2" "$T/b2l.fts"
+check "  the two micro-batches had different masks" bash -c "! cmp -s '$T/d1/adapter_model.safetensors' '$T/d2/adapter_model.safetensors'"
 check "adapter in peft layout" test -f "$T/a3/adapter_config.json" -a -f "$T/a3/adapter_model.safetensors" -a -f "$T/a3/trainer_state.safetensors"
 check_eq "adapter config says LORA" "$(jq -r '.peft_type + " r=" + (.r|tostring)' "$T/a3/adapter_config.json")" "LORA r=4"
 

@@ -66,6 +66,9 @@ FTK_API void ftk_model_enable_adapter(struct ftk_model *m, int on);
 FTK_API void ftk_model_set_recompute(struct ftk_model *m, int on);
 /* Tells plugins which optimizer step comes next (dropout masks). */
 FTK_API void ftk_model_set_step(struct ftk_model *m, int64_t step);
+/* The micro-batch (0-based) of the step under way, with gradient accumulation: dropout-like
+ * randomness draws anew for each (ftk_peft_noise_step). */
+FTK_API void ftk_model_set_micro(struct ftk_model *m, int64_t micro);
 
 /* Trainable parameters, base first, then the plugin's in registration order. */
 FTK_API size_t ftk_model_n_trainable(const struct ftk_model *m);

@@ -203,6 +203,11 @@ FTK_API const struct ftk_backend *ftk_peft_backend(struct ftk_peft *p, void **ct
 FTK_API uint64_t ftk_peft_seed(struct ftk_peft *p);
 /* The optimizer step about to run (0-based); dropout masks depend on it. */
 FTK_API int64_t ftk_peft_step(struct ftk_peft *p);
+/* What dropout-like randomness (dropout masks, sampled gates) is keyed on: the step, made
+ * distinct for each micro-batch of a gradient-accumulated step, as torch draws anew in each
+ * forward (the step itself for the first micro-batch). The same in a forward, its recompute and
+ * its backward, and on resume. */
+FTK_API uint64_t ftk_peft_noise_step(struct ftk_peft *p);
 /* The segment ids (B,T) of the forward under way (backend memory; B, T as forward_begin gave
  * them), valid from forward_begin to the end of that forward's backward: 0 marks padding, each
  * other value one document (packed rows). NULL when the batch has none (every row is one
