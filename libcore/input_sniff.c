@@ -3,7 +3,8 @@
  * first message's u64 little-endian header length, whose high bytes are zero for any header
  * under 4 GiB; JSON text and CSV never hold a NUL byte. One byte is not enough (a 123-byte header
  * starts with '{', a 32-byte one with ' '), and a pipe cannot seek back, so the first 8 bytes
- * are read and replayed by a FILE wrapping the input (glibc's fopencookie). */
+ * are read and replayed by a FILE wrapping the input (glibc's fopencookie). The first 8 bytes
+ * wait for 8 bytes or the end of the input (a shorter input is not a stream). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,18 +16,28 @@ struct replay {
     size_t n, at;
 };
 
+/* Bytes `in` holds in its buffer, readable without blocking (glibc's FILE fields, as gnulib's
+ * freadahead reads them). */
+static size_t buffered(const FILE *in) { return (size_t)(in->_IO_read_end - in->_IO_read_ptr); }
+
+/* Returns what is at hand rather than a full buffer: a prompt arriving on a pipe must be read
+ * when it arrives, not when 4 KiB have (fread would wait for them). */
 static ssize_t replay_read(void *cookie, char *out, size_t size)
 {
     struct replay *r = cookie;
     size_t k = 0;
     while (k < size && r->at < r->n)
         out[k++] = (char)r->buf[r->at++];
-    if (k < size) {
-        size_t got = fread(out + k, 1, size - k, r->in);
-        if (got == 0 && ferror(r->in) && k == 0)
-            return -1;
-        k += got;
+    if (k == 0 && size > 0) {   /* nothing replayed: wait for one byte */
+        int c = getc(r->in);
+        if (c == EOF)
+            return ferror(r->in) ? -1 : 0;
+        out[k++] = (char)c;
     }
+    size_t more = buffered(r->in);
+    if (more > size - k)
+        more = size - k;
+    k += fread(out + k, 1, more, r->in);
     return (ssize_t)k;
 }
 

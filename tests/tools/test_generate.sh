@@ -70,6 +70,19 @@ check_eq "an uncompressed stream starting with ' ' is read as a stream (from a p
     "$(cat "$T/ex32.fts" | ftk generate --model "$M" --max-new-tokens 5 | jq -c '.ids')" \
     "$(ftk generate --model "$M" --max-new-tokens 5 "$T/ex.fts" | jq -c '.ids')"
 
+# prompts from a pipe are answered as they arrive (not when 4 KiB of input have come)
+mkfifo "$T/fifo"
+ftk generate --model "$M" --batch-size 1 --max-new-tokens 4 < "$T/fifo" > "$T/piped.jsonl" &
+gen=$!
+exec 3>"$T/fifo"
+echo '{"prompt": "Once upon a time"}' >&3
+for i in $(seq 1 200); do [ -s "$T/piped.jsonl" ] && break; sleep 0.1; done
+first=$(wc -l < "$T/piped.jsonl")
+echo '{"prompt": "The dog"}' >&3
+exec 3>&-
+wait $gen
+check_eq "a piped prompt is answered before the next one arrives" "$first $(wc -l < "$T/piped.jsonl")" "1 2"
+
 check_fail "no --model" 2 "--model is required" ftk generate "$T/one.jsonl"
 check_fail "bad --top-p" 2 "--top-p 2 is not in [0, 1]" ftk generate --model "$M" --top-p 2
 check_eq "  said once" "$(ftk generate --model "$M" --top-p 2 2>&1 | grep -c error)" "1"
