@@ -366,7 +366,7 @@ static ftk_status write_config(struct ftk_source *base, const char *dir, enum ft
     }
     free(text);
     ftk_status s = FTK_OK;
-    if (!found) {   /* none: add torch_dtype */
+    if (!found) {   /* none, or not a string ("torch_dtype": null): set torch_dtype, once */
         cJSON *c = cJSON_ParseWithLength(out, o);
         free(out);
         out = NULL;
@@ -374,7 +374,9 @@ static ftk_status write_config(struct ftk_source *base, const char *dir, enum ft
             cJSON_Delete(c);
             FTK_FAIL(FTK_E_FORMAT, "%s/config.json: not a JSON object", ftk_source_path(base));
         }
-        cJSON_AddStringToObject(c, "torch_dtype", want);
+        const char *key = cJSON_GetObjectItemCaseSensitive(c, "dtype") ? "dtype" : "torch_dtype";
+        cJSON_DeleteItemFromObjectCaseSensitive(c, key);
+        cJSON_AddStringToObject(c, key, want);
         out = cJSON_Print(c);
         cJSON_Delete(c);
         FTK_FAIL_IF(!out, FTK_E_NOMEM, "out of memory");

@@ -11,6 +11,9 @@ check_eq "config keeps the base's dtype" "$(jq -r .dtype "$T/m/config.json")" "f
 check_eq "config otherwise unchanged" "$(jq -S 'del(.dtype)' "$T/m/config.json")" "$(jq -S 'del(.dtype)' "$FIX/llama/config.json")"
 check_eq "summary on stderr" "$(ftk merge-lora --model "$FIX/llama" --adapter "$FIX/llama/adapter" -o "$T/m2" 2>&1 >/dev/null | sed 's/.*: //')" \
     "21 tensors (14 with LoRA folded in), float32, 23872 bytes in 1 file"
+mkdir -p "$T/nulldt" && cp "$FIX/llama/model.safetensors" "$T/nulldt/" && jq '.dtype = null' "$FIX/llama/config.json" > "$T/nulldt/config.json"
+check "a base whose config says \"dtype\": null" ftk merge-lora -q --model "$T/nulldt" --adapter "$FIX/llama/adapter" -o "$T/mnull"
+check_eq "  gets one dtype key, float32" "$(grep -c '"dtype"' "$T/mnull/config.json") $(jq -r .dtype "$T/mnull/config.json")" "1 float32"
 check "bf16, sharded at 5KB" ftk merge-lora -q --model "$FIX/qwen3" --adapter "$FIX/qwen3/adapter" --dtype bf16 --shard-size 5KB -o "$T/s"
 check_eq "config dtype bfloat16" "$(jq -r .dtype "$T/s/config.json")" "bfloat16"
 n=$(ls "$T/s"/model-*-of-*.safetensors | wc -l)
