@@ -114,7 +114,11 @@ static int add_kv_pair(struct args *a, struct ftk_kv *kv, int *n, const char *kv
     const char *eq = strchr(kv_text, '=');
     if (!eq || eq == kv_text)
         return usage_error("option '%s' is not K=V", kv_text);
+    if (*n == MAX_KV || a->n_owned == (int)(sizeof a->owned / sizeof *a->owned))
+        return usage_error("too many options (at most 64)%s", "");
     char *k = strndup(kv_text, (size_t)(eq - kv_text));
+    if (!k)
+        return usage_error("out of memory%s", "");
     a->owned[a->n_owned++] = k;
     return add_kv(kv, n, k, eq + 1);
 }
