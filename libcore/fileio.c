@@ -41,7 +41,7 @@ ftk_status ftk_file_read_all(const char *path, char **out, size_t *len)
     return FTK_OK;
 }
 
-static void fsync_dir_of(const char *path)
+void ftk_fsync_parent(const char *path)
 {
     char *d = strdup(path);
     if (!d)
@@ -94,7 +94,7 @@ ftk_status ftk_atomic_commit(struct ftk_atomic_file *f)
         ftk_atomic_abort(f);
         FTK_FAIL(FTK_E_IO, "%s: rename failed: %s", p, strerror(e));
     }
-    fsync_dir_of(f->path);
+    ftk_fsync_parent(f->path);
     free(f->path);
     free(f->tmp_path);
     memset(f, 0, sizeof *f);

@@ -11,6 +11,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -544,8 +545,15 @@ static ftk_status pack_archive(const char *dir, const char *path, enum out_kind 
     for (size_t i = 0; i < n; i++)
         free(names[i]);
     free(names);
+    int fd = s == FTK_OK ? open(tmp, O_RDONLY) : -1;   /* the archive on disk before it gets its name */
+    if (s == FTK_OK && (fd < 0 || fsync(fd) != 0))
+        s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: cannot sync: %s", tmp, strerror(errno));
+    if (fd >= 0)
+        close(fd);
     if (s == FTK_OK && rename(tmp, path) != 0)
         s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: cannot rename into place: %s", path, strerror(errno));
+    if (s == FTK_OK)
+        ftk_fsync_parent(path);
     if (s != FTK_OK)
         unlink(tmp);
     return s;
@@ -880,6 +888,8 @@ ftk_status ftk_merge_lora(const struct ftk_merge_opts *opts, struct ftk_merge_st
             rmdir(o->output);   /* empty (checked above) or absent */
             if (rename(tmp, o->output) != 0)
                 s = ftk_error_set(FTK_E_IO, __FILE__, __LINE__, "%s: cannot rename into place: %s", o->output, strerror(errno));
+            else
+                ftk_fsync_parent(o->output);
         } else {
             const char *slash = strrchr(o->output, '/');
             const char *b = slash ? slash + 1 : o->output;

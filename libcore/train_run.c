@@ -73,6 +73,12 @@ static ftk_status rm_tree(const char *path)
 static ftk_status save_to(const struct ftk_train_opts *o, const struct ftk_train_config *tc, struct ftk_model *m,
                           struct ftk_trainer *t, const char *dir, int is_full, int is_ckpt)
 {
+    /* "out/" names the directory "out": the temporary sibling must not land inside it */
+    char clean[4000];
+    snprintf(clean, sizeof clean, "%s", dir);
+    for (size_t l = strlen(clean); l > 1 && clean[l - 1] == '/'; l--)
+        clean[l - 1] = '\0';
+    dir = clean;
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", dir, (long)getpid());
     rm_tree(tmp);
@@ -121,7 +127,14 @@ static ftk_status save_to(const struct ftk_train_opts *o, const struct ftk_train
             if (d)
                 closedir(d);
             rmdir(tmp);
+            if (s == FTK_OK) {   /* the renames inside dir */
+                char inside[4100];
+                snprintf(inside, sizeof inside, "%s/.", dir);
+                ftk_fsync_parent(inside);
+            }
         }
+        if (s == FTK_OK)
+            ftk_fsync_parent(dir);   /* the rename of dir itself */
     }
     if (s != FTK_OK)
         rm_tree(tmp);

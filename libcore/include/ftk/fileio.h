@@ -34,6 +34,10 @@ FTK_API void ftk_atomic_abort(struct ftk_atomic_file *f);
  * those bytes again and then the rest of `in`; fclose it when done (that leaves `in` open). */
 FTK_API ftk_status ftk_input_sniff(FILE *in, FILE **wrapped, int *is_stream);
 
+/* fsyncs the directory holding `path`, so that a rename into it survives a crash (best
+ * effort: some filesystems refuse fsync on a directory). */
+FTK_API void ftk_fsync_parent(const char *path);
+
 /* mkdir -p */
 FTK_API ftk_status ftk_mkdirs(const char *path);
 
