@@ -308,6 +308,9 @@ ftk_status ftk_train_run(const struct ftk_train_opts *o)
     }
     if (s == FTK_OK)
         ftk_progress_done(&prog);
+    if (s == FTK_OK && ftk_trainer_step(t) > 0 && ftk_trainer_step(t) < total && !o->quiet)   /* HF would loop the data */
+        fprintf(stderr, "train-step: the data ended after %lld of %lld steps; the schedule was sized for %lld (pack more "
+                        "epochs to run them all)\n", (long long)ftk_trainer_step(t), (long long)total, (long long)total);
     if (s == FTK_OK && ftk_trainer_step(t) == 0)
         s = ftk_error_set(FTK_E_INVALID, __FILE__, __LINE__, "%s: no batch to train on", name);
     if (s == FTK_OK && o->output)
