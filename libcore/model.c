@@ -140,6 +140,21 @@ static ftk_status load_weights(struct ftk_model *m, struct ftk_source *src)
     return s;
 }
 
+/* transformers 5 ties lm_head to embed_tokens (tie_word_embeddings) only when the checkpoint
+ * does not hold a different lm_head.weight: a stored head that differs stays its own matrix. */
+static ftk_status untie_if_stored(struct ftk_model *m, struct ftk_source *src)
+{
+    struct ftk_st_model *st;
+    FTK_TRY(ftk_st_model_open(src, "model", &st));
+    const struct ftk_tensor *h = ftk_st_model_find(st, "lm_head.weight"), *e = ftk_st_model_find(st, "model.embed_tokens.weight");
+    if (h && e && h->dtype == e->dtype && h->nbytes == e->nbytes && memcmp(h->data, e->data, h->nbytes) != 0)
+        m->cfg.tie_word_embeddings = 0;
+    else if (h && e && (h->dtype != e->dtype || h->nbytes != e->nbytes))
+        m->cfg.tie_word_embeddings = 0;   /* stored otherwise: not the same matrix either */
+    ftk_st_model_close(st);
+    return FTK_OK;
+}
+
 ftk_status ftk_model_load(const char *path, const struct ftk_backend *be, void *ctx, struct ftk_model **out)
 {
     struct ftk_source *src;
@@ -152,6 +167,8 @@ ftk_status ftk_model_load(const char *path, const struct ftk_backend *be, void *
         m->adapter_on = 1;
         s = ftk_model_config_load(src, &m->cfg);
     }
+    if (s == FTK_OK && m->cfg.tie_word_embeddings)
+        s = untie_if_stored(m, src);
     if (s == FTK_OK)
         s = build_table(m);
     if (s == FTK_OK)

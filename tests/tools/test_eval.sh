@@ -28,6 +28,10 @@ check_eq "per-example rows" "$(jq -s 'length' "$T/rows.jsonl") $(jq -s 'map(.nll
     "4 $(jq '.loss * 8 * 1e4 | round' "$T/loss.json")"
 check_eq "loss: with the peft adapter" "$(ftk eval --model "$HF/llama" --adapter "$HF/llama/adapter" "$T/b.fts" | jq '.loss * 1e5 | round')" "479060"
 check_eq "loss from stdin" "$(ftk eval --model "$HF/llama" < "$T/b.fts" | jq '.loss * 1e5 | round')" "458289"
+# tie_word_embeddings with a stored lm_head.weight that differs: transformers 5 keeps that head
+mkdir -p "$T/tied" && cp "$HF/llama/model.safetensors" "$T/tied/" && jq '.tie_word_embeddings = true' "$HF/llama/config.json" > "$T/tied/config.json"
+check_eq "a tied config with its own stored lm_head uses that head (as transformers 5)" \
+    "$(ftk eval --model "$T/tied" "$T/b.fts" | jq '.loss * 1e5 | round')" "458289"
 stream_first_byte 32 "$(fixture_batch "$HF/llama/expected.safetensors")" > "$T/b32.fts"   # 288-byte header: ' ' first
 check_eq "an uncompressed stream starting with ' ' is a stream (--mode auto, a pipe)" \
     "$(cat "$T/b32.fts" | ftk eval --model "$HF/llama" | jq '.loss * 1e5 | round')" "458289"
