@@ -198,7 +198,18 @@ static ftk_status ia3_backward(struct ftk_peft *p, const struct ftk_site *s, flo
 
 /* ---- files -------------------------------------------------------------------------------- */
 
-static cJSON *name_list(const char *list)
+/* Does name select a feed-forward site of S? */
+static int ff_used(const struct ia3 *S, const char *name)
+{
+    for (int i = 0; i < S->n; i++)
+        if (S->sites[i].ff && in_list(name, S->sites[i].s))
+            return 1;
+    return 0;
+}
+
+/* list as a JSON array; with S, only the names that select one of its feed-forward sites (the
+ * default down_proj with targets that leave it out would fail peft's subset check on load). */
+static cJSON *name_list(const char *list, const struct ia3 *S)
 {
     cJSON *a = cJSON_CreateArray();
     char buf[512];
@@ -206,11 +217,13 @@ static cJSON *name_list(const char *list)
     static const char *linear[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
     if (!strcmp(buf, "all") || !strcmp(buf, "all-linear")) {
         for (int i = 0; i < 7; i++)
-            cJSON_AddItemToArray(a, cJSON_CreateString(linear[i]));
+            if (!S || ff_used(S, linear[i]))
+                cJSON_AddItemToArray(a, cJSON_CreateString(linear[i]));
         return a;
     }
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
-        cJSON_AddItemToArray(a, cJSON_CreateString(t));
+        if (!S || ff_used(S, t))
+            cJSON_AddItemToArray(a, cJSON_CreateString(t));
     return a;
 }
 
@@ -245,8 +258,8 @@ static ftk_status ia3_save(struct ftk_peft *p, const char *dir, const char *base
         cJSON_AddStringToObject(c, "base_model_name_or_path", base_path);
     else
         cJSON_AddNullToObject(c, "base_model_name_or_path");
-    cJSON_AddItemToObject(c, "target_modules", name_list(S->targets));
-    cJSON_AddItemToObject(c, "feedforward_modules", name_list(S->ff));
+    cJSON_AddItemToObject(c, "target_modules", name_list(S->targets, NULL));
+    cJSON_AddItemToObject(c, "feedforward_modules", name_list(S->ff, S));
     cJSON_AddBoolToObject(c, "fan_in_fan_out", 0);
     cJSON_AddBoolToObject(c, "init_ia3_weights", 1);
     cJSON_AddBoolToObject(c, "inference_mode", 1);
