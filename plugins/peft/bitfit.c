@@ -190,10 +190,14 @@ static ftk_status bitfit_save(struct ftk_peft *p, const char *dir, const char *b
     cJSON *c = cJSON_CreateObject(), *tm = cJSON_CreateArray();
     for (int i = 0; i < S->n; i++) {   /* the distinct module kinds, in model order */
         const char *k = ftk_linear_name(S->sites[i].s->kind);
-        int dup = 0;
+        int dup = 0, every = 1;
         for (int j = 0; j < i; j++)
             dup |= S->sites[j].s->kind == S->sites[i].s->kind;
-        if (!dup)
+        for (size_t j = 0; j < ftk_peft_n_sites(p); j++)   /* a kind some of whose modules were left out */
+            every &= ftk_peft_site(p, j)->kind != S->sites[i].s->kind || in_list(S->targets, ftk_peft_site(p, j));
+        if (!every)   /* names its modules, or loading would take them all */
+            cJSON_AddItemToArray(tm, cJSON_CreateString(S->sites[i].s->module));
+        else if (!dup)
             cJSON_AddItemToArray(tm, cJSON_CreateString(k));
     }
     cJSON_AddStringToObject(c, "peft_type", "BITFIT");
