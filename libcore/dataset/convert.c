@@ -279,6 +279,19 @@ static ftk_status kto_field(const struct ftk_dataset_attr *a, const cJSON *obj, 
     return FTK_OK;
 }
 
+/* The tools column, when named, must be empty: ftk does not render tool descriptions, and
+ * dropping them would train on prompts the data did not mean. A JSON list is tools too. */
+static ftk_status refuse_tools(const struct ftk_dataset_attr *a, const cJSON *obj)
+{
+    if (!a->tools[0])
+        return FTK_OK;
+    const cJSON *tv = cJSON_GetObjectItemCaseSensitive(obj, a->tools);
+    int empty = !tv || cJSON_IsNull(tv) || (cJSON_IsString(tv) && !*tv->valuestring) ||
+                (cJSON_IsArray(tv) && !tv->child);
+    FTK_FAIL_IF(!empty, FTK_E_UNSUPPORTED, "field \"%s\": tool descriptions are not rendered by ftk yet", a->tools);
+    return FTK_OK;
+}
+
 static ftk_status convert_alpaca(const struct ftk_dataset_attr *a, const cJSON *obj, struct ds_conv *c)
 {
     if (a->history[0]) {
@@ -314,6 +327,7 @@ static ftk_status convert_alpaca(const struct ftk_dataset_attr *a, const cJSON *
     c->n_prompt = c->n_msgs;
     if (a->system[0])
         FTK_TRY(str_field(obj, a->system, 0, &c->system));
+    FTK_TRY(refuse_tools(a, obj));
     const char *r1 = NULL, *r2 = NULL;
     switch (c->kind) {
     case FTK_EXAMPLE_PAIRWISE:
@@ -383,13 +397,7 @@ static ftk_status convert_sharegpt(const struct ftk_dataset_attr *a, const cJSON
     }
     if (!c->system && a->system[0])
         FTK_TRY(str_field(obj, a->system, 0, &c->system));
-    if (a->tools[0]) {
-        const char *tools = NULL;
-        const cJSON *tv = cJSON_GetObjectItemCaseSensitive(obj, a->tools);
-        if (cJSON_IsString(tv))
-            tools = tv->valuestring;
-        FTK_FAIL_IF(tools && *tools, FTK_E_UNSUPPORTED, "field \"%s\": tool descriptions are not rendered by ftk yet", a->tools);
-    }
+    FTK_TRY(refuse_tools(a, obj));
     if (c->kind == FTK_EXAMPLE_PAIRWISE) {
         FTK_FAIL_IF(k % 2 == 0, FTK_E_FORMAT, "%zu messages: preference data needs a prompt ending with a user "
                     "message (an odd count)", k);

@@ -222,6 +222,22 @@ int main(void)
         cJSON_Delete(keep);
         expect_conv(&a, "{\"conversations\":[{\"from\":\"human\",\"value\":\"q\"},{\"from\":\"gpt\",\"value\":\"a\"}],"
                         "\"tools\":\"\"}", "user:q|assistant:a", 1, NULL);
+        /* tools given as a JSON list rather than a JSON string are tools all the same */
+        CHECK_ERR(conv1(&a, "{\"conversations\":[{\"from\":\"human\",\"value\":\"q\"},{\"from\":\"gpt\",\"value\":\"a\"}],"
+                            "\"tools\":[{\"name\":\"f\"}]}", &c, &keep), FTK_E_UNSUPPORTED, "tool descriptions");
+        cJSON_Delete(keep);
+        expect_conv(&a, "{\"conversations\":[{\"from\":\"human\",\"value\":\"q\"},{\"from\":\"gpt\",\"value\":\"a\"}],"
+                        "\"tools\":[]}", "user:q|assistant:a", 1, NULL);
+    }
+    TEST("alpaca tools are refused, not dropped") {
+        struct ftk_dataset_attr a = al;
+        CHECK_OK(ftk_dataset_attr_set(&a, "tools=tools"));
+        struct ds_conv c;
+        cJSON *keep = NULL;
+        CHECK_ERR(conv1(&a, "{\"instruction\":\"q\",\"output\":\"a\",\"tools\":\"[{}]\"}", &c, &keep),
+                  FTK_E_UNSUPPORTED, "tool descriptions");
+        cJSON_Delete(keep);
+        expect_conv(&a, "{\"instruction\":\"q\",\"output\":\"a\",\"tools\":\"\"}", "user:q|assistant:a", 1, NULL);
     }
     TEST("sharegpt pairwise (dpo_en_demo layout) and kto (kto_en_demo layout)") {
         struct ftk_dataset_attr a = sg;
