@@ -50,7 +50,7 @@ struct adalora {
     double alpha, dropout, beta1, beta2, orth;
     int init_true;
     float scale;                       /* s = alpha / (ranknum + 1e-5) */
-    char targets[512];
+    char *targets;              /* any length: a regex target_modules arrives as every module's name */
     struct ada_site sites[MAX_SITES];
     int n;
     int have_pattern;                  /* a rank pattern exists (masking done, or loaded) */
@@ -81,16 +81,17 @@ static int targeted(const struct adalora *S, const struct ftk_site *s)
 {
     if (!strcmp(S->targets, "all") || !strcmp(S->targets, "all-linear"))
         return s->kind != FTK_LIN_LM_HEAD;
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s", S->targets);
-    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+    const char *name = ftk_linear_name(s->kind);
+    size_t m = strlen(s->module);
+    for (const char *t = S->targets; *t;) {   /* no copy: the list has any length */
         while (*t == ' ')
             t++;
-        size_t n = strlen(t), m = strlen(s->module);
+        size_t n = strcspn(t, ",");
         /* peft: the module name equals the target or ends with ".target" */
-        if (!strcmp(t, ftk_linear_name(s->kind)) || !strcmp(t, s->module) ||
-            (m > n && !strcmp(s->module + m - n, t) && s->module[m - n - 1] == '.'))
+        if ((n == strlen(name) && !strncmp(t, name, n)) || (n == m && !strncmp(t, s->module, n)) ||
+            (n && m > n && s->module[m - n - 1] == '.' && !strncmp(s->module + m - n, t, n)))
             return 1;
+        t += n + (t[n] == ',');
     }
     return 0;
 }
@@ -219,7 +220,7 @@ static ftk_status ada_init(struct ftk_peft *p, const struct ftk_kv *o)
     const char *mts = ftk_kv_get(o, "modules_to_save");
     FTK_FAIL_IF(mts && *mts, FTK_E_UNSUPPORTED, "modules_to_save=%s with AdaLoRA is not supported", mts);
     const char *t = ftk_kv_get(o, "target_modules");
-    snprintf(S->targets, sizeof S->targets, "%s", t ? t : "q_proj,v_proj");   /* peft's default for Llama, Qwen */
+    FTK_FAIL_IF(!(S->targets = strdup(t ? t : "q_proj,v_proj")), FTK_E_NOMEM, "out of memory");   /* peft's default for Llama, Qwen */
     float ranknum = (float)S->r + 1e-5f;
     S->scale = (S->alpha > 0 ? (float)S->alpha : (float)S->r) / ranknum;
 
@@ -609,8 +610,12 @@ static ftk_status ada_save(struct ftk_peft *p, const char *dir, const char *base
     FTK_TRY(st);
 
     cJSON *c = cJSON_CreateObject(), *tm = cJSON_CreateArray();
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s", S->targets);
+    char *buf = strdup(S->targets);
+    if (!buf) {
+        cJSON_Delete(c);
+        cJSON_Delete(tm);
+        FTK_FAIL(FTK_E_NOMEM, "out of memory");
+    }
     static const char *linear[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
     if (!strcmp(buf, "all") || !strcmp(buf, "all-linear"))
         for (int i = 0; i < 7; i++)
@@ -618,6 +623,7 @@ static ftk_status ada_save(struct ftk_peft *p, const char *dir, const char *base
     else
         for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
             cJSON_AddItemToArray(tm, cJSON_CreateString(t));
+    free(buf);
     cJSON_AddStringToObject(c, "peft_type", "ADALORA");
     cJSON_AddStringToObject(c, "task_type", "CAUSAL_LM");
     if (base_path)
@@ -651,8 +657,9 @@ static ftk_status ada_save(struct ftk_peft *p, const char *dir, const char *base
             cJSON *l = cJSON_CreateArray();
             for (int64_t k = 0; k < S->r; k++)
                 cJSON_AddItemToArray(l, cJSON_CreateBool(S->sites[i].keep[k]));
-            snprintf(buf, sizeof buf, "%s.lora_E", S->sites[i].s->module);
-            cJSON_AddItemToObject(rp, buf, l);
+            char key[300];
+            snprintf(key, sizeof key, "%s.lora_E", S->sites[i].s->module);
+            cJSON_AddItemToObject(rp, key, l);
         }
         cJSON_AddItemToObject(c, "rank_pattern", rp);
     } else {
@@ -795,6 +802,7 @@ static void ada_release(struct ftk_peft *p)
     }
     free(S->hw);
     free(S->hg);
+    free(S->targets);
 }
 
 FTK_EXPORT const struct ftk_peft_plugin ftk_peft_plugin = {

@@ -32,7 +32,7 @@ struct bitfit_site {
 };
 
 struct bitfit {
-    char targets[512];
+    char *targets;              /* any length: a regex target_modules arrives as every module's name */
     struct bitfit_site sites[MAX_SITES];
     int n;
     float *ones;               /* (N) */
@@ -46,14 +46,16 @@ static int in_list(const char *list, const struct ftk_site *s)
     const char *name = ftk_linear_name(s->kind);
     if (!strcmp(list, "all") || !strcmp(list, "all-linear"))
         return s->kind != FTK_LIN_LM_HEAD;
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s", list);
-    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+    size_t m = strlen(s->module);
+    for (const char *t = list; *t;) {   /* no copy: the list has any length */
         while (*t == ' ')
             t++;
-        size_t n = strlen(t), m = strlen(s->module);
-        if (!strcmp(t, name) || !strcmp(t, s->module) || (m > n && !strcmp(s->module + m - n, t) && s->module[m - n - 1] == '.'))
+        size_t n = strcspn(t, ",");
+        /* peft: the module name equals the target or ends with ".target" */
+        if ((n == strlen(name) && !strncmp(t, name, n)) || (n == m && !strncmp(t, s->module, n)) ||
+            (n && m > n && s->module[m - n - 1] == '.' && !strncmp(s->module + m - n, t, n)))
             return 1;
+        t += n + (t[n] == ',');
     }
     return 0;
 }
@@ -64,7 +66,7 @@ static ftk_status bitfit_init(struct ftk_peft *p, const struct ftk_kv *o)
     void *ctx;
     const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
     const char *t = ftk_kv_get(o, "target_modules");
-    snprintf(S->targets, sizeof S->targets, "%s", t ? t : "all");
+    FTK_FAIL_IF(!(S->targets = strdup(t ? t : "all")), FTK_E_NOMEM, "out of memory");
     for (size_t i = 0; i < ftk_peft_n_sites(p); i++) {
         const struct ftk_site *s = ftk_peft_site(p, i);
         if (!in_list(S->targets, s))
@@ -255,6 +257,7 @@ static void bitfit_release(struct ftk_peft *p)
     const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
     be->free(ctx, S->ones);
     be->free(ctx, S->diff);
+    free(S->targets);
 }
 
 FTK_EXPORT const struct ftk_peft_plugin ftk_peft_plugin = {

@@ -48,7 +48,7 @@ struct dp_site {
 };
 
 struct diffprune {
-    char targets[512];
+    char *targets;              /* any length: a regex target_modules arrives as every module's name */
     struct hc_params hc;
     double lambda;             /* sparsity_pen */
     double alpha_init, alpha_lr_ratio;
@@ -69,14 +69,16 @@ static int in_list(const char *list, const struct ftk_site *s)
     const char *name = ftk_linear_name(s->kind);
     if (!strcmp(list, "all") || !strcmp(list, "all-linear"))
         return s->kind != FTK_LIN_LM_HEAD;
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s", list);
-    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+    size_t m = strlen(s->module);
+    for (const char *t = list; *t;) {   /* no copy: the list has any length */
         while (*t == ' ')
             t++;
-        size_t n = strlen(t), m = strlen(s->module);
-        if (!strcmp(t, name) || !strcmp(t, s->module) || (m > n && !strcmp(s->module + m - n, t) && s->module[m - n - 1] == '.'))
+        size_t n = strcspn(t, ",");
+        /* peft: the module name equals the target or ends with ".target" */
+        if ((n == strlen(name) && !strncmp(t, name, n)) || (n == m && !strncmp(t, s->module, n)) ||
+            (n && m > n && s->module[m - n - 1] == '.' && !strncmp(s->module + m - n, t, n)))
             return 1;
+        t += n + (t[n] == ',');
     }
     return 0;
 }
@@ -147,7 +149,7 @@ static ftk_status dp_init(struct ftk_peft *p, const struct ftk_kv *o)
     FTK_FAIL_IF(ps && !ts, FTK_E_INVALID, "diffprune: projection_step needs target_sparsity");
     FTK_FAIL_IF(strcmp(be->name, "cpu"), FTK_E_UNSUPPORTED, "diffprune on the %s backend is not implemented yet", be->name);
     const char *t = ftk_kv_get(o, "target_modules");
-    snprintf(S->targets, sizeof S->targets, "%s", t ? t : "all");
+    FTK_FAIL_IF(!(S->targets = strdup(t ? t : "all")), FTK_E_NOMEM, "out of memory");
 
     for (size_t i = 0; i < ftk_peft_n_sites(p); i++) {
         const struct ftk_site *s = ftk_peft_site(p, i);
@@ -621,6 +623,7 @@ static void dp_release(struct ftk_peft *p)
     be->free(ctx, S->gd);
     for (int i = 0; i < S->n; i++)
         free(S->sites[i].keep);
+    free(S->targets);
 }
 
 FTK_EXPORT const struct ftk_peft_plugin ftk_peft_plugin = {

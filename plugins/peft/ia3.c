@@ -30,7 +30,7 @@ struct ia3_site {
 };
 
 struct ia3 {
-    char targets[512], ff[512];
+    char *targets, *ff;        /* any length: a regex target_modules arrives as every module's name */
     struct ia3_site sites[MAX_SITES];
     int n;
     float *tmp, *tmp2;         /* scratch (N, max(I,O)) each */
@@ -51,14 +51,16 @@ static int in_list(const char *list, const struct ftk_site *s)
     const char *name = ftk_linear_name(s->kind);
     if (!strcmp(list, "all") || !strcmp(list, "all-linear"))
         return s->kind != FTK_LIN_LM_HEAD;
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s", list);
-    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+    size_t m = strlen(s->module);
+    for (const char *t = list; *t;) {   /* no copy: the list has any length */
         while (*t == ' ')
             t++;
-        size_t n = strlen(t), m = strlen(s->module);
-        if (!strcmp(t, name) || !strcmp(t, s->module) || (m > n && !strcmp(s->module + m - n, t) && s->module[m - n - 1] == '.'))
+        size_t n = strcspn(t, ",");
+        /* peft: the module name equals the target or ends with ".target" */
+        if ((n == strlen(name) && !strncmp(t, name, n)) || (n == m && !strncmp(t, s->module, n)) ||
+            (n && m > n && s->module[m - n - 1] == '.' && !strncmp(s->module + m - n, t, n)))
             return 1;
+        t += n + (t[n] == ',');
     }
     return 0;
 }
@@ -83,8 +85,8 @@ static ftk_status ia3_init(struct ftk_peft *p, const struct ftk_kv *o)
     FTK_FAIL_IF(strcmp(be->name, "cpu"), FTK_E_UNSUPPORTED, "ia3 on the %s backend is not implemented yet", be->name);
     const struct ftk_model_config *c = ftk_peft_config(p);
     const char *t = ftk_kv_get(o, "target_modules"), *f = ftk_kv_get(o, "feedforward_modules");
-    snprintf(S->targets, sizeof S->targets, "%s", t ? t : default_targets(c->model_type));
-    snprintf(S->ff, sizeof S->ff, "%s", f ? f : "down_proj");   /* peft: the mapping, whatever the targets */
+    FTK_FAIL_IF(!(S->targets = strdup(t ? t : default_targets(c->model_type))), FTK_E_NOMEM, "out of memory");
+    FTK_FAIL_IF(!(S->ff = strdup(f ? f : "down_proj")), FTK_E_NOMEM, "out of memory");   /* peft: the mapping, whatever the targets */
     int init_ones, fifo;
     FTK_TRY(ftk_kv_bool(o, "init_ia3_weights", 1, &init_ones));
     FTK_TRY(ftk_kv_bool(o, "fan_in_fan_out", 0, &fifo));
@@ -212,18 +214,24 @@ static int ff_used(const struct ia3 *S, const char *name)
 static cJSON *name_list(const char *list, const struct ia3 *S)
 {
     cJSON *a = cJSON_CreateArray();
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s", list);
+    char *buf = strdup(list);
+    if (!a || !buf) {
+        cJSON_Delete(a);
+        free(buf);
+        return NULL;
+    }
     static const char *linear[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
     if (!strcmp(buf, "all") || !strcmp(buf, "all-linear")) {
         for (int i = 0; i < 7; i++)
             if (!S || ff_used(S, linear[i]))
                 cJSON_AddItemToArray(a, cJSON_CreateString(linear[i]));
+        free(buf);
         return a;
     }
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
         if (!S || ff_used(S, t))
             cJSON_AddItemToArray(a, cJSON_CreateString(t));
+    free(buf);
     return a;
 }
 
@@ -251,15 +259,21 @@ static ftk_status ia3_save(struct ftk_peft *p, const char *dir, const char *base
     ftk_message_free(&msg);
     FTK_TRY(st);
 
-    cJSON *c = cJSON_CreateObject();
+    cJSON *c = cJSON_CreateObject(), *tl = name_list(S->targets, NULL), *fl = name_list(S->ff, S);
+    if (!c || !tl || !fl) {
+        cJSON_Delete(c);
+        cJSON_Delete(tl);
+        cJSON_Delete(fl);
+        FTK_FAIL(FTK_E_NOMEM, "out of memory");
+    }
     cJSON_AddStringToObject(c, "peft_type", "IA3");
     cJSON_AddStringToObject(c, "task_type", "CAUSAL_LM");
     if (base_path)
         cJSON_AddStringToObject(c, "base_model_name_or_path", base_path);
     else
         cJSON_AddNullToObject(c, "base_model_name_or_path");
-    cJSON_AddItemToObject(c, "target_modules", name_list(S->targets, NULL));
-    cJSON_AddItemToObject(c, "feedforward_modules", name_list(S->ff, S));
+    cJSON_AddItemToObject(c, "target_modules", tl);
+    cJSON_AddItemToObject(c, "feedforward_modules", fl);
     cJSON_AddBoolToObject(c, "fan_in_fan_out", 0);
     cJSON_AddBoolToObject(c, "init_ia3_weights", 1);
     cJSON_AddBoolToObject(c, "inference_mode", 1);
@@ -337,6 +351,8 @@ static void ia3_release(struct ftk_peft *p)
     const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
     be->free(ctx, S->tmp);
     be->free(ctx, S->tmp2);
+    free(S->targets);
+    free(S->ff);
 }
 
 FTK_EXPORT const struct ftk_peft_plugin ftk_peft_plugin = {

@@ -60,7 +60,7 @@ struct lora {
     int niter;                 /* N of pissa_niter_N; -1 otherwise */
     uint64_t init_seed;        /* pissa_niter_N's test matrices: ftk_init_seed, else the run's seed */
     char *rank_pattern, *alpha_pattern;   /* peft's per-module overrides, JSON objects (NULL: none) */
-    char targets[512];         /* comma list as given, or "all" */
+    char *targets;              /* any length: a regex target_modules arrives as every module's name */         /* comma list as given, or "all" */
     struct lora_site sites[MAX_SITES];
     int n;
     float *tmp, *tmp2;         /* (N, r) scratch, (N, I) dropout input */
@@ -119,15 +119,16 @@ static int targeted(const struct lora *L, const struct ftk_site *s)
     const char *name = ftk_linear_name(s->kind);
     if (!strcmp(L->targets, "all") || !strcmp(L->targets, "all-linear"))
         return s->kind != FTK_LIN_LM_HEAD;   /* LLaMA-Factory's `all`, peft's `all-linear` */
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s", L->targets);
-    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+    size_t m = strlen(s->module);
+    for (const char *t = L->targets; *t;) {   /* no copy: the list has any length */
         while (*t == ' ')
             t++;
-        size_t n = strlen(t), m = strlen(s->module);
+        size_t n = strcspn(t, ",");
         /* peft: the module name equals the target or ends with ".target" */
-        if (!strcmp(t, name) || !strcmp(t, s->module) || (m > n && !strcmp(s->module + m - n, t) && s->module[m - n - 1] == '.'))
+        if ((n == strlen(name) && !strncmp(t, name, n)) || (n == m && !strncmp(t, s->module, n)) ||
+            (n && m > n && s->module[m - n - 1] == '.' && !strncmp(s->module + m - n, t, n)))
             return 1;
+        t += n + (t[n] == ',');
     }
     return 0;
 }
@@ -565,7 +566,7 @@ static ftk_status lora_init(struct ftk_peft *p, const struct ftk_kv *o)
                 "loraplus_lr_ratio with modules_to_save=norm: LoRA+ would train the (1-D) norm weight at lr * ratio "
                 "with weight decay, which ftk's trainer cannot express for a base weight");
     const char *t = ftk_kv_get(o, "target_modules");
-    snprintf(L->targets, sizeof L->targets, "%s", t ? t : "all");
+    FTK_FAIL_IF(!(L->targets = strdup(t ? t : "all")), FTK_E_NOMEM, "out of memory");
     /* peft LoraModel._create_and_replace: per-module r and lora_alpha from the patterns */
     static const char *const pat_key[2] = {"rank_pattern", "alpha_pattern"};
     for (int k = 0; k < 2; k++) {
@@ -901,8 +902,12 @@ static ftk_status lora_save(struct ftk_peft *p, const char *dir, const char *bas
     FTK_TRY(st);
 
     cJSON *c = cJSON_CreateObject(), *tm = cJSON_CreateArray();
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s", L->targets);
+    char *buf = strdup(L->targets);
+    if (!buf) {
+        cJSON_Delete(c);
+        cJSON_Delete(tm);
+        FTK_FAIL(FTK_E_NOMEM, "out of memory");
+    }
     int all = !strcmp(buf, "all") || !strcmp(buf, "all-linear");
     static const char *linear[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
     if (all)
@@ -911,6 +916,7 @@ static ftk_status lora_save(struct ftk_peft *p, const char *dir, const char *bas
     else
         for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
             cJSON_AddItemToArray(tm, cJSON_CreateString(t));
+    free(buf);
     cJSON_AddStringToObject(c, "peft_type", "LORA");
     cJSON_AddStringToObject(c, "task_type", "CAUSAL_LM");
     if (base_path)
@@ -1053,6 +1059,7 @@ static void lora_release(struct ftk_peft *p)
     be->free(ctx, L->mns);
     free(L->rank_pattern);
     free(L->alpha_pattern);
+    free(L->targets);
 }
 
 FTK_EXPORT const struct ftk_peft_plugin ftk_peft_plugin = {

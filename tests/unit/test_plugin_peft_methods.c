@@ -310,6 +310,24 @@ int main(void)
         }
         ftk_st_model_close(e);
     }
+    TEST("a target_modules list of any length is read whole (a regex arrives as every module's name)") {
+        char list[1200] = "";
+        for (int k = 0; k < 30; k++)   /* 30 names of modules the tiny model lacks, then down_proj */
+            strcat(list, "model.layers.7.self_attn.q_proj,");
+        strcat(list, "down_proj");
+        static const char *plug[5] = {"lora", "adalora", "bitfit", "diffprune", "ia3"};
+        static const char *suffix[5] = {"lora_A.weight", "lora_A", "bias", "diff_w", "ia3_l"};
+        for (int pi = 0; pi < 5; pi++) {
+            const struct ftk_kv o[] = {{"target_modules", list}, {pi == 1 ? "total_step" : NULL, "10"}, {NULL, NULL}};
+            struct ftk_model *m = tiny_with("llama", plug[pi], o, NULL);
+            char nm[200];
+            snprintf(nm, sizeof nm, "base_model.model.model.layers.1.mlp.down_proj.%s", suffix[pi]);
+            if (m && !ftk_model_find_param(m, nm))
+                CHECK_FAIL_("no down_proj parameter");
+            printf("  %s: %s %s\n", plug[pi], nm, m && ftk_model_find_param(m, nm) ? "found" : "missing");
+            ftk_model_free(m);
+        }
+    }
     TEST("bad options are errors naming them") {
         struct ftk_model *m;
         const struct ftk_peft_plugin *pl;
