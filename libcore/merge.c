@@ -97,6 +97,7 @@ struct item {
     const struct ftk_site *bias_of; /* the plugin path: this bias is the plugin's merge_bias there */
     int zero;                       /* a bias the base lacks, zero: its config switch gives the
                                        other linears of the group one too */
+    int head_copy;                  /* the untied head's original values, not the adapter's */
     int shard;
 };
 
@@ -610,14 +611,41 @@ static struct item *find_item(struct plan *p, const char *name)
 
 /* modules_to_save: the adapter's copy of a whole module replaces the base tensor. A copy of
  * lm_head on a model that ties it to embed_tokens would untie them: refused. */
+/* A tied base (no lm_head.weight) whose head the adapter untied: an "lm_head.weight" item shaped
+ * as the embeddings `emb`, appended; the caller says where its values come from. transformers 5
+ * (and ftk) load a stored head that differs from the embeddings as its own matrix. */
+static struct item *add_head(struct plan *p, const struct ftk_tensor *emb, enum ftk_dtype dt)
+{
+    struct item *items = realloc(p->items, (p->n + 1) * sizeof *items);
+    if (!items)
+        return NULL;
+    p->items = items;
+    struct item *it = &p->items[p->n++];
+    memset(it, 0, sizeof *it);
+    it->name = "lm_head.weight";
+    it->src = emb;
+    it->dtype = dt;   /* the embeddings' output dtype */
+    p->total += out_bytes(it);
+    return it;
+}
+
+/* modules_to_save: the adapter's copy of a whole module replaces the base tensor. On a tied base
+ * (peft wraps only the module it names; the other keeps the shared matrix) a saved embed_tokens
+ * gets lm_head.weight = the original embeddings beside it, and a saved lm_head becomes
+ * lm_head.weight, the embeddings staying. */
 static ftk_status plan_saved(struct plan *p, const struct merge_adapter *ad, const char *model, const char *adapter)
 {
+    (void)model;
+    const struct item *emb = find_item(p, "model.embed_tokens.weight");
+    const struct ftk_tensor *emb_src = emb ? emb->src : NULL;
+    enum ftk_dtype out_dt = emb ? emb->dtype : FTK_DTYPE_F32;
+    int tied = emb && !find_item(p, "lm_head.weight");
     for (size_t k = 0; k < ad->n_saved; k++) {
         const struct merge_saved *sv = &ad->saved[k];
         struct item *it = find_item(p, sv->name);
-        FTK_FAIL_IF(!it && !strcmp(sv->name, "lm_head.weight"), FTK_E_UNSUPPORTED,
-                    "%s: modules_to_save holds lm_head, which %s ties to embed_tokens (no lm_head.weight): merging it would untie "
-                    "them; cannot merge", adapter, model);
+        if (!it && tied && !strcmp(sv->name, "lm_head.weight")) {
+            FTK_FAIL_IF(!(it = add_head(p, emb_src, out_dt)), FTK_E_NOMEM, "out of memory");
+        }
         FTK_FAIL_IF(!it, FTK_E_MISMATCH, "%s: modules_to_save tensor %s has no tensor %s in %s (adapter for another base?)", adapter,
                     sv->name, sv->name, model);
         const struct ftk_tensor *w = it->src;
@@ -628,6 +656,10 @@ static ftk_status plan_saved(struct plan *p, const struct merge_adapter *ad, con
                     adapter, sv->name, sv->name, model);
         FTK_FAIL_IF(it->lora || it->saved, FTK_E_FORMAT, "%s: %s is both saved whole and adapted", adapter, sv->name);
         it->saved = sv->t;
+    }
+    struct item *e = find_item(p, "model.embed_tokens.weight");
+    if (tied && e && e->saved && !find_item(p, "lm_head.weight")) {   /* the head keeps the original embeddings */
+        FTK_FAIL_IF(!add_head(p, emb_src, out_dt), FTK_E_NOMEM, "out of memory");
     }
     return FTK_OK;
 }
@@ -649,6 +681,13 @@ static ftk_status plan_trained(struct plan *p)
                     "%s: the loaded model's copy has %lld elements, the checkpoint's %lld", it->name, (long long)numel,
                     (long long)ftk_tensor_numel(it->src));
         FTK_FAIL_IF(it->site, FTK_E_FORMAT, "%s is both trained whole and adapted", it->name);
+    }
+    struct item *e = find_item(p, "model.embed_tokens.weight");
+    if (p->m->own_head && e && !find_item(p, "lm_head.weight")) {   /* untied for modules_to_save: its own head */
+        struct item *h = add_head(p, e->src, e->dtype);
+        FTK_FAIL_IF(!h, FTK_E_NOMEM, "out of memory");
+        h->trained = p->m->lm_head->w;
+        h->head_copy = 1;
     }
     return FTK_OK;
 }
@@ -906,7 +945,7 @@ ftk_status ftk_merge_lora(const struct ftk_merge_opts *opts, struct ftk_merge_st
         stats->merged = (int64_t)ad.n_pairs;
         for (size_t i = 0; i < p.n; i++) {
             stats->merged += p.items[i].site != NULL || p.items[i].bias_of != NULL;
-            stats->replaced += p.items[i].saved != NULL || p.items[i].trained != NULL;
+            stats->replaced += p.items[i].saved != NULL || (p.items[i].trained != NULL && !p.items[i].head_copy);
         }
         stats->shards = p.n_shards;
         stats->total_size = p.total;

@@ -42,6 +42,7 @@ struct ftk_model {
     void *ctx;
     struct ftk_param *params;      /* base weights, HF order */
     size_t n_params;
+    float *own_head;            /* lm_head's own copy when untied for modules_to_save (not in the arena) */
     struct ftk_param **train;      /* trainable: base ones, then the plugin's */
     size_t n_train, cap_train;
     struct ftk_param *extra;       /* the plugin's parameters (owned) */

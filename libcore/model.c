@@ -204,6 +204,8 @@ void ftk_model_free(struct ftk_model *m)
         m->be->free(m->ctx, m->act_arena);
     if (m->peft && FTK_PLUGIN_SLOT(m->peft->pl, release))
         m->peft->pl->release(m->peft);
+    if (m->own_head)
+        m->be->free(m->ctx, m->own_head);
     if (m->peft)
         free(m->peft->priv);
     free(m->peft);
@@ -271,11 +273,60 @@ static ftk_status push_train(struct ftk_model *m, struct ftk_param *p)
 
 /* ---- the PEFT instance -------------------------------------------------------------------- */
 
+/* Does the comma list of modules_to_save name embed_tokens or lm_head (peft: an entry the module
+ * name ends with)? */
+static int saves_tied_module(const char *mts)
+{
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", mts ? mts : "");
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        size_t n = strlen(t);
+        static const char *const tied[2] = {"model.embed_tokens", "lm_head"};
+        for (int k = 0; k < 2; k++) {
+            size_t l = strlen(tied[k]);
+            if (n && n <= l && !strcmp(tied[k] + l - n, t) && (n == l || tied[k][l - n - 1] == '.'))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* peft's modules_to_save on a model whose lm_head is its embeddings wraps the one module named:
+ * its copy trains and is saved, the other keeps the original matrix (peft 0.21,
+ * ensure_weight_tying false). ftk unties the same way: lm_head becomes its own copy of the
+ * embeddings, a base parameter "lm_head.weight" (the table has room for it). */
+static ftk_status untie_head(struct ftk_model *m)
+{
+    struct ftk_param *h = &m->params[m->n_params];
+    *h = *m->wte;
+    h->g = NULL;
+    h->name = strdup("lm_head.weight");
+    FTK_FAIL_IF(!h->name, FTK_E_NOMEM, "out of memory");
+    size_t bytes = (size_t)h->numel * sizeof(float);
+    ftk_status s = m->be->alloc(m->ctx, bytes, (void **)&h->w);
+    if (s == FTK_OK)
+        s = m->be->copy(m->ctx, h->w, m->wte->w, bytes);
+    if (s != FTK_OK) {
+        free(h->name);
+        if (h->w)
+            m->be->free(m->ctx, h->w);
+        memset(h, 0, sizeof *h);
+        return s;
+    }
+    m->own_head = h->w;
+    m->lm_head = h;
+    m->n_params++;
+    m->cfg.tie_word_embeddings = 0;
+    return FTK_OK;
+}
+
 ftk_status ftk_model_set_peft(struct ftk_model *m, const struct ftk_peft_plugin *pl, const struct ftk_kv *opts,
                               uint64_t seed, struct ftk_peft **out)
 {
     FTK_FAIL_IF(m->peft, FTK_E_INVALID, "a PEFT method is already attached");
     FTK_FAIL_IF(m->cfg.L > 63, FTK_E_UNSUPPORTED, "models of more than 63 layers are not supported yet");
+    if (m->cfg.tie_word_embeddings && saves_tied_module(ftk_kv_get(opts, "modules_to_save")))
+        FTK_TRY(untie_head(m));
     struct ftk_peft *p = calloc(1, sizeof *p);
     FTK_FAIL_IF(!p, FTK_E_NOMEM, "out of memory");
     p->pl = pl;

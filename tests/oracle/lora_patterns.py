@@ -10,6 +10,8 @@ perturbed copy of lm_head:
   dora-mts/  DoRA r 2 on q_proj, v_proj with modules_to_save ["lm_head"] (merged by the plugin
              path of ftk merge-lora)
   regex-targets/  target_modules and exclude_modules as regex strings (re.fullmatch)
+  ../qwen3/mts-embed/, ../qwen3/dora-mts-embed/  modules_to_save ["embed_tokens"] on qwen3, whose
+             lm_head is tied to the embeddings (peft trains a copy; the head keeps the original)
 Each directory holds peft's save_pretrained output and expected.safetensors: "logits" of base +
 adapter (unmerged, float32) on the fixture batch, and "merged.<name>" for every tensor of peft's
 merge_and_unload.
@@ -36,6 +38,11 @@ CASES = {
     "dora-mts": dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], use_dora=True, modules_to_save=["lm_head"]),
     "regex-targets": dict(r=2, lora_alpha=4, target_modules=r".*\.layers\.\d\.(self_attn\.(q|v)|mlp\.[a-z]+)_proj",
                           exclude_modules=r".*\.layers\.0\.mlp\.up_proj"),
+    # qwen3's fixture ties lm_head to embed_tokens: peft trains a copy of embed_tokens, the head
+    # keeps the original matrix
+    "qwen3/mts-embed": dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], modules_to_save=["embed_tokens"]),
+    "qwen3/dora-mts-embed": dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], use_dora=True,
+                                 modules_to_save=["embed_tokens"]),
 }
 
 
@@ -83,18 +90,19 @@ def pattern_cases():
 
 def main():
     pattern_cases()
-    e = load_file(os.path.join(BASE, "expected.safetensors"))
-    ids, pos = e["input_ids"].long(), e["position_ids"].long()
     for name, kw in CASES.items():
+        base = BASE if "/" not in name else os.path.join(os.path.dirname(BASE), name.split("/")[0])
+        e = load_file(os.path.join(base, "expected.safetensors"))
+        ids, pos = e["input_ids"].long(), e["position_ids"].long()
         torch.manual_seed(7)   # lora_A's init
         gen = torch.Generator().manual_seed(7)
-        m = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32, attn_implementation="eager")
+        m = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="eager")
         pm = peft.get_peft_model(m, peft.LoraConfig(lora_dropout=0.0, task_type="CAUSAL_LM", **kw))
         with torch.no_grad():
             for n, p in pm.named_parameters():
                 if "lora_B" in n or "modules_to_save" in n or "lora_magnitude" in n:
                     p.add_(0.1 * torch.randn(p.shape, generator=gen))
-        out = os.path.join(BASE, name)
+        out = os.path.join(BASE, name) if "/" not in name else os.path.join(os.path.dirname(BASE), name)
         pm.save_pretrained(out, safe_serialization=True)
         cfg = os.path.join(out, "adapter_config.json")   # peft writes target_modules from a set: sort it
         c = json.load(open(cfg))

@@ -76,6 +76,17 @@ check "qwen2 (IA)3: merged loss = base + adapter loss" jq -n --argjson a "$(ftk 
 check "train BitFit on mistral" ftk train-step --model "$FIX/mistral" --finetuning-type bitfit --max-steps 1 --metrics /dev/null \
     --output "$T/ad-bm" "$T/b8.fts"
 check_fail "mistral has no place for biases" 1 "cannot be stored in" ftk merge-lora --model "$FIX/mistral" --adapter "$T/ad-bm" -o "$T/xbm"
+# modules_to_save on a tied model (stories260K): as peft, each named module trains its own copy and
+# the other keeps the shared matrix; merged, lm_head.weight is stored beside the embeddings
+S="$ROOT/models/stories260K"
+for mts in embed_tokens lm_head embed_tokens,lm_head; do
+    check "tied model, modules_to_save=$mts: trains" ftk train-step --model "$S" --lora-rank 2 --peft-opt modules_to_save=$mts \
+        --lr 5e-2 --max-steps 2 --metrics /dev/null --output "$T/ad-t-$mts" "$T/b8.fts"
+    check "  merges" ftk merge-lora -q --model "$S" --adapter "$T/ad-t-$mts" -o "$T/mt-t-$mts"
+    check "  merged loss = base + adapter loss" jq -n --argjson a "$(ftk eval --model "$S" --adapter "$T/ad-t-$mts" "$T/b8.fts" | jq .loss)" \
+        --argjson b "$(ftk eval --model "$T/mt-t-$mts" "$T/b8.fts" | jq .loss)" '(($a - $b) | fabs) < 1e-5 * $a'
+    check_eq "  the merged checkpoint stores lm_head.weight" "$(st_header "$T/mt-t-$mts/model.safetensors" | jq 'has("lm_head.weight")')" "true"
+done
 check "train a prefix with ftk" ftk train-step --model "$FIX/llama" --finetuning-type prefix_tuning --peft-opt num_virtual_tokens=2 \
     --max-steps 1 --metrics /dev/null --output "$T/ad-prefix" "$T/b8.fts"
 check_fail "prefix tuning cannot be merged" 1 "cannot be folded into the weights" \

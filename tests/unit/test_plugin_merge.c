@@ -294,6 +294,10 @@ int main(void)
     TEST("target_modules and exclude_modules as regex strings: forward and merge = peft") {
         peft_expected_case("regex-targets", "tests/fixtures/hf_tiny/llama", "tests/fixtures/hf_tiny/llama/regex-targets", 9, 0, 1);
     }
+    TEST("modules_to_save embed_tokens on a tied model (qwen3): the head keeps the original embeddings, as peft") {
+        peft_expected_case("qwen3-mts-embed", "tests/fixtures/hf_tiny/qwen3", "tests/fixtures/hf_tiny/qwen3/mts-embed", 4, 1, 1);
+        peft_expected_case("qwen3-dora-mts-embed", "tests/fixtures/hf_tiny/qwen3", "tests/fixtures/hf_tiny/qwen3/dora-mts-embed", 4, 1, 1);
+    }
     TEST("DoRA with modules_to_save (the plugin path): forward and merge = peft") {
         peft_expected_case("dora-mts", "tests/fixtures/hf_tiny/llama", "tests/fixtures/hf_tiny/llama/dora-mts", 4, 1, 1);
     }
