@@ -549,8 +549,9 @@ static ftk_status parse_example(struct packer *k, const struct ftk_message *m,
                           k->msg_index, src ? ", record " : "", src ? src : "");
 }
 
-/* The over-long policy. Returns FTK_OK with *e set to NULL when the example is dropped. */
-static ftk_status apply_limit(struct packer *k, struct ftk_pack_example **ep)
+/* The over-long policy. Returns FTK_OK with *e set to NULL when the example is dropped.
+ * m is the example's message, for the record its error names. */
+static ftk_status apply_limit(struct packer *k, const struct ftk_message *m, struct ftk_pack_example **ep)
 {
     struct ftk_pack_example *e = *ep;
     if (k->limit == 0 || ftk_pack_example_len(e) <= k->limit)
@@ -571,12 +572,13 @@ static ftk_status apply_limit(struct packer *k, struct ftk_pack_example **ep)
         return FTK_OK;
     default: {
         int64_t len = ftk_pack_example_len(e), idx = e->index;
+        const char *src = ftk_message_get_meta(m, "index");
         free(e);
         *ep = NULL;
         FTK_FAIL(FTK_E_INVALID,
-                 "example %" PRId64 " (message %zu) has %" PRId64 " tokens, more than the row "
+                 "example %" PRId64 " (message %zu%s%.24s) has %" PRId64 " tokens, more than the row "
                  "limit %" PRId64 " (%s); pass --truncate or --drop",
-                 idx, k->msg_index, len, k->limit,
+                 idx, k->msg_index, src ? ", record " : "", src ? src : "", len, k->limit,
                  k->c->seq_len > 0 ? "--seq-len" : "--max-tokens");
     }
     }
@@ -723,7 +725,7 @@ static ftk_status handle_example(struct packer *k, const struct ftk_message *m)
     struct ftk_pack_example *e = NULL;
     FTK_TRY(parse_example(k, m, &e));
     k->st.examples++;
-    FTK_TRY(apply_limit(k, &e));
+    FTK_TRY(apply_limit(k, m, &e));
     if (!e)
         return FTK_OK;
     return shuffle_push(k, e);

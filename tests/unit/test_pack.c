@@ -22,6 +22,7 @@ struct gen {
     const char *examples;  /* header's example count, if any */
     const char *header_kind; /* example_kind written in the header when not kind */
     int note;              /* add a message of an unknown kind after example 0 */
+    int records;           /* example i carries metadata index = 100 + i (its dataset record) */
 };
 
 static uint64_t mix(uint64_t x)
@@ -72,6 +73,8 @@ static FILE *make_stream(const struct gen *g)
     for (int64_t i = 0; i < g->count; i++) {
         ftk_message_free(&m);
         ftk_message_set_meta(&m, "kind", "example");
+        if (g->records)
+            ftk_message_set_meta_int(&m, "index", 100 + i);
         for (int s = 0; s < (pw ? 2 : 1); s++) {
             int64_t n = ex_len(g, i, s);
             struct ftk_tensor *a, *b;
@@ -637,6 +640,10 @@ static void test_pipeline(void)
         c.seq_len = 16;
         CHECK_ERR(pack(&c, &g, &out), FTK_E_INVALID, "example 2 (message 3) has 30 tokens");
         CHECK(strstr(ftk_last_error(), "--truncate or --drop") != NULL);
+        fclose(out);
+        struct gen gr = g;   /* tokenize's examples carry their dataset record: the error names it */
+        gr.records = 1;
+        CHECK_ERR(pack(&c, &gr, &out), FTK_E_INVALID, "example 2 (message 3, record 102) has 30 tokens");
         fclose(out);
         c.overlong = FTK_PACK_OVERLONG_TRUNCATE;
         CHECK_OK(pack(&c, &g, &out));
