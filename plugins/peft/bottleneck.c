@@ -28,6 +28,8 @@ static ftk_status bn_init(struct ftk_peft *p, const struct ftk_kv *o)
     const struct ftk_model_config *mc = ftk_peft_config(p);
     struct bn_config c;
     FTK_TRY(bn_check_keys(o, "bottleneck", bn_keys, bn_file_keys, NULL));
+    const char *pt = ftk_kv_get(o, "peft_type");   /* an adapter_config.json's: it must be this method's */
+    FTK_FAIL_IF(pt && strcmp(pt, "BOTTLENECK"), FTK_E_INVALID, "peft_type %s given to the bottleneck plugin", pt);
     FTK_TRY(bn_config_parse(o, mc->C, mc->L, &c));
     return bn_set_create(p, &S->set, &c, &S->tab, "bottleneck adapters");
 }

@@ -120,6 +120,8 @@ static ftk_status dp_init(struct ftk_peft *p, const struct ftk_kv *o)
     void *ctx;
     const struct ftk_backend *be = ftk_peft_backend(p, &ctx);
     FTK_TRY(check_known(o));
+    const char *pt = ftk_kv_get(o, "peft_type");   /* an adapter_config.json's: it must be this method's */
+    FTK_FAIL_IF(pt && strcmp(pt, "DIFF_PRUNING"), FTK_E_INVALID, "peft_type %s given to the diffprune plugin", pt);
     FTK_TRY(ftk_kv_double(o, "sparsity_pen", 1.25e-7, &S->lambda));
     FTK_TRY(ftk_kv_double(o, "concrete_lower", -1.5, &S->hc.gamma));
     FTK_TRY(ftk_kv_double(o, "concrete_upper", 1.5, &S->hc.zeta));

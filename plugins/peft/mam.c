@@ -52,6 +52,8 @@ static ftk_status mam_init(struct ftk_peft *p, const struct ftk_kv *o)
     struct mam *S = ftk_peft_priv(p);
     const struct ftk_model_config *c = ftk_peft_config(p);
     FTK_TRY(bn_check_keys(o, "mam", mam_keys, bn_file_keys, NULL));
+    const char *pt = ftk_kv_get(o, "peft_type");   /* an adapter_config.json's: it must be this method's */
+    FTK_FAIL_IF(pt && strcmp(pt, "MAM"), FTK_E_INVALID, "peft_type %s given to the mam plugin", pt);
     FTK_TRY(px_options(o, c, "mam", 30, 1, 800, &S->px));
     S->px.mlp = S->px.projection;
     struct bn_config bc;

@@ -81,6 +81,8 @@ static ftk_status pals_init(struct ftk_peft *p, const struct ftk_kv *o)
     S->L = mc->L;
     FTK_FAIL_IF(S->L > BN_MAX_LAYERS, FTK_E_UNSUPPORTED, "more than %d layers", BN_MAX_LAYERS);
     FTK_TRY(bn_check_keys(o, "pals", pal_keys, bn_file_keys, NULL));
+    const char *pt = ftk_kv_get(o, "peft_type");   /* an adapter_config.json's: it must be this method's */
+    FTK_FAIL_IF(pt && strcmp(pt, "PALS"), FTK_E_INVALID, "peft_type %s given to the pals plugin", pt);
     FTK_TRY(ftk_kv_int(o, "d_s", 204, &S->ds));
     FTK_TRY(ftk_kv_int(o, "num_heads", 6, &S->H));
     FTK_FAIL_IF(S->ds < 1 || S->ds > 1 << 16, FTK_E_INVALID, "d_s=%lld must be in [1, 65536]", (long long)S->ds);

@@ -58,6 +58,8 @@ static ftk_status pt_init(struct ftk_peft *p, const struct ftk_kv *o)
                     "prefix_tuning: unknown option \"%s\" (it takes num_virtual_tokens, prefix_projection, "
                     "encoder_hidden_size, init_weights)", kv->key);
     }
+    const char *pt = ftk_kv_get(o, "peft_type");   /* an adapter_config.json's: it must be this method's */
+    FTK_FAIL_IF(pt && strcmp(pt, "PREFIX_TUNING"), FTK_E_INVALID, "peft_type %s given to the prefix_tuning plugin", pt);
     const char *tt = ftk_kv_get(o, "task_type");
     FTK_FAIL_IF(tt && strcmp(tt, "CAUSAL_LM"), FTK_E_UNSUPPORTED, "prefix_tuning: task_type %s (only CAUSAL_LM)", tt);
     const char *mts = ftk_kv_get(o, "modules_to_save");

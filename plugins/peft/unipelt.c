@@ -111,6 +111,8 @@ static ftk_status up_init(struct ftk_peft *p, const struct ftk_kv *o)
     S->L = c->L;
     FTK_FAIL_IF(S->L > BN_MAX_LAYERS, FTK_E_UNSUPPORTED, "unipelt: more than %d layers", BN_MAX_LAYERS);
     FTK_TRY(bn_check_keys(o, "unipelt", up_keys, bn_file_keys, NULL));
+    const char *pt = ftk_kv_get(o, "peft_type");   /* an adapter_config.json's: it must be this method's */
+    FTK_FAIL_IF(pt && strcmp(pt, "UNIPELT"), FTK_E_INVALID, "peft_type %s given to the unipelt plugin", pt);
     FTK_TRY(px_options(o, c, "unipelt", 10, 1, 512, &S->px));
     S->px.mlp = S->px.projection;
     FTK_TRY(ftk_kv_int(o, "r", 8, &S->r));

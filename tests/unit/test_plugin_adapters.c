@@ -228,6 +228,8 @@ int main(void)
             {"bottleneck", {{"leave_out", "0,1"}}, FTK_E_INVALID, "no layer keeps an adapter"},
             {"bottleneck", {{"dropout", "1"}}, FTK_E_INVALID, "dropout=1"},
             {"bottleneck", {{"reduction", "4"}}, FTK_E_INVALID, "unknown option \"reduction\""},
+            {"bottleneck", {{"peft_type", "PALS"}}, FTK_E_INVALID, "peft_type PALS given to the bottleneck plugin"},
+            {"pals", {{"peft_type", "BOTTLENECK"}}, FTK_E_INVALID, "peft_type BOTTLENECK given to the pals plugin"},
             {"bottleneck", {{"mh_adapter", "false"}, {"output_adapter", "false"}}, FTK_E_INVALID, "no adapter"},
             {"pals", {{"d_s", "8"}, {"num_heads", "3"}}, FTK_E_INVALID, "num_heads=3 must divide d_s=8"},
             {"pals", {{"placement", "mlp"}}, FTK_E_INVALID, "placement=mlp"},

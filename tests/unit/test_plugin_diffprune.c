@@ -841,6 +841,7 @@ static void check_errors(void)
 {
     const struct bad_option bad[] = {
         {"diffprune", {{"sparsity_penalty", "1e-7"}}, FTK_E_INVALID, "unknown option \"sparsity_penalty\""},
+        {"diffprune", {{"peft_type", "LORA"}}, FTK_E_INVALID, "peft_type LORA given to the diffprune plugin"},
         {"diffprune", {{"sparsity_pen", "-1"}}, FTK_E_INVALID, "sparsity_pen=-1"},
         {"diffprune", {{"sparsity_pen", "lots"}}, FTK_E_INVALID, "sparsity_pen=lots: not a number"},
         {"diffprune", {{"concrete_lower", "0.1"}}, FTK_E_INVALID, "concrete_lower=0.1 must be < 0"},

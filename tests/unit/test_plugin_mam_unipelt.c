@@ -130,6 +130,8 @@ int main(void)
             {"mam", {{"parallel_input", "x"}}, FTK_E_INVALID, "parallel_input=x"},
             {"mam", {{"non_linearity", "softplus"}}, FTK_E_INVALID, "non_linearity=softplus"},
             {"mam", {{"encoder_hidden_size", "-1"}}, FTK_E_INVALID, "mam: encoder_hidden_size = -1"},
+            {"mam", {{"peft_type", "UNIPELT"}}, FTK_E_INVALID, "peft_type UNIPELT given to the mam plugin"},
+            {"unipelt", {{"peft_type", "MAM"}}, FTK_E_INVALID, "peft_type MAM given to the unipelt plugin"},
             {"unipelt", {{"r", "0"}}, FTK_E_INVALID, "unipelt: r = 0"},
             {"unipelt", {{"lora_alpha", "16"}}, FTK_E_INVALID, "unknown option \"lora_alpha\""},
             {"unipelt", {{"scaling", "2"}}, FTK_E_INVALID, "unknown option \"scaling\""},

@@ -252,6 +252,7 @@ int main(void)
             {"prefix_tuning", {{"init_weights", "gaussian"}}, FTK_E_INVALID, "init_weights = gaussian"},
             {"prefix_tuning", {{"num_virtual_token", "3"}}, FTK_E_INVALID, "unknown option \"num_virtual_token\""},
             {"prefix_tuning", {{"task_type", "SEQ_CLS"}}, FTK_E_UNSUPPORTED, "task_type SEQ_CLS"},
+            {"prefix_tuning", {{"peft_type", "PROMPT_TUNING"}}, FTK_E_INVALID, "peft_type PROMPT_TUNING given to the prefix_tuning plugin"},
             {"prefix_tuning", {{"num_transformer_submodules", "2"}}, FTK_E_UNSUPPORTED, "num_transformer_submodules = 2"},
             {"prefix_tuning", {{"token_dim", "16"}}, FTK_E_MISMATCH, "token_dim = 16, but this model has 8"},
             {"prefix_tuning", {{"num_attention_heads", "4"}}, FTK_E_MISMATCH,
