@@ -239,7 +239,8 @@ ftk_status ftk_generate(struct ftk_model *m, const struct ftk_tokenizer *tok, co
     float *logits = malloc((size_t)(n * V) * sizeof *logits);
     int32_t *next = calloc((size_t)n, sizeof *next), *seen = NULL;
     int *done = calloc((size_t)n, sizeof *done);
-    ftk_status s = logits && next && done ? FTK_OK : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
+    int64_t *extra = calloc((size_t)n, sizeof *extra);   /* per row: the adapter's positions in the cache */
+    ftk_status s = logits && next && done && extra ? FTK_OK : ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
     /* one generator per row, seeded with seed + i: a row's draws do not depend on the others */
     uint64_t (*rng)[4] = malloc((size_t)n * sizeof *rng);
     if (s == FTK_OK && !rng)
@@ -263,6 +264,8 @@ ftk_status ftk_generate(struct ftk_model *m, const struct ftk_tokenizer *tok, co
         double t0 = now_s();
         if ((s = ftk_model_prefill(m, kc, i, prompts[i], lens[i], logits + i * V)) != FTK_OK)
             s = ftk_error_wrap(s, "prompt %lld", (long long)i);
+        else   /* the adapter's own positions in the cache (prefix, virtual tokens) count too */
+            extra[i] = ftk_kv_cache_len(kc, i) - lens[i];
         out[i].prefill_s = now_s() - t0;
         if (lens[i] + c->max_new_tokens > cap)
             cap = lens[i] + c->max_new_tokens;
@@ -291,7 +294,7 @@ ftk_status ftk_generate(struct ftk_model *m, const struct ftk_tokenizer *tok, co
             } else if (stopped) {
                 out[i].finish_reason = "stop";
                 done[i] = 1;
-            } else if (lens[i] + out[i].n >= ctx) {
+            } else if (lens[i] + extra[i] + out[i].n >= ctx) {
                 done[i] = 1;   /* the context is full: "length" */
             }
             if (done[i]) {
@@ -316,6 +319,7 @@ ftk_status ftk_generate(struct ftk_model *m, const struct ftk_tokenizer *tok, co
     free(logits);
     free(next);
     free(done);
+    free(extra);
     ftk_kv_cache_free(kc);
     if (s != FTK_OK)
         for (int64_t i = 0; i < n; i++)

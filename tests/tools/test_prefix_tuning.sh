@@ -44,6 +44,10 @@ check_eq "generate --adapter (P-tuning v2) = peft's greedy generate" \
     "$(ftk generate --model "$M" --adapter "$PT/qwen3/noproj" --max-new-tokens 8 "$T/ex.fts" | jq -c .ids)" "[9,34,59,51,51,52,26,21]"
 check_eq "generate --adapter (projection) = peft's greedy generate" \
     "$(ftk generate --model "$M" --adapter "$PT/qwen3/proj" --max-new-tokens 8 "$T/ex.fts" | jq -c .ids)" "[31,31,31,31,31,31,31,31]"
+# the prefix's positions count against --context: 12 positions - 3 prefix - 4 prompt = 5 new tokens
+check_eq "generate stops where the prefix and prompt fill the context" \
+    "$(ftk generate --model "$M" --adapter "$PT/qwen3/noproj" --max-new-tokens 20 --ignore-eos --context 12 "$T/ex.fts" | jq -c '[.finish_reason, (.ids | length)]')" \
+    "[\"length\",5]"
 check "generate with ftk's trained adapter" bash -c "ftk generate --model '$M' --adapter '$T/pt' --max-new-tokens 4 '$T/ex.fts' | jq -e '.ids | length == 4'"
 
 # ref-logps: the prefix changes the reference log-probs
