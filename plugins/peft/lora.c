@@ -508,7 +508,7 @@ static ftk_status lora_init(struct ftk_peft *p, const struct ftk_kv *o)
     FTK_TRY(ftk_kv_double(o, "lora_dropout", 0.0, &L->dropout));
     FTK_TRY(ftk_kv_bool(o, "use_rslora", 0, &L->rslora));
     FTK_TRY(ftk_kv_bool(o, "use_dora", 0, &L->dora));
-    FTK_FAIL_IF(L->r <= 0 || L->r > 65536, FTK_E_INVALID, "r=%lld must be positive", (long long)L->r);
+    FTK_FAIL_IF(L->r <= 0 || L->r > 65536, FTK_E_INVALID, "r=%lld must be from 1 to 65536", (long long)L->r);
     FTK_FAIL_IF(L->dropout < 0 || L->dropout >= 1, FTK_E_INVALID, "lora_dropout=%g must be in [0, 1)", L->dropout);
     const char *init = ftk_kv_get(o, "init_lora_weights");
     if (!init || !strcmp(init, "1"))

@@ -94,6 +94,8 @@ check_fail "an example stream" 1 "batch the stream with \`ftk pack\` first" ftk 
 check_fail "adapter for another model" 1 "adapter for another base" ftk train-step --model "$FIX/llama" --adapter "$FIX/qwen3/adapter" --max-steps 1 "$T/b3.fts"
 check "more --max-steps than the data has" ftk train-step --model "$FIX/llama" --max-steps 5 --metrics "$T/short.jsonl" "$T/b3.fts"
 check_eq "  stops when the data ends, and says so" "$(wc -l < "$T/short.jsonl") $(grep -c 'the data ended after 3 of 5 steps' "$T/err")" "3 1"
+check_fail "a LoRA rank out of range says the range" 1 "r=100000 must be from 1 to 65536" \
+    ftk train-step --model "$FIX/llama" --lora-rank 100000 --max-steps 1 "$T/b3.fts"
 many=(); for i in $(seq 64); do many+=(--peft-opt "k$i=1"); done; for i in $(seq 65); do many+=(--loss-opt "l$i=1"); done
 check_fail "64 peft and 65 loss options: too many (the 129th overran its array)" 2 "too many options" \
     ftk train-step --model "$FIX/llama" "${many[@]}" "$T/b3.fts"
