@@ -64,9 +64,9 @@ struct opts {
 
 static int bad_usage(const char *fmt, const char *arg)
 {
-    fprintf(stderr, "ftk-tokenize: ");
+    fprintf(stderr, "ftk-tokenize: error: ");
     fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n(ftk tokenize --help for usage)\n");
+    fprintf(stderr, "\nTry 'ftk tokenize --help'.\n");
     return 2;
 }
 

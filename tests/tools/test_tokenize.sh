@@ -250,8 +250,8 @@ ftk-tokenize: 3 of 17 records skipped (14 examples written)"
 check "--help" bash -c "ftk-tokenize --help | grep -q 'examples:'"
 check "--version" bash -c "ftk-tokenize --version | grep -q '^ftk-tokenize '"
 check "ftk tokenize dispatch" bash -c "ftk tokenize --help > /dev/null"
-check_fail "no --tokenizer" 2 "--tokenizer is required" ftk-tokenize --format text
-check_fail "unknown option" 2 "unknown option --frobnicate" ftk-tokenize --tokenizer $Q3 --frobnicate
+check_fail "no --tokenizer" 2 "ftk-tokenize: error: --tokenizer is required" ftk-tokenize --format text
+check_fail "unknown option" 2 "ftk-tokenize: error: unknown option --frobnicate" ftk-tokenize --tokenizer $Q3 --frobnicate
 check_fail "chat format without template" 2 "needs --template" ftk-tokenize --tokenizer $Q3 "$T/one.json"
 check_fail "text with a template" 2 "takes no --template" ftk-tokenize --tokenizer $Q3 --format text --template qwen
 check_fail "bad --cutoff-len" 2 "--cutoff-len" ftk-tokenize --tokenizer $Q3 --format text --cutoff-len 0
