@@ -626,7 +626,8 @@ static ftk_status start(struct packer *k, const struct ftk_message *h)
         FTK_FAIL(FTK_E_UNSUPPORTED, "stream header: example_kind \"%s\" is not one of text, sft, "
                  "pairwise, kto", ek);
     FTK_FAIL_IF(c->mode != FTK_PACK_PAD && (k->kind == EX_PAIRWISE || k->kind == EX_KTO),
-                FTK_E_UNSUPPORTED, "--packing works on text and sft streams, not %s", ek);
+                FTK_E_UNSUPPORTED, "%s works on text and sft streams, not %s", c->mode == FTK_PACK_NEAT ? "--neat-packing" : "--packing",
+                ek);
 
     /* Pad id: the flag, else the header's pad_token_id, else its eos_token_id (LLaMA-Factory
      * sets tokenizer.pad_token = eos_token when a tokenizer has none). Padding never carries

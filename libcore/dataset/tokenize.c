@@ -3,6 +3,7 @@
  * converted in batches on the calling thread; encoding runs on a thread pool; the batch is
  * written in order, so the output does not depend on the thread count. */
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -508,7 +509,9 @@ static ftk_status decode_jsonl(const struct ftk_tokenizer *t, FILE *in, const ch
         }
         ids.n = 0;
         cJSON_ArrayForEach(e, arr) {
-            if (!cJSON_IsNumber(e) || e->valuedouble != (double)(int32_t)e->valuedouble || e->valuedouble < 0) {
+            /* range first: casting a double outside int32 is undefined */
+            if (!cJSON_IsNumber(e) || !(e->valuedouble >= 0 && e->valuedouble <= INT32_MAX) ||
+                e->valuedouble != (double)(int32_t)e->valuedouble) {
                 st = ftk_error_set(FTK_E_FORMAT, __FILE__, __LINE__, "%s: line %zu: ids must be non-negative integers",
                                    name, lineno);
                 break;

@@ -98,6 +98,8 @@ gen --kind kto --count 10 --min-len 3 --max-len 20 > "$T/kto.fts"
 ftk-pack --batch-size 4 "$T/kto.fts" | ftk dump | jq -c 'select(.kind == "batch") | .tensors' > "$T/k.jsonl"
 check_eq "kto: tags and KL rows beside the rows" "$(jq -c '[(.kto_tag | length) == (.input_ids | length),
     (.kl_input_ids | length) == (.input_ids | length), (.kl_labels | length) == (.input_ids | length)]' "$T/k.jsonl" | sort -u)" "[true,true,true]"
+check_fail "kto cannot be neat-packed, naming that flag" 1 "--neat-packing works on text and sft streams, not kto" \
+    ftk-pack --neat-packing --seq-len 64 --batch-size 4 "$T/kto.fts"
 
 # ---- determinism ------------------------------------------------------------------------------
 gen --kind sft --count 500 --min-len 1 --max-len 64 > "$T/big.fts"

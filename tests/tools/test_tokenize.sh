@@ -37,6 +37,8 @@ for t in llama3-128k qwen3-151k sp-bpe-32k; do
             "$(cat "$T/ex32.fts" | ftk-tokenize --tokenizer $TK/$t --decode | jq -c .text)" "$(jq -c .decoded "$g" | head -1)"
     fi
 done
+check_fail "decode: an id beyond int32 is an error" 1 "ids must be non-negative integers" \
+    bash -c "echo '{\"ids\":[3000000000]}' | ftk-tokenize --tokenizer $L3 --decode"
 got=$(echo '{"ids":[128000,9906,128009]}' | ftk-tokenize --tokenizer $L3 --decode --skip-special-tokens | jq -r .text)
 check_eq "decode --skip-special-tokens" "$got" "Hello"
 
