@@ -132,6 +132,11 @@ static ftk_status info_entry(const cJSON *e, const char *where, int format_overr
                  hub ? "hub and cloud datasets are not read by ftk (download the file and give file_name)"
                      : "no file_name");
     }
+    /* LLaMA-Factory's num_samples draws a random subset (or repeats the data): not read silently */
+    const cJSON *ns = cJSON_GetObjectItemCaseSensitive(e, "num_samples");
+    FTK_FAIL_IF(ns && !cJSON_IsNull(ns), FTK_E_UNSUPPORTED,
+                "%s: num_samples (LLaMA-Factory's random subsample) is not supported: remove it, or keep the first N "
+                "examples (the pipelines' MAX_SAMPLES)", where);
     enum ftk_data_format f = FTK_FORMAT_ALPACA;
     const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(e, "formatting");
     if (cJSON_IsString(fmt)) {

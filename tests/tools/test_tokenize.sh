@@ -100,6 +100,9 @@ check_eq "dpo_en_demo: chosen and rejected share the prompt" "$got" '[true,true]
 got=$(tokinfo --dataset kto_en_demo | tensors | jq -c '[.kto_tag[0], (.labels | map(. == -100) | index(false)) == .prompt_len[0]]' | sort -u | jq -s -c 'map(.[0]) | sort')
 check_eq "kto_en_demo: kto_tag 1 and 0, prompt_len where labels start" "$got" '[0,1]'
 check_fail "glaive_toolcall_en_demo: tools refused, not dropped" 1 "tool descriptions" tokinfo --dataset glaive_toolcall_en_demo
+jq --arg f "$ROOT/$LF/identity.json" '.identity.num_samples = 5 | .identity.file_name = $f' "$INFO" > "$T/ns_info.json"
+check_fail "num_samples (a random subsample) is refused, not ignored" 1 "num_samples" \
+    ftk-tokenize --tokenizer $L3 --template llama3 --dataset-info "$T/ns_info.json" --dataset identity
 got=$(ftk-tokenize --tokenizer $L3 --format text --dataset-info $INFO --dataset c4_demo | meta end examples)
 check_eq "c4_demo (--format text, text column)" "$got" "12"
 got=$(ftk-tokenize --tokenizer $L3 --format text --dataset-info $INFO --dataset wiki_demo | meta end examples)
