@@ -701,7 +701,7 @@ static void test_pipeline(void)
         struct gen g5 = {.kind = "pairwise", .count = 2, .lo = 2, .hi = 3};
         c.mode = FTK_PACK_NEAT;
         c.seq_len = 16;
-        CHECK_ERR(pack(&c, &g5, &out), FTK_E_UNSUPPORTED, "--packing");
+        CHECK_ERR(pack(&c, &g5, &out), FTK_E_UNSUPPORTED, "--neat-packing works on text and sft streams, not pairwise");
         fclose(out);
     }
     TEST("header: batches when the input counts its examples; unknown kinds pass through") {
