@@ -52,9 +52,14 @@ ftk_status cpu_rmsnorm_forward(void *ctx, float *y, float *rstd, const float *x,
     return FTK_OK;
 }
 
+/* dw is summed over rows in fixed blocks, each block's partial sum to its own slot, and the slots
+ * in block order afterwards: the result does not depend on which thread took which rows (the pool
+ * hands chunks out dynamically) nor on the thread count, so runs and resumes are bit-identical. */
+#define RMS_DW_ROWS ((int64_t)64)
+
 struct rms_bwd {
     float *dx;
-    float *dw_part;          /* (threads, C) per-thread partial sums of dw, or NULL */
+    float *dw_part;          /* (blocks, C) partial sums of dw per block of RMS_DW_ROWS rows, or NULL */
     const float *dy, *x, *w, *rstd;
     int64_t C;
 };
@@ -62,10 +67,11 @@ struct rms_bwd {
 /* With r = rstd: dx_c = r w_c dy_c - r^3 x_c / C * sum_k dy_k w_k x_k;  dw_c = sum_n dy_c x_c r */
 static void rms_bwd_rows(void *arg, int64_t n0, int64_t n1, int tid)
 {
+    (void)tid;
     const struct rms_bwd *a = arg;
     const int64_t C = a->C;
-    float *dwp = a->dw_part ? a->dw_part + (int64_t)tid * C : NULL;
     for (int64_t n = n0; n < n1; n++) {
+        float *dwp = a->dw_part ? a->dw_part + (n / RMS_DW_ROWS) * C : NULL;
         const float *x = a->x + n * C, *dy = a->dy + n * C;
         const float r = a->rstd[n];
         if (a->dx) {
@@ -87,16 +93,17 @@ ftk_status cpu_rmsnorm_backward(void *ctx, float *dx, float *dw, const float *dy
 {
     struct cpu_ctx *c = ctx;
     struct rms_bwd a = { dx, NULL, dy, x, w, rstd, C };
+    int64_t blocks = (N + RMS_DW_ROWS - 1) / RMS_DW_ROWS;
     if (dw) {
-        a.dw_part = cpu_scratch(c, (size_t)c->nthreads * (size_t)C * sizeof(float));
+        a.dw_part = cpu_scratch(c, (size_t)(blocks > 0 ? blocks : 1) * (size_t)C * sizeof(float));
         if (!a.dw_part)
             return FTK_E_NOMEM;
-        memset(a.dw_part, 0, (size_t)c->nthreads * (size_t)C * sizeof(float));
+        memset(a.dw_part, 0, (size_t)blocks * (size_t)C * sizeof(float));
     }
-    cpu_for(c, N, 0, rms_bwd_rows, &a);
+    cpu_for(c, N, dw ? RMS_DW_ROWS : 0, rms_bwd_rows, &a);   /* a chunk is whole blocks: one writer per slot */
     if (dw)
-        for (int t = 0; t < c->nthreads; t++)
+        for (int64_t b = 0; b < blocks; b++)
             for (int64_t j = 0; j < C; j++)
-                dw[j] += a.dw_part[(int64_t)t * C + j];
+                dw[j] += a.dw_part[b * C + j];
     return FTK_OK;
 }
