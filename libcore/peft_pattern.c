@@ -130,10 +130,17 @@ static ftk_status translate(const char *head, const char *key, const char *optio
 
 static ftk_status match(const char *head, const char *key, const char *option, const char *name, int *hit)
 {
-    char re[1024];
-    FTK_TRY(translate(head, key, option, re, sizeof re));
+    size_t cap = strlen(head) + 6 * strlen(key) + 16;   /* a translation at most 5x as long ("\\w" in [...]) */
+    char *re = malloc(cap);
+    FTK_FAIL_IF(!re, FTK_E_NOMEM, "out of memory");
+    ftk_status s = translate(head, key, option, re, cap);
+    if (s != FTK_OK) {
+        free(re);
+        return s;
+    }
     regex_t rx;
     int rc = regcomp(&rx, re, REG_EXTENDED | REG_NOSUB);
+    free(re);
     if (rc != 0) {
         char msg[128];
         regerror(rc, &rx, msg, sizeof msg);

@@ -49,6 +49,18 @@ int main(void)
         CHECK_INT(bad, 0);
         cJSON_Delete(root);
     }
+    TEST("a long regex (every module spelled out) is run, not refused as too long") {
+        char key[4096];
+        size_t n = 0;
+        for (int l = 0; l < 60; l++)
+            n += (size_t)snprintf(key + n, sizeof key - n, "%smodel\\.layers\\.%d\\.self_attn\\.q_proj", l ? "|" : "", l);
+        int hit = 0;
+        CHECK(n > 1500);
+        CHECK_OK(ftk_peft_regex_fullmatch(key, "target_modules", "model.layers.37.self_attn.q_proj", &hit));
+        CHECK_INT(hit, 1);
+        CHECK_OK(ftk_peft_regex_fullmatch(key, "target_modules", "model.layers.37.self_attn.k_proj", &hit));
+        CHECK_INT(hit, 0);
+    }
     TEST("no pattern: the default") {
         double v = 0;
         CHECK_OK(ftk_peft_pattern(NULL, "rank_pattern", "model.layers.0.self_attn.q_proj", 8, &v));
