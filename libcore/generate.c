@@ -113,7 +113,7 @@ int32_t ftk_gen_pick(const struct ftk_gen_config *c, float *lg, int64_t V, const
             lg[v] = lg[v] / (float)c->temperature;
     struct cand *cs = malloc((size_t)V * sizeof *cs);
     if (!cs)
-        return 0;
+        return -1;
     for (int64_t v = 0; v < V; v++)
         cs[v] = (struct cand){lg[v], (int32_t)v};
     qsort(cs, (size_t)V, sizeof *cs, by_logit_desc);
@@ -127,9 +127,8 @@ int32_t ftk_gen_pick(const struct ftk_gen_config *c, float *lg, int64_t V, const
     double mx = cs[0].logit, z = 0;
     double *p = malloc((size_t)keep * sizeof *p);
     if (!p) {
-        int32_t best = cs[0].id;
         free(cs);
-        return best;
+        return -1;   /* out of memory: the caller fails the run rather than emit a wrong token */
     }
     for (int64_t i = 0; i < keep; i++)
         z += (p[i] = exp((double)cs[i].logit - mx));
@@ -281,6 +280,10 @@ ftk_status ftk_generate(struct ftk_model *m, const struct ftk_tokenizer *tok, co
             memcpy(seen, prompts[i], (size_t)lens[i] * sizeof *seen);
             memcpy(seen + lens[i], out[i].ids, (size_t)out[i].n * sizeof *seen);
             int32_t id = ftk_gen_pick(c, logits + i * V, V, seen, lens[i] + out[i].n, rng[i]);
+            if (id < 0) {
+                s = ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory (sampling over %lld tokens)", (long long)V);
+                break;
+            }
             out[i].ids[out[i].n++] = id;
             next[i] = id;
             if (on_token)

@@ -56,7 +56,7 @@ FTK_API void ftk_gen_config_init(struct ftk_gen_config *c);
 FTK_API ftk_status ftk_gen_config_load(struct ftk_gen_config *c, const char *model_path);
 
 /* One sampling decision on logits (V) given the ids so far (for the repetition penalty);
- * `rng` is the caller's xoshiro state (4 words). Exposed for tests. */
+ * `rng` is the caller's xoshiro state (4 words). -1 when out of memory. Exposed for tests. */
 FTK_API int32_t ftk_gen_pick(const struct ftk_gen_config *c, float *logits, int64_t V, const int32_t *seen, int64_t n_seen,
                              uint64_t rng[4]);
 
