@@ -140,9 +140,10 @@ static ftk_status parse_root(const cJSON *root, const char *where, struct ftk_mo
                 "%s: vocab_size, hidden_size, intermediate_size, num_hidden_layers and the head counts must be positive", where);
     FTK_FAIL_IF(c->H % c->Hkv, FTK_E_FORMAT, "%s: num_attention_heads %lld is not a multiple of num_key_value_heads %lld",
                 where, (long long)c->H, (long long)c->Hkv);
-    FTK_TRY(get_int(root, "head_dim", c->C / c->H, 0, &c->D, where));
+    /* Qwen3Config's head_dim defaults to 128; the others' to hidden_size / num_attention_heads. */
+    FTK_TRY(get_int(root, "head_dim", c->arch == FTK_ARCH_QWEN3 ? 128 : c->C / c->H, 0, &c->D, where));
     FTK_FAIL_IF(c->D <= 0 || c->D % 2, FTK_E_FORMAT, "%s: head_dim %lld must be positive and even", where, (long long)c->D);
-    FTK_FAIL_IF(!present(get(root, "head_dim")) && c->C % c->H, FTK_E_FORMAT,
+    FTK_FAIL_IF(!present(get(root, "head_dim")) && c->arch != FTK_ARCH_QWEN3 && c->C % c->H, FTK_E_FORMAT,
                 "%s: hidden_size %lld is not a multiple of num_attention_heads %lld", where, (long long)c->C, (long long)c->H);
     double eps;
     FTK_TRY(get_num(root, "rms_norm_eps", 1e-6, &eps, where));
@@ -166,9 +167,7 @@ static ftk_status parse_root(const cJSON *root, const char *where, struct ftk_mo
     FTK_FAIL_IF(attn_bias && c->arch == FTK_ARCH_MISTRAL, FTK_E_UNSUPPORTED, "%s: attention_bias on mistral is not supported", where);
     c->mlp_bias = get_bool(root, "mlp_bias", 0);
     c->qk_norm = c->arch == FTK_ARCH_QWEN3;
-    c->tie_word_embeddings = get_bool(root, "tie_word_embeddings", c->arch == FTK_ARCH_QWEN3 ? 1 : 0);
-    if (c->arch == FTK_ARCH_LLAMA || c->arch == FTK_ARCH_MISTRAL || c->arch == FTK_ARCH_QWEN2)
-        c->tie_word_embeddings = get_bool(root, "tie_word_embeddings", 0);
+    c->tie_word_embeddings = get_bool(root, "tie_word_embeddings", 0);   /* False in all four configs */
 
     /* Sliding-window attention equals full attention on rows no longer than the window, so the
      * window is kept and longer rows are refused at run time. Qwen's flag gates its window. */

@@ -76,6 +76,13 @@ int main(void)
         CHECK_OK(parse("{\"model_type\":\"qwen2\"," BASE ",\"sliding_window\":4096,\"use_sliding_window\":false}", &c));
         CHECK_INT(c.sliding_window, 0);
     }
+    TEST("qwen3 defaults when absent, as Qwen3Config: head_dim 128, untied") {
+        CHECK_OK(parse("{\"model_type\":\"qwen3\"," BASE "}", &c));
+        CHECK_INT(c.D, 128); CHECK_INT(c.rope.head_dim, 128);
+        CHECK_INT(c.tie_word_embeddings, 0);
+        CHECK_OK(parse("{\"model_type\":\"qwen2\"," BASE "}", &c));
+        CHECK_INT(c.D, 4); CHECK_INT(c.tie_word_embeddings, 0);
+    }
     TEST("refused: what would change the math, and malformed values") {
         CHECK_ERR(parse("{\"model_type\":\"gpt2\"," BASE "}", &c), FTK_E_UNSUPPORTED, "model_type \"gpt2\"");
         CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"hidden_act\":\"gelu\"}", &c), FTK_E_UNSUPPORTED, "hidden_act \"gelu\"");
