@@ -148,7 +148,9 @@ static ftk_status parse_root(const cJSON *root, const char *where, struct ftk_mo
     double eps;
     FTK_TRY(get_num(root, "rms_norm_eps", 1e-6, &eps, where));
     c->rms_norm_eps = (float)eps;
-    FTK_TRY(get_int(root, "max_position_embeddings", 2048, 0, &c->max_position_embeddings, where));
+    static const int64_t max_pos_default[] = {[FTK_ARCH_LLAMA] = 2048, [FTK_ARCH_MISTRAL] = 4096 * 32,
+                                              [FTK_ARCH_QWEN2] = 32768, [FTK_ARCH_QWEN3] = 32768};
+    FTK_TRY(get_int(root, "max_position_embeddings", max_pos_default[c->arch], 0, &c->max_position_embeddings, where));
     FTK_TRY(parse_rope(root, c, where));
 
     const cJSON *act = get(root, "hidden_act");

@@ -83,6 +83,16 @@ int main(void)
         CHECK_OK(parse("{\"model_type\":\"qwen2\"," BASE "}", &c));
         CHECK_INT(c.D, 4); CHECK_INT(c.tie_word_embeddings, 0);
     }
+    TEST("max_position_embeddings when absent, per config class (dynamic rope scales from it)") {
+        CHECK_OK(parse("{\"model_type\":\"llama\"," BASE "}", &c));
+        CHECK_INT(c.max_position_embeddings, 2048);
+        CHECK_OK(parse("{\"model_type\":\"mistral\"," BASE ",\"rope_scaling\":{\"type\":\"dynamic\",\"factor\":2}}", &c));
+        CHECK_INT(c.max_position_embeddings, 131072); CHECK_INT(c.rope.max_position_embeddings, 131072);
+        CHECK_OK(parse("{\"model_type\":\"qwen2\"," BASE "}", &c));
+        CHECK_INT(c.max_position_embeddings, 32768);
+        CHECK_OK(parse("{\"model_type\":\"qwen3\"," BASE "}", &c));
+        CHECK_INT(c.max_position_embeddings, 32768);
+    }
     TEST("refused: what would change the math, and malformed values") {
         CHECK_ERR(parse("{\"model_type\":\"gpt2\"," BASE "}", &c), FTK_E_UNSUPPORTED, "model_type \"gpt2\"");
         CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"hidden_act\":\"gelu\"}", &c), FTK_E_UNSUPPORTED, "hidden_act \"gelu\"");
