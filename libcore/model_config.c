@@ -84,7 +84,9 @@ static ftk_status parse_rope(const cJSON *root, struct ftk_model_config *c, cons
     if (r->type == FTK_ROPE_LLAMA3) {
         FTK_TRY(get_num(rs, "low_freq_factor", 1.0, &r->low_freq_factor, where));
         FTK_TRY(get_num(rs, "high_freq_factor", 4.0, &r->high_freq_factor, where));
-        FTK_TRY(get_int(rs, "original_max_position_embeddings", 8192, 0, &r->original_max_position_embeddings, where));
+        /* standardize_rope_params fills it from max_position_embeddings */
+        FTK_TRY(get_int(rs, "original_max_position_embeddings", c->max_position_embeddings, 0,
+                        &r->original_max_position_embeddings, where));
     }
     double af;
     FTK_TRY(get_num(rs, "attention_factor", 1.0, &af, where));

@@ -93,6 +93,11 @@ int main(void)
         CHECK_OK(parse("{\"model_type\":\"qwen3\"," BASE "}", &c));
         CHECK_INT(c.max_position_embeddings, 32768);
     }
+    TEST("llama3 rope without original_max_position_embeddings takes max_position_embeddings") {
+        CHECK_OK(parse("{\"model_type\":\"llama\"," BASE ",\"max_position_embeddings\":4096,\"rope_scaling\":{\"rope_type\":\"llama3\","
+                       "\"factor\":8.0,\"low_freq_factor\":1.0,\"high_freq_factor\":4.0}}", &c));
+        CHECK_INT(c.rope.original_max_position_embeddings, 4096);
+    }
     TEST("refused: what would change the math, and malformed values") {
         CHECK_ERR(parse("{\"model_type\":\"gpt2\"," BASE "}", &c), FTK_E_UNSUPPORTED, "model_type \"gpt2\"");
         CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"hidden_act\":\"gelu\"}", &c), FTK_E_UNSUPPORTED, "hidden_act \"gelu\"");
