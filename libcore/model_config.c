@@ -59,8 +59,10 @@ static ftk_status parse_rope(const cJSON *root, struct ftk_model_config *c, cons
     r->max_position_embeddings = c->max_position_embeddings;
     r->type = FTK_ROPE_DEFAULT;
     r->factor = 1.0;
-    if (!present(rs))
+    if (!present(rs)) {
+        r->partial_rotary_factor = 1.0;   /* default rope: see below */
         return FTK_OK;
+    }
     FTK_FAIL_IF(!cJSON_IsObject(rs), FTK_E_FORMAT, "%s: \"rope_scaling\" is not an object", where);
     const cJSON *t = get(rs, "rope_type");
     if (!present(t))
@@ -88,6 +90,13 @@ static ftk_status parse_rope(const cJSON *root, struct ftk_model_config *c, cons
         FTK_TRY(get_int(rs, "original_max_position_embeddings", c->max_position_embeddings, 0,
                         &r->original_max_position_embeddings, where));
     }
+    /* The four models' default rope rotates all of head_dim whatever partial_rotary_factor says;
+     * the scaled types shorten inv_freq by it and their apply_rotary_pos_emb then fails. */
+    FTK_TRY(get_num(rs, "partial_rotary_factor", r->partial_rotary_factor, &r->partial_rotary_factor, where));
+    FTK_FAIL_IF(r->type != FTK_ROPE_DEFAULT && r->partial_rotary_factor != 1.0, FTK_E_UNSUPPORTED,
+                "%s: partial_rotary_factor %g with rope type \"%s\" is not supported (1)", where, r->partial_rotary_factor, type);
+    if (r->type == FTK_ROPE_DEFAULT)
+        r->partial_rotary_factor = 1.0;
     double af;
     FTK_TRY(get_num(rs, "attention_factor", 1.0, &af, where));
     FTK_FAIL_IF(af != 1.0, FTK_E_UNSUPPORTED, "%s: rope attention_factor %g is not supported", where, af);

@@ -98,6 +98,21 @@ int main(void)
                        "\"factor\":8.0,\"low_freq_factor\":1.0,\"high_freq_factor\":4.0}}", &c));
         CHECK_INT(c.rope.original_max_position_embeddings, 4096);
     }
+    TEST("partial_rotary_factor: default rope rotates all of head_dim; scaled rope refuses it") {
+        float inv[64], sc;
+        int64_t R;
+        CHECK_OK(parse("{\"model_type\":\"llama\"," BASE ",\"head_dim\":8,\"partial_rotary_factor\":0.5}", &c));
+        CHECK_OK(ftk_rope_inv_freq(&c.rope, 1, inv, &R, &sc));
+        CHECK_INT(R, 8);
+        CHECK_OK(parse("{\"model_type\":\"qwen3\"," BASE ",\"num_key_value_heads\":2,\"head_dim\":8,"
+                       "\"rope_parameters\":{\"rope_type\":\"default\",\"rope_theta\":1e6,\"partial_rotary_factor\":0.5}}", &c));
+        CHECK_OK(ftk_rope_inv_freq(&c.rope, 1, inv, &R, &sc));
+        CHECK_INT(R, 8);
+        CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"partial_rotary_factor\":0.5,"
+                        "\"rope_scaling\":{\"type\":\"linear\",\"factor\":2}}", &c), FTK_E_UNSUPPORTED, "partial_rotary_factor");
+        CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"rope_parameters\":{\"rope_type\":\"dynamic\",\"factor\":2,"
+                        "\"partial_rotary_factor\":0.5}}", &c), FTK_E_UNSUPPORTED, "partial_rotary_factor");
+    }
     TEST("refused: what would change the math, and malformed values") {
         CHECK_ERR(parse("{\"model_type\":\"gpt2\"," BASE "}", &c), FTK_E_UNSUPPORTED, "model_type \"gpt2\"");
         CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"hidden_act\":\"gelu\"}", &c), FTK_E_UNSUPPORTED, "hidden_act \"gelu\"");

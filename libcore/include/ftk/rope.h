@@ -28,7 +28,7 @@ struct ftk_rope_config {
     enum ftk_rope_type type;
     double theta;                 /* rope_theta (10000 when absent in config.json) */
     int64_t head_dim;             /* D: head_dim, or hidden_size / num_attention_heads */
-    double partial_rotary_factor; /* 1.0 unless config.json says otherwise */
+    double partial_rotary_factor; /* 1.0 from ftk_model_config_parse: its four models rotate all of D */
     double factor;                /* rope_scaling.factor (linear, dynamic, llama3) */
     double low_freq_factor;       /* llama3 */
     double high_freq_factor;      /* llama3 */
