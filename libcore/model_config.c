@@ -146,7 +146,9 @@ static ftk_status parse_root(const cJSON *root, const char *where, struct ftk_mo
     FTK_TRY(get_int(root, "intermediate_size", 0, 1, &c->F, where));
     FTK_TRY(get_int(root, "num_hidden_layers", 0, 1, &c->L, where));
     FTK_TRY(get_int(root, "num_attention_heads", 0, 1, &c->H, where));
-    FTK_TRY(get_int(root, "num_key_value_heads", c->H, 0, &c->Hkv, where));
+    /* Absent: the config class's default (Mistral 8, Qwen2/Qwen3 32); null: num_attention_heads. */
+    int64_t kv_default = c->arch == FTK_ARCH_MISTRAL ? 8 : c->arch == FTK_ARCH_LLAMA ? c->H : 32;
+    FTK_TRY(get_int(root, "num_key_value_heads", get(root, "num_key_value_heads") ? c->H : kv_default, 0, &c->Hkv, where));
     FTK_FAIL_IF(c->V <= 0 || c->C <= 0 || c->F <= 0 || c->L <= 0 || c->H <= 0 || c->Hkv <= 0, FTK_E_FORMAT,
                 "%s: vocab_size, hidden_size, intermediate_size, num_hidden_layers and the head counts must be positive", where);
     FTK_FAIL_IF(c->H % c->Hkv, FTK_E_FORMAT, "%s: num_attention_heads %lld is not a multiple of num_key_value_heads %lld",

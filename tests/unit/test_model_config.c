@@ -21,6 +21,8 @@ static ftk_status load(const char *arch, struct ftk_model_config *c)
     return st;
 }
 
+/* Mistral and Qwen default num_key_value_heads to 8 and 32, so their configs here name it. */
+#define KV ",\"num_key_value_heads\":2"
 #define BASE "\"vocab_size\":64,\"hidden_size\":16,\"intermediate_size\":24,\"num_hidden_layers\":2,\"num_attention_heads\":4"
 
 int main(void)
@@ -71,26 +73,26 @@ int main(void)
     TEST("llama attention_bias and mlp_bias; mistral sliding window kept") {
         CHECK_OK(parse("{\"model_type\":\"llama\"," BASE ",\"attention_bias\":true,\"mlp_bias\":true}", &c));
         CHECK_INT(c.qkv_bias, 1); CHECK_INT(c.o_bias, 1); CHECK_INT(c.mlp_bias, 1);
-        CHECK_OK(parse("{\"model_type\":\"mistral\"," BASE ",\"sliding_window\":4096}", &c));
+        CHECK_OK(parse("{\"model_type\":\"mistral\"," BASE KV ",\"sliding_window\":4096}", &c));
         CHECK_INT(c.sliding_window, 4096);
-        CHECK_OK(parse("{\"model_type\":\"qwen2\"," BASE ",\"sliding_window\":4096,\"use_sliding_window\":false}", &c));
+        CHECK_OK(parse("{\"model_type\":\"qwen2\"," BASE KV ",\"sliding_window\":4096,\"use_sliding_window\":false}", &c));
         CHECK_INT(c.sliding_window, 0);
     }
     TEST("qwen3 defaults when absent, as Qwen3Config: head_dim 128, untied") {
-        CHECK_OK(parse("{\"model_type\":\"qwen3\"," BASE "}", &c));
+        CHECK_OK(parse("{\"model_type\":\"qwen3\"," BASE KV "}", &c));
         CHECK_INT(c.D, 128); CHECK_INT(c.rope.head_dim, 128);
         CHECK_INT(c.tie_word_embeddings, 0);
-        CHECK_OK(parse("{\"model_type\":\"qwen2\"," BASE "}", &c));
+        CHECK_OK(parse("{\"model_type\":\"qwen2\"," BASE KV "}", &c));
         CHECK_INT(c.D, 4); CHECK_INT(c.tie_word_embeddings, 0);
     }
     TEST("max_position_embeddings when absent, per config class (dynamic rope scales from it)") {
         CHECK_OK(parse("{\"model_type\":\"llama\"," BASE "}", &c));
         CHECK_INT(c.max_position_embeddings, 2048);
-        CHECK_OK(parse("{\"model_type\":\"mistral\"," BASE ",\"rope_scaling\":{\"type\":\"dynamic\",\"factor\":2}}", &c));
+        CHECK_OK(parse("{\"model_type\":\"mistral\"," BASE KV ",\"rope_scaling\":{\"type\":\"dynamic\",\"factor\":2}}", &c));
         CHECK_INT(c.max_position_embeddings, 131072); CHECK_INT(c.rope.max_position_embeddings, 131072);
-        CHECK_OK(parse("{\"model_type\":\"qwen2\"," BASE "}", &c));
+        CHECK_OK(parse("{\"model_type\":\"qwen2\"," BASE KV "}", &c));
         CHECK_INT(c.max_position_embeddings, 32768);
-        CHECK_OK(parse("{\"model_type\":\"qwen3\"," BASE "}", &c));
+        CHECK_OK(parse("{\"model_type\":\"qwen3\"," BASE KV "}", &c));
         CHECK_INT(c.max_position_embeddings, 32768);
     }
     TEST("llama3 rope without original_max_position_embeddings takes max_position_embeddings") {
@@ -113,13 +115,25 @@ int main(void)
         CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"rope_parameters\":{\"rope_type\":\"dynamic\",\"factor\":2,"
                         "\"partial_rotary_factor\":0.5}}", &c), FTK_E_UNSUPPORTED, "partial_rotary_factor");
     }
+    TEST("num_key_value_heads when absent: mistral 8, qwen2/qwen3 32; null: num_attention_heads") {
+#define WIDE "\"vocab_size\":64,\"hidden_size\":512,\"intermediate_size\":24,\"num_hidden_layers\":2,\"num_attention_heads\":32"
+        CHECK_OK(parse("{\"model_type\":\"llama\"," WIDE "}", &c));
+        CHECK_INT(c.Hkv, 32);
+        CHECK_OK(parse("{\"model_type\":\"mistral\"," WIDE "}", &c));
+        CHECK_INT(c.Hkv, 8);
+        CHECK_ERR(parse("{\"model_type\":\"qwen2\"," BASE "}", &c), FTK_E_FORMAT, "num_key_value_heads 32");
+        CHECK_ERR(parse("{\"model_type\":\"qwen3\"," BASE "}", &c), FTK_E_FORMAT, "num_key_value_heads 32");
+        CHECK_OK(parse("{\"model_type\":\"qwen3\"," BASE ",\"num_key_value_heads\":null}", &c));
+        CHECK_INT(c.Hkv, 4);
+#undef WIDE
+    }
     TEST("refused: what would change the math, and malformed values") {
         CHECK_ERR(parse("{\"model_type\":\"gpt2\"," BASE "}", &c), FTK_E_UNSUPPORTED, "model_type \"gpt2\"");
         CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"hidden_act\":\"gelu\"}", &c), FTK_E_UNSUPPORTED, "hidden_act \"gelu\"");
         CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4}}", &c),
                   FTK_E_UNSUPPORTED, "rope type \"yarn\"");
         CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"attention_dropout\":0.1}", &c), FTK_E_UNSUPPORTED, "attention_dropout");
-        CHECK_ERR(parse("{\"model_type\":\"qwen2\"," BASE ",\"layer_types\":[\"sliding_attention\"]}", &c), FTK_E_UNSUPPORTED, "layer_types");
+        CHECK_ERR(parse("{\"model_type\":\"qwen2\"," BASE KV ",\"layer_types\":[\"sliding_attention\"]}", &c), FTK_E_UNSUPPORTED, "layer_types");
         CHECK_ERR(parse("{\"model_type\":\"llama\",\"vocab_size\":64}", &c), FTK_E_FORMAT, "\"hidden_size\" missing");
         CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"num_key_value_heads\":3}", &c), FTK_E_FORMAT, "not a multiple");
         CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"rms_norm_eps\":\"x\"}", &c), FTK_E_FORMAT, "rms_norm_eps");
