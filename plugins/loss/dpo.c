@@ -81,8 +81,9 @@ static ftk_status dpo_compute(struct ftk_loss *l, const struct ftk_loss_batch *b
         for (int64_t i = 0; i < P; i++)
             mc += pc[i] - rc[i], mr += pr[i] - rr[i];
         mc /= (double)P, mr /= (double)P;
-        /* torch.clamp(min=0) passes the gradient where x >= 0 */
-        double klc = mc > 0 ? mc : 0, klr = mr > 0 ? mr : 0, pass_c = mc >= 0, pass_r = mr >= 0;
+        /* torch.clamp(min=0) passes the gradient where x > 0 only (torch 2.15: none at 0, which
+         * is where a LoRA's first step starts: policy = reference) */
+        double klc = mc > 0 ? mc : 0, klr = mr > 0 ? mr : 0, pass_c = mc > 0, pass_r = mr > 0;
         double dklc = 0, dklr = 0;   /* d total / d KL_c, d KL_r */
         for (int64_t i = 0; i < P; i++) {
             double sa = pref_sig(beta * ((pc[i] - rc[i]) - klr)), sb = pref_sig(beta * (klc - (pr[i] - rr[i])));

@@ -253,6 +253,22 @@ int main(void)
         TEST(name) check_case(e, &cases[i]);
     }
     printf("  worst rel err: loss %.2g, dlogps %.2g, metrics %.2g\n", worst_loss, worst_grad, worst_metric);
+    TEST("kto_pair, policy = reference (a LoRA's first step): no gradient through KL means of exactly 0") {
+        /* torch's clamp(min=0) passes no gradient at 0 (torch 2.15: where(self > min)), so each
+         * row keeps only its own term: d/d pc_i = -beta sig(0)(1 - sig(0)) / (2P), rejected +. */
+        struct ftk_loss *l = make_loss("dpo", (const char *const[][2]){{"loss_type", "kto_pair"}, {NULL, NULL}});
+        float lp[4] = {-3, -5, -4, -6}, dl[4];
+        int64_t n[4] = {2, 2, 2, 2};
+        struct ftk_loss_batch lb = {.B = 4, .pairwise = 1, .logps = lp, .ref_logps = lp, .n_tokens = n, .accum = 1};
+        double L = 0;
+        struct ftk_metrics met = {0};
+        CHECK_OK(ftk_loss_compute(l, &lb, &L, dl, &met));
+        CHECK(fabs(L - 0.5) < 1e-12);
+        for (int i = 0; i < 4; i++)
+            if (!(fabs(dl[i] - (i < 2 ? -0.00625 : 0.00625)) < 1e-9))
+                CHECK_FAIL_("dlogps[%d] %.9g, torch %.9g", i, (double)dl[i], i < 2 ? -0.00625 : 0.00625);
+        ftk_loss_free(l);
+    }
     TEST("DPO step, online reference (adapter off) = TRL + peft") check_step(s, "dpo", 0);
     TEST("DPO step, ref_logps in the batch = TRL + peft") check_step(s, "dpo", 1);
     TEST("KTO step, online reference and KL rows = TRL + peft") check_step(s, "kto", 0);
