@@ -189,7 +189,7 @@ static ftk_status parse_root(const cJSON *root, const char *where, struct ftk_mo
     int64_t sw = 0;
     if (c->arch == FTK_ARCH_MISTRAL || ((c->arch == FTK_ARCH_QWEN2 || c->arch == FTK_ARCH_QWEN3) &&
                                         get_bool(root, "use_sliding_window", 0)))
-        FTK_TRY(get_int(root, "sliding_window", 0, 0, &sw, where));
+        FTK_TRY(get_int(root, "sliding_window", get(root, "sliding_window") ? 0 : 4096, 0, &sw, where));   /* absent: 4096 */
     c->sliding_window = sw > 0 ? sw : 0;
     const cJSON *lt = get(root, "layer_types");
     if (cJSON_IsArray(lt)) {

@@ -127,6 +127,18 @@ int main(void)
         CHECK_INT(c.Hkv, 4);
 #undef WIDE
     }
+    TEST("sliding_window when absent is 4096 (mistral; qwen with use_sliding_window); null is none") {
+        CHECK_OK(parse("{\"model_type\":\"mistral\"," BASE KV "}", &c));
+        CHECK_INT(c.sliding_window, 4096);
+        CHECK_OK(parse("{\"model_type\":\"mistral\"," BASE KV ",\"sliding_window\":null}", &c));
+        CHECK_INT(c.sliding_window, 0);
+        CHECK_OK(parse("{\"model_type\":\"qwen2\"," BASE KV ",\"use_sliding_window\":true}", &c));
+        CHECK_INT(c.sliding_window, 4096);
+        CHECK_OK(parse("{\"model_type\":\"qwen3\"," BASE KV ",\"use_sliding_window\":true,\"sliding_window\":null}", &c));
+        CHECK_INT(c.sliding_window, 0);
+        CHECK_OK(parse("{\"model_type\":\"qwen3\"," BASE KV "}", &c));
+        CHECK_INT(c.sliding_window, 0);
+    }
     TEST("refused: what would change the math, and malformed values") {
         CHECK_ERR(parse("{\"model_type\":\"gpt2\"," BASE "}", &c), FTK_E_UNSUPPORTED, "model_type \"gpt2\"");
         CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"hidden_act\":\"gelu\"}", &c), FTK_E_UNSUPPORTED, "hidden_act \"gelu\"");
