@@ -205,9 +205,9 @@ static ftk_status parse_root(const cJSON *root, const char *where, struct ftk_mo
     FTK_TRY(get_int(root, "pad_token_id", -1, 0, &v, where));
     c->pad_token_id = (int32_t)v;
     FTK_TRY(parse_eos(root, c, where));
-    const cJSON *dt = get(root, "torch_dtype");
+    const cJSON *dt = get(root, "dtype");   /* transformers 5 takes torch_dtype only when dtype is unset */
     if (!cJSON_IsString(dt))
-        dt = get(root, "dtype");
+        dt = get(root, "torch_dtype");
     if (cJSON_IsString(dt))
         snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", dt->valuestring);
     return FTK_OK;

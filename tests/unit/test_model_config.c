@@ -139,6 +139,12 @@ int main(void)
         CHECK_OK(parse("{\"model_type\":\"qwen3\"," BASE KV "}", &c));
         CHECK_INT(c.sliding_window, 0);
     }
+    TEST("dtype wins over torch_dtype when both are there, as PreTrainedConfig") {
+        CHECK_OK(parse("{\"model_type\":\"llama\"," BASE ",\"torch_dtype\":\"float16\",\"dtype\":\"bfloat16\"}", &c));
+        CHECK_STR(c.torch_dtype, "bfloat16");
+        CHECK_OK(parse("{\"model_type\":\"llama\"," BASE ",\"torch_dtype\":\"float16\",\"dtype\":null}", &c));
+        CHECK_STR(c.torch_dtype, "float16");
+    }
     TEST("refused: what would change the math, and malformed values") {
         CHECK_ERR(parse("{\"model_type\":\"gpt2\"," BASE "}", &c), FTK_E_UNSUPPORTED, "model_type \"gpt2\"");
         CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"hidden_act\":\"gelu\"}", &c), FTK_E_UNSUPPORTED, "hidden_act \"gelu\"");
