@@ -47,12 +47,15 @@ static int get_bool(const cJSON *o, const char *k, int def)
 static ftk_status parse_rope(const cJSON *root, struct ftk_model_config *c, const char *where)
 {
     struct ftk_rope_config *r = &c->rope;
-    const cJSON *rp = get(root, "rope_parameters");
-    const cJSON *rs = present(rp) ? rp : get(root, "rope_scaling");
+    /* transformers 5: `rope_scaling or rope_parameters`, so a non-empty rope_scaling wins; the
+     * chosen dict's rope_theta wins over the top-level one. */
+    const cJSON *rs = get(root, "rope_scaling");
+    if (!present(rs) || (cJSON_IsObject(rs) && !rs->child))
+        rs = get(root, "rope_parameters");
     FTK_TRY(get_num(root, "rope_theta", 10000.0, &r->theta, where));
-    if (present(rp)) {
-        FTK_FAIL_IF(!cJSON_IsObject(rp), FTK_E_FORMAT, "%s: \"rope_parameters\" is not an object", where);
-        FTK_TRY(get_num(rp, "rope_theta", r->theta, &r->theta, where));
+    if (present(rs)) {
+        FTK_FAIL_IF(!cJSON_IsObject(rs), FTK_E_FORMAT, "%s: \"%s\" is not an object", where, rs->string);
+        FTK_TRY(get_num(rs, "rope_theta", r->theta, &r->theta, where));
     }
     FTK_TRY(get_num(root, "partial_rotary_factor", 1.0, &r->partial_rotary_factor, where));
     r->head_dim = c->D;
@@ -63,7 +66,6 @@ static ftk_status parse_rope(const cJSON *root, struct ftk_model_config *c, cons
         r->partial_rotary_factor = 1.0;   /* default rope: see below */
         return FTK_OK;
     }
-    FTK_FAIL_IF(!cJSON_IsObject(rs), FTK_E_FORMAT, "%s: \"rope_scaling\" is not an object", where);
     const cJSON *t = get(rs, "rope_type");
     if (!present(t))
         t = get(rs, "type");

@@ -145,6 +145,17 @@ int main(void)
         CHECK_OK(parse("{\"model_type\":\"llama\"," BASE ",\"torch_dtype\":\"float16\",\"dtype\":null}", &c));
         CHECK_STR(c.torch_dtype, "float16");
     }
+    TEST("rope_scaling, when not empty, wins over rope_parameters; its rope_theta over the top-level one") {
+        CHECK_OK(parse("{\"model_type\":\"llama\"," BASE ",\"rope_theta\":99,\"rope_scaling\":{\"rope_type\":\"linear\",\"factor\":2,"
+                       "\"rope_theta\":1234}}", &c));
+        CHECK_INT(c.rope.type, FTK_ROPE_LINEAR); CHECK_NEAR(c.rope.theta, 1234, 0);
+        CHECK_OK(parse("{\"model_type\":\"llama\"," BASE ",\"rope_theta\":99,\"rope_parameters\":{\"rope_type\":\"default\","
+                       "\"rope_theta\":5},\"rope_scaling\":{\"rope_type\":\"linear\",\"factor\":2}}", &c));
+        CHECK_INT(c.rope.type, FTK_ROPE_LINEAR); CHECK_NEAR(c.rope.factor, 2, 0); CHECK_NEAR(c.rope.theta, 99, 0);
+        CHECK_OK(parse("{\"model_type\":\"llama\"," BASE ",\"rope_theta\":99,\"rope_parameters\":{\"rope_type\":\"linear\","
+                       "\"factor\":3,\"rope_theta\":5},\"rope_scaling\":{}}", &c));
+        CHECK_INT(c.rope.type, FTK_ROPE_LINEAR); CHECK_NEAR(c.rope.factor, 3, 0); CHECK_NEAR(c.rope.theta, 5, 0);
+    }
     TEST("refused: what would change the math, and malformed values") {
         CHECK_ERR(parse("{\"model_type\":\"gpt2\"," BASE "}", &c), FTK_E_UNSUPPORTED, "model_type \"gpt2\"");
         CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"hidden_act\":\"gelu\"}", &c), FTK_E_UNSUPPORTED, "hidden_act \"gelu\"");
