@@ -51,6 +51,31 @@ static ftk_status add_logps(struct ftk_model *m, struct ftk_message *msg, const 
     return s == FTK_OK ? FTK_OK : ftk_error_wrap(s, "message %zu (%s)", idx, name);
 }
 
+/* The header without metadata `key`: a stream that went through `ftk ref-logps --adapter`
+ * before must not keep naming that adapter once the reference has none. */
+static ftk_status drop_meta(struct ftk_message *msg, const char *key)
+{
+    if (!ftk_message_get_meta(msg, key))
+        return FTK_OK;
+    struct ftk_message h;
+    ftk_message_init(&h);
+    ftk_status s = FTK_OK;
+    for (size_t i = 0; i < msg->n_meta && s == FTK_OK; i++)
+        if (strcmp(msg->meta[i].key, key))
+            s = ftk_message_set_meta(&h, msg->meta[i].key, msg->meta[i].value);
+    for (size_t i = 0; i < msg->n_tensors && s == FTK_OK; i++) {
+        const struct ftk_tensor *t = &msg->tensors[i].t;
+        s = ftk_message_add(&h, msg->tensors[i].name, t->dtype, t->ndim, t->shape, t->data, NULL);
+    }
+    if (s != FTK_OK) {
+        ftk_message_free(&h);
+        return s;
+    }
+    ftk_message_free(msg);
+    *msg = h;
+    return FTK_OK;
+}
+
 ftk_status ftk_ref_logps_run(const struct ftk_ref_logps_opts *o, FILE *in, const char *name, FILE *out,
                              struct ftk_ref_logps_stats *stats)
 {
@@ -76,8 +101,8 @@ ftk_status ftk_ref_logps_run(const struct ftk_ref_logps_opts *o, FILE *in, const
         s = ftk_stream_check_model(&msg, o->model, ftk_model_get_config(m), name);
     if (s == FTK_OK)
         s = ftk_message_set_meta(&msg, "ref_model", o->model);
-    if (s == FTK_OK && o->adapter)
-        s = ftk_message_set_meta(&msg, "ref_adapter", o->adapter);
+    if (s == FTK_OK)
+        s = o->adapter ? ftk_message_set_meta(&msg, "ref_adapter", o->adapter) : drop_meta(&msg, "ref_adapter");
     if (s == FTK_OK)
         s = ftk_stream_writer_open(out, o->zstd_level, &w);
     if (s == FTK_OK)

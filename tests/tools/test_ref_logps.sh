@@ -29,6 +29,8 @@ check "ref_logps and kl_ref_logps = transformers (1e-4)" close \
 check "with --adapter" ftk ref-logps --model "$FIX" --adapter "$FIX/adapter" -q -o "$T/dpo_ad.fts" "$T/dpo.fts"
 check "adapter applied: chosen mean = peft's logps/chosen" close \
     "$(ftk dump "$T/dpo_ad.fts" | jq -c 'select(.kind=="batch") | [.tensors.ref_logps[0:2] | add / 2]')" "[-18.5241926]"
+check "re-run without --adapter on that output" ftk ref-logps --model "$FIX" -q -o "$T/dpo_re.fts" "$T/dpo_ad.fts"
+check_eq "the header no longer names the old adapter" "$(ftk dump "$T/dpo_re.fts" | jq -c 'select(.kind=="stream") | [.meta.ref_model, .meta.ref_adapter]')" "[\"$FIX\",null]"
 check_eq "stdout = -o, and threads do not change it" \
     "$(ftk ref-logps --model "$FIX" -q --threads 3 < "$T/dpo.fts" | ftk dump | md5sum)" "$(ftk dump "$T/dpo_ref.fts" | md5sum)"
 
