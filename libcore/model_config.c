@@ -182,7 +182,7 @@ static ftk_status parse_root(const cJSON *root, const char *where, struct ftk_mo
     if (c->arch == FTK_ARCH_QWEN3)
         c->qkv_bias = attn_bias;
     FTK_FAIL_IF(attn_bias && c->arch == FTK_ARCH_MISTRAL, FTK_E_UNSUPPORTED, "%s: attention_bias on mistral is not supported", where);
-    c->mlp_bias = get_bool(root, "mlp_bias", 0);
+    c->mlp_bias = c->arch == FTK_ARCH_LLAMA && get_bool(root, "mlp_bias", 0);   /* the others' MLPs have none */
     c->qk_norm = c->arch == FTK_ARCH_QWEN3;
     c->tie_word_embeddings = get_bool(root, "tie_word_embeddings", 0);   /* False in all four configs */
 

@@ -156,6 +156,14 @@ int main(void)
                        "\"factor\":3,\"rope_theta\":5},\"rope_scaling\":{}}", &c));
         CHECK_INT(c.rope.type, FTK_ROPE_LINEAR); CHECK_NEAR(c.rope.factor, 3, 0); CHECK_NEAR(c.rope.theta, 5, 0);
     }
+    TEST("mlp_bias is Llama's only: mistral, qwen2 and qwen3 MLPs have no bias whatever it says") {
+        CHECK_OK(parse("{\"model_type\":\"qwen2\"," BASE KV ",\"mlp_bias\":true}", &c));
+        CHECK_INT(c.mlp_bias, 0);
+        CHECK_OK(parse("{\"model_type\":\"qwen3\"," BASE KV ",\"mlp_bias\":true}", &c));
+        CHECK_INT(c.mlp_bias, 0);
+        CHECK_OK(parse("{\"model_type\":\"mistral\"," BASE KV ",\"mlp_bias\":true}", &c));
+        CHECK_INT(c.mlp_bias, 0);
+    }
     TEST("refused: what would change the math, and malformed values") {
         CHECK_ERR(parse("{\"model_type\":\"gpt2\"," BASE "}", &c), FTK_E_UNSUPPORTED, "model_type \"gpt2\"");
         CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"hidden_act\":\"gelu\"}", &c), FTK_E_UNSUPPORTED, "hidden_act \"gelu\"");
