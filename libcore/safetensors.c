@@ -81,6 +81,15 @@ static ftk_status open_index(struct ftk_st_model *m, struct ftk_source *src, con
             if (!have && (st = add_shard(m, src, e->valuestring)) != FTK_OK)
                 break;
         }
+    /* A tensor in two shards is ambiguous (lookups would take the first shard's copy whatever
+     * the index names), so it is refused. */
+    for (size_t i = 0; i < m->n_shards && st == FTK_OK; i++)
+        for (size_t k = 0; k < m->shards[i].msg.n_tensors && st == FTK_OK; k++)
+            for (size_t j = 0; j < i && st == FTK_OK; j++)
+                if (ftk_message_find(&m->shards[j].msg, m->shards[i].msg.tensors[k].name))
+                    st = ftk_error_set(FTK_E_FORMAT, __FILE__, __LINE__, "%s: tensor \"%s\" is in both %s and %s",
+                                       ftk_source_path(src), m->shards[i].msg.tensors[k].name, m->shards[j].name,
+                                       m->shards[i].name);
     /* Every tensor must be in the shard the index names. */
     if (st == FTK_OK)
         cJSON_ArrayForEach(e, wm) {

@@ -152,6 +152,19 @@ int main(void)
         CHECK_OK(ftk_file_write_atomic(p, bad, strlen(bad)));
         CHECK_ERR(ftk_st_model_open(src, "model", &st), FTK_E_FORMAT, "q.weight");
         CHECK_ERR(ftk_st_model_open(src, "adapter_model", &st), FTK_E_NOTFOUND, "adapter_model.safetensors");
+        /* A tensor stored in two shards: which copy is meant is ambiguous, so it is refused. */
+        struct ftk_message d;
+        small_message(&d, 5.0f);
+        snprintf(p, sizeof p, "%s/model-00002-of-00002.safetensors", sub);
+        CHECK_OK(ftk_st_write(p, &d));
+        ftk_message_free(&d);
+        const char *dup = "{\"weight_map\":{\"c.scale\":\"model-00001-of-00002.safetensors\","
+                          "\"a.weight\":\"model-00002-of-00002.safetensors\"}}";
+        snprintf(p, sizeof p, "%s/model.safetensors.index.json", sub);
+        CHECK_OK(ftk_file_write_atomic(p, dup, strlen(dup)));
+        ftk_source_close(src);
+        CHECK_OK(ftk_source_open(sub, &src));
+        CHECK_ERR(ftk_st_model_open(src, "model", &st), FTK_E_FORMAT, "\"a.weight\" is in both");
         ftk_source_close(src);
         ftk_message_free(&a);
         ftk_message_free(&b);
