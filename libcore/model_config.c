@@ -37,6 +37,14 @@ static ftk_status get_num(const cJSON *o, const char *k, double def, double *out
     return FTK_OK;
 }
 
+/* A key the rope type needs: transformers fails with KeyError without it. */
+static ftk_status get_rope_num(const cJSON *rs, const char *k, const char *type, double *out, const char *where)
+{
+    FTK_FAIL_IF(!present(get(rs, k)), FTK_E_FORMAT, "%s: \"%s\" missing from %s (rope type \"%s\" needs it)",
+                where, k, rs->string, type);
+    return get_num(rs, k, 0.0, out, where);
+}
+
 static int get_bool(const cJSON *o, const char *k, int def)
 {
     const cJSON *j = get(o, k);
@@ -82,12 +90,12 @@ static ftk_status parse_rope(const cJSON *root, struct ftk_model_config *c, cons
         FTK_FAIL(FTK_E_UNSUPPORTED, "%s: rope type \"%s\" is not supported (supported: default, linear, dynamic, llama3)",
                  where, type);
     if (r->type != FTK_ROPE_DEFAULT) {
-        FTK_TRY(get_num(rs, "factor", 1.0, &r->factor, where));
+        FTK_TRY(get_rope_num(rs, "factor", type, &r->factor, where));
         FTK_FAIL_IF(!(r->factor > 0), FTK_E_FORMAT, "%s: rope factor %g must be positive", where, r->factor);
     }
     if (r->type == FTK_ROPE_LLAMA3) {
-        FTK_TRY(get_num(rs, "low_freq_factor", 1.0, &r->low_freq_factor, where));
-        FTK_TRY(get_num(rs, "high_freq_factor", 4.0, &r->high_freq_factor, where));
+        FTK_TRY(get_rope_num(rs, "low_freq_factor", type, &r->low_freq_factor, where));
+        FTK_TRY(get_rope_num(rs, "high_freq_factor", type, &r->high_freq_factor, where));
         /* standardize_rope_params fills it from max_position_embeddings */
         FTK_TRY(get_int(rs, "original_max_position_embeddings", c->max_position_embeddings, 0,
                         &r->original_max_position_embeddings, where));

@@ -164,6 +164,16 @@ int main(void)
         CHECK_OK(parse("{\"model_type\":\"mistral\"," BASE KV ",\"mlp_bias\":true}", &c));
         CHECK_INT(c.mlp_bias, 0);
     }
+    TEST("refused: a scaled rope without the keys transformers requires (it fails with KeyError)") {
+        CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"rope_scaling\":{\"rope_type\":\"linear\"}}", &c),
+                  FTK_E_FORMAT, "\"factor\" missing");
+        CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"rope_parameters\":{\"rope_type\":\"dynamic\"}}", &c),
+                  FTK_E_FORMAT, "\"factor\" missing");
+        CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8,"
+                        "\"high_freq_factor\":4}}", &c), FTK_E_FORMAT, "\"low_freq_factor\" missing");
+        CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8,"
+                        "\"low_freq_factor\":1}}", &c), FTK_E_FORMAT, "\"high_freq_factor\" missing");
+    }
     TEST("refused: what would change the math, and malformed values") {
         CHECK_ERR(parse("{\"model_type\":\"gpt2\"," BASE "}", &c), FTK_E_UNSUPPORTED, "model_type \"gpt2\"");
         CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"hidden_act\":\"gelu\"}", &c), FTK_E_UNSUPPORTED, "hidden_act \"gelu\"");
