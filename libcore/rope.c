@@ -55,11 +55,12 @@ ftk_status ftk_rope_inv_freq(const struct ftk_rope_config *c, int64_t seq_len, f
             return FTK_OK;
         }
         /* seq_len is a tensor there (max(position_ids) + 1), so this is float32 arithmetic:
-         * base = base * ((factor * seq_len / max_pos) - (factor - 1)) ** (dim / (dim - 2)) */
+         * base = base * ((factor * seq_len / max_pos) - (factor - 1)) ** (dim / (dim - 2)),
+         * except the power: torch raises a float32 tensor to a Python-float exponent in double. */
         float t = (float)c->factor * (float)seq_len;
         t = t / (float)c->max_position_embeddings;
         t = t - (float)(c->factor - 1.0);
-        float base = (float)c->theta * powf(t, (float)((double)dim / (double)(dim - 2)));
+        float base = (float)c->theta * (float)pow((double)t, (double)dim / (double)(dim - 2));
         default_inv_freq(base, dim, inv_freq);
         return FTK_OK;
     }

@@ -172,6 +172,17 @@ int main(void)
             want[i] = inv_default(base, 64, i);
         check_inv(&c, 5000, want, 32);
     }
+    TEST("inv_freq dynamic, bit for bit: torch raises the float32 ratio to dim/(dim-2) in double") {
+        /* transformers 5.23 _compute_dynamic_ntk_parameters, head_dim 128, seq_len tensor(5000) */
+        struct ftk_rope_config c = { .type = FTK_ROPE_DYNAMIC, .theta = 10000, .head_dim = 128, .factor = 2,
+                                     .max_position_embeddings = 2048, .partial_rotary_factor = 1 };
+        float got[64], sc;
+        int64_t R;
+        CHECK_OK(ftk_rope_inv_freq(&c, 5000, got, &R, &sc));
+        CHECK(got[11] == 0.16204407811164856f);
+        CHECK(got[13] == 0.11639387160539627f);
+        CHECK(got[15] == 0.08360400050878525f);
+    }
     TEST("inv_freq llama3: Llama-3.1-8B's rope_scaling") {
         struct ftk_rope_config c = { .type = FTK_ROPE_LLAMA3, .theta = 500000, .head_dim = 128, .factor = 8,
                                      .low_freq_factor = 1, .high_freq_factor = 4,
