@@ -63,6 +63,10 @@ static ftk_status parse_rope(const cJSON *root, struct ftk_model_config *c, cons
     FTK_TRY(get_num(root, "rope_theta", 10000.0, &r->theta, where));
     if (present(rs)) {
         FTK_FAIL_IF(!cJSON_IsObject(rs), FTK_E_FORMAT, "%s: \"%s\" is not an object", where, rs->string);
+        const cJSON *x;
+        cJSON_ArrayForEach(x, rs)   /* per-layer-type dicts: these models' rotary embedding needs a flat one */
+            FTK_FAIL_IF(cJSON_IsObject(x), FTK_E_UNSUPPORTED, "%s: %s nested by layer type (\"%s\") is not supported",
+                        where, rs->string, x->string);
         FTK_TRY(get_num(rs, "rope_theta", r->theta, &r->theta, where));
     }
     FTK_TRY(get_num(root, "partial_rotary_factor", 1.0, &r->partial_rotary_factor, where));

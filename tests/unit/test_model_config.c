@@ -174,6 +174,11 @@ int main(void)
         CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8,"
                         "\"low_freq_factor\":1}}", &c), FTK_E_FORMAT, "\"high_freq_factor\" missing");
     }
+    TEST("refused: rope_parameters nested by layer type (the four models read only a flat dict)") {
+        CHECK_ERR(parse("{\"model_type\":\"qwen3\"," BASE KV ",\"layer_types\":[\"full_attention\",\"full_attention\"],"
+                        "\"rope_parameters\":{\"full_attention\":{\"rope_type\":\"default\",\"rope_theta\":1e6}}}", &c),
+                  FTK_E_UNSUPPORTED, "\"full_attention\"");
+    }
     TEST("refused: what would change the math, and malformed values") {
         CHECK_ERR(parse("{\"model_type\":\"gpt2\"," BASE "}", &c), FTK_E_UNSUPPORTED, "model_type \"gpt2\"");
         CHECK_ERR(parse("{\"model_type\":\"llama\"," BASE ",\"hidden_act\":\"gelu\"}", &c), FTK_E_UNSUPPORTED, "hidden_act \"gelu\"");
