@@ -7,6 +7,7 @@
 #include <string.h>
 #include <cjson/cJSON.h>
 #include "model-impl.h"
+#include "peft-impl.h"
 
 /* peft_type -> plugin name ("LORA" -> "lora"; ftk's own types whose plugin is named otherwise
  * from the table) */
@@ -22,54 +23,6 @@ static void plugin_name(const char *peft_type, char *out, size_t n)
     for (; peft_type[i] && i + 1 < n; i++)
         out[i] = (char)tolower((unsigned char)peft_type[i]);
     out[i] = '\0';
-}
-
-/* Does module name `m` end a list entry's way (peft: equal, or ends with "." + entry)? */
-static int listed(const cJSON *list, const char *m)
-{
-    const cJSON *t;
-    size_t lm = strlen(m);
-    cJSON_ArrayForEach(t, list) {
-        size_t n = cJSON_IsString(t) ? strlen(t->valuestring) : 0;
-        if (n && (!strcmp(m, t->valuestring) || (lm > n && m[lm - n - 1] == '.' && !strcmp(m + lm - n, t->valuestring))))
-            return 1;
-    }
-    return 0;
-}
-
-/* peft's check_target_module_exists for one module: excluded by exclude_modules (a regex
- * string: re.fullmatch; a list: as targets) or by modules_to_save (re.match(rf"(^|.*\.){m}($|\..*)")),
- * else targeted by target_modules (a regex string: re.fullmatch; "all-linear": every linear but
- * the output layer; a list: listed). */
-static ftk_status site_targeted(const cJSON *root, const struct ftk_site *site, int *hit)
-{
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "target_modules");
-    const cJSON *x = cJSON_GetObjectItemCaseSensitive(root, "exclude_modules");
-    const cJSON *mts = cJSON_GetObjectItemCaseSensitive(root, "modules_to_save"), *e;
-    *hit = 0;
-    if (cJSON_IsString(x)) {
-        int out;
-        FTK_TRY(ftk_peft_regex_fullmatch(x->valuestring, "exclude_modules", site->module, &out));
-        if (out)
-            return FTK_OK;
-    } else if (cJSON_IsArray(x) && listed(x, site->module)) {
-        return FTK_OK;
-    }
-    const cJSON *saved = cJSON_IsArray(mts) ? mts : NULL;
-    cJSON_ArrayForEach(e, saved) {
-        const char *m = site->module, *n = cJSON_IsString(e) ? e->valuestring : "";
-        size_t ln = strlen(n);
-        for (const char *at = strstr(m, n); ln && at; at = strstr(at + 1, n))
-            if ((at == m || at[-1] == '.') && (at[ln] == '\0' || at[ln] == '.'))
-                return FTK_OK;
-    }
-    if (cJSON_IsString(t) && !strcmp(t->valuestring, "all-linear"))
-        *hit = site->kind != FTK_LIN_LM_HEAD;
-    else if (cJSON_IsString(t))
-        FTK_TRY(ftk_peft_regex_fullmatch(t->valuestring, "target_modules", site->module, hit));
-    else
-        *hit = listed(t, site->module);
-    return FTK_OK;
 }
 
 /* target_modules as one regex string, or exclude_modules: resolved against the model's linear
@@ -95,7 +48,7 @@ static ftk_status resolve_targets(const struct ftk_model *m, const cJSON *root, 
     size_t at = 0;
     for (size_t k = 0; k < m->n_sites; k++) {
         int hit;
-        ftk_status s = site_targeted(root, &m->sites[k], &hit);
+        ftk_status s = peft_module_targeted(root, m->sites[k].module, m->sites[k].kind == FTK_LIN_LM_HEAD, &hit);
         if (s != FTK_OK) {
             free(list);
             return ftk_error_wrap(s, "%s", where);

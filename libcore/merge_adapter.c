@@ -9,6 +9,7 @@
 #include <string.h>
 #include "ftk/plugin.h"
 #include "merge-impl.h"
+#include "peft-impl.h"
 
 int merge_is_float(enum ftk_dtype dt)
 {
@@ -26,42 +27,6 @@ void merge_adapter_free(struct merge_adapter *a)
     ftk_st_model_close(a->st);
     ftk_source_close(a->src);
     cJSON_Delete(a->cfg);
-}
-
-/* peft's check for a list: a module is in it when its name equals an entry or ends with
- * "." + entry. */
-static int listed(const cJSON *list, const char *module)
-{
-    const cJSON *t;
-    size_t m = strlen(module);
-    cJSON_ArrayForEach(t, list) {
-        if (!cJSON_IsString(t))
-            continue;
-        size_t n = strlen(t->valuestring);
-        if (!strcmp(module, t->valuestring) || (m > n && module[m - n - 1] == '.' && !strcmp(module + m - n, t->valuestring)))
-            return 1;
-    }
-    return 0;
-}
-
-/* Is `module` one that target_modules picks and exclude_modules leaves (peft's
- * check_target_module_exists; a string other than "all-linear" is a regex, re.fullmatch)? */
-static ftk_status targeted(const cJSON *cfg, const char *module, int *hit)
-{
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(cfg, "target_modules");
-    const cJSON *x = cJSON_GetObjectItemCaseSensitive(cfg, "exclude_modules");
-    int out = 0;
-    if (cJSON_IsString(x))
-        FTK_TRY(ftk_peft_regex_fullmatch(x->valuestring, "exclude_modules", module, &out));
-    else if (cJSON_IsArray(x))
-        out = listed(x, module);
-    *hit = 0;
-    if (out)
-        return FTK_OK;
-    if (cJSON_IsString(t) && strcmp(t->valuestring, "all-linear"))
-        return ftk_peft_regex_fullmatch(t->valuestring, "target_modules", module, hit);
-    *hit = !cJSON_IsArray(t) || listed(t, module);   /* "all-linear" or none: the tensors decide */
-    return FTK_OK;
 }
 
 /* peft _set_trainable: a module is saved whole when its name ends with an entry of
@@ -251,7 +216,7 @@ ftk_status merge_adapter_open(struct merge_adapter *a, const char *path)
             continue;
         }
         int hit;
-        FTK_TRY(targeted(a->cfg, module, &hit));
+        FTK_TRY(peft_module_targeted(a->cfg, module, !strcmp(module, "lm_head"), &hit));
         FTK_FAIL_IF(!hit, FTK_E_MISMATCH, "%s: %s is not among adapter_config.json's target_modules (less exclude_modules)", path,
                     name);
         FTK_TRY(add_half(a, path, name, module, ab, t));

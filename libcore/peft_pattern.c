@@ -16,6 +16,7 @@
 #include <string.h>
 #include <cjson/cJSON.h>
 #include "ftk/plugin.h"
+#include "peft-impl.h"
 
 /* head KEY ")$", KEY translated from Python's syntax to ERE; NUL-terminated in out. Outside
  * brackets glibc knows \w \W \s \S \b \B and escaped punctuation as Python does (but \< \> \' \`
@@ -183,4 +184,53 @@ ftk_status ftk_peft_pattern(const char *json, const char *option, const char *mo
     }
     cJSON_Delete(root);
     return s;
+}
+
+/* peft: a list entry picks a module equal to it or ending with "." + entry. */
+static int listed(const cJSON *list, const char *m)
+{
+    const cJSON *t;
+    size_t lm = strlen(m);
+    cJSON_ArrayForEach(t, list) {
+        size_t n = cJSON_IsString(t) ? strlen(t->valuestring) : 0;
+        if (n && (!strcmp(m, t->valuestring) || (lm > n && m[lm - n - 1] == '.' && !strcmp(m + lm - n, t->valuestring))))
+            return 1;
+    }
+    return 0;
+}
+
+/* peft's modules_to_save rule: re.match(rf"(^|.*\.){m}($|\..*)", module) for an entry m. */
+static int saved(const cJSON *mts, const char *m)
+{
+    const cJSON *e;
+    cJSON_ArrayForEach(e, mts) {
+        const char *n = cJSON_IsString(e) ? e->valuestring : "";
+        size_t ln = strlen(n);
+        for (const char *at = strstr(m, n); ln && at; at = strstr(at + 1, n))
+            if ((at == m || at[-1] == '.') && (at[ln] == '\0' || at[ln] == '.'))
+                return 1;
+    }
+    return 0;
+}
+
+ftk_status peft_module_targeted(const cJSON *cfg, const char *module, int output_layer, int *hit)
+{
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(cfg, "target_modules");
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(cfg, "exclude_modules");
+    const cJSON *mts = cJSON_GetObjectItemCaseSensitive(cfg, "modules_to_save");
+    int out = 0;
+    *hit = 0;
+    if (cJSON_IsString(x))
+        FTK_TRY(ftk_peft_regex_fullmatch(x->valuestring, "exclude_modules", module, &out));
+    else if (cJSON_IsArray(x))
+        out = listed(x, module);
+    if (out || (cJSON_IsArray(mts) && saved(mts, module)))
+        return FTK_OK;
+    if (cJSON_IsString(t) && !strcmp(t->valuestring, "all-linear"))
+        *hit = !output_layer;
+    else if (cJSON_IsString(t))
+        return ftk_peft_regex_fullmatch(t->valuestring, "target_modules", module, hit);
+    else
+        *hit = !cJSON_IsArray(t) || listed(t, module);
+    return FTK_OK;
 }
