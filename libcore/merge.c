@@ -614,7 +614,9 @@ static struct item *find_item(struct plan *p, const char *name)
 /* A tied base (no lm_head.weight) whose head the adapter untied: an "lm_head.weight" item shaped
  * as the embeddings `emb`, appended; the caller says where its values come from. transformers 5
  * (and ftk) load a stored head that differs from the embeddings as its own matrix. */
-static struct item *add_head(struct plan *p, const struct ftk_tensor *emb, enum ftk_dtype dt)
+/* A tensor the base checkpoint lacks, appended to the plan after the base's (NULL: out of
+ * memory). `src` gives its shape (its data only when the caller sets nothing else). */
+static struct item *append_item(struct plan *p, const char *name, const struct ftk_tensor *src, enum ftk_dtype dt)
 {
     struct item *items = realloc(p->items, (p->n + 1) * sizeof *items);
     if (!items)
@@ -622,11 +624,16 @@ static struct item *add_head(struct plan *p, const struct ftk_tensor *emb, enum 
     p->items = items;
     struct item *it = &p->items[p->n++];
     memset(it, 0, sizeof *it);
-    it->name = "lm_head.weight";
-    it->src = emb;
-    it->dtype = dt;   /* the embeddings' output dtype */
+    it->name = name;
+    it->src = src;
+    it->dtype = dt;
     p->total += out_bytes(it);
     return it;
+}
+
+static struct item *add_head(struct plan *p, const struct ftk_tensor *emb, enum ftk_dtype dt)
+{
+    return append_item(p, "lm_head.weight", emb, dt);   /* dt: the embeddings' output dtype */
 }
 
 /* modules_to_save: the adapter's copy of a whole module replaces the base tensor. On a tied base
@@ -753,15 +760,13 @@ static ftk_status plan_biases(struct plan *p, enum ftk_dtype dt, const char *mod
     p->attention_bias = need[0];
     p->mlp_bias = need[1];
     size_t extra = (size_t)m->cfg.L * 7;
-    p->added = calloc(extra, sizeof *p->added);
+    p->added = calloc(extra, sizeof *p->added);   /* items point into these: sized once */
     p->added_names = calloc(extra, sizeof *p->added_names);
-    struct item *items = realloc(p->items, (p->n + extra) * sizeof *items);
-    if (!p->added || !p->added_names || !items) {
+    if (!p->added || !p->added_names) {
         free(has);
         FTK_FAIL(FTK_E_NOMEM, "out of memory");
     }
-    p->items = items;
-    for (int64_t l = 0; l < m->cfg.L; l++)
+    for (int64_t l = 0; l < m->cfg.L && s == FTK_OK; l++)
         for (int kind = 0; kind < 7; kind++) {
             const struct ftk_site *site = site_at(m, (int)l, (enum ftk_linear)kind);
             if (!site || !need[kind >= FTK_LIN_GATE])
@@ -775,17 +780,16 @@ static ftk_status plan_biases(struct plan *p, enum ftk_dtype dt, const char *mod
             t->ndim = 1;
             t->shape[0] = site->out;
             t->nbytes = (size_t)site->out * ftk_dtype_size(dt);
-            struct item *it = &p->items[p->n++];
-            memset(it, 0, sizeof *it);
-            it->name = name;
-            it->src = t;
-            it->dtype = t->dtype;
+            struct item *it = append_item(p, name, t, dt);
+            if (!it) {
+                s = ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
+                break;
+            }
             it->bias_of = has[site - m->sites] ? site : NULL;
             it->zero = !it->bias_of;
-            p->total += out_bytes(it);
         }
     free(has);
-    return FTK_OK;
+    return s;
 }
 
 static ftk_status plan_merge(struct plan *p, struct merge_adapter *ad, struct ftk_st_model *st, enum ftk_dtype dt, const char *model,

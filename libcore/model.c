@@ -277,16 +277,15 @@ static ftk_status push_train(struct ftk_model *m, struct ftk_param *p)
  * name ends with)? */
 static int saves_tied_module(const char *mts)
 {
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s", mts ? mts : "");
-    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        size_t n = strlen(t);
-        static const char *const tied[2] = {"model.embed_tokens", "lm_head"};
+    static const char *const tied[2] = {"model.embed_tokens", "lm_head"};
+    for (const char *t = mts; t && *t;) {   /* each entry of the comma list, however long */
+        size_t n = strcspn(t, ",");
         for (int k = 0; k < 2; k++) {
             size_t l = strlen(tied[k]);
-            if (n && n <= l && !strcmp(tied[k] + l - n, t) && (n == l || tied[k][l - n - 1] == '.'))
+            if (n && n <= l && !strncmp(tied[k] + l - n, t, n) && (n == l || tied[k][l - n - 1] == '.'))
                 return 1;
         }
+        t += n + (t[n] == ',');
     }
     return 0;
 }

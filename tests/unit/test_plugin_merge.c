@@ -375,37 +375,28 @@ int main(void)
         CHECK_ERR(ftk_merge_lora(&o, NULL), FTK_E_INVALID, "unknown dtype \"int8\"");
         snprintf(q, sizeof q, "%s/llama-f32", tmp);
         CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", "tests/fixtures/hf_tiny/llama/adapter", q), FTK_E_INVALID, "not empty");
-        snprintf(q, sizeof q, "%s/dora", tmp);
-        adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "use_dora", "true");
-        /* DoRA goes to the lora plugin's merge, which wants the magnitude vector */
-        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_NOTFOUND, "lora_magnitude_vector");
-        snprintf(q, sizeof q, "%s/bias", tmp);
-        adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "bias", "\"all\"");
-        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_UNSUPPORTED, "bias = all");
-        snprintf(q, sizeof q, "%s/ffo", tmp);
-        adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "fan_in_fan_out", "true");
-        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_UNSUPPORTED, "fan_in_fan_out");
-        snprintf(q, sizeof q, "%s/rank", tmp);
-        adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "rank_pattern", "{\"q_proj\": 2}");
-        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_MISMATCH, "r = 2 (rank_pattern)");
-        snprintf(q, sizeof q, "%s/lookahead", tmp);
-        adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "alpha_pattern", "{\"(?!q)_proj\": 2}");
-        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_UNSUPPORTED, "the construct \"(?!\"");
-        snprintf(q, sizeof q, "%s/badregex", tmp);
-        adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "alpha_pattern", "{\"q_proj[\": 2}");
-        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_FORMAT, "q_proj[");
-        snprintf(q, sizeof q, "%s/mts-embed", tmp);   /* lm_head saved whole, but the config does not say so */
-        adapter_variant("tests/fixtures/hf_tiny/llama/mts", q, "modules_to_save", "[\"embed_tokens\"]");
-        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_UNSUPPORTED, "nor in modules_to_save");
-        snprintf(q, sizeof q, "%s/replication", tmp);
-        adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "layer_replication", "[[0, 2]]");
-        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_UNSUPPORTED, "layer_replication");
-        snprintf(q, sizeof q, "%s/r8", tmp);
-        adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "r", "8");
-        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_MISMATCH, "r = 8");
-        snprintf(q, sizeof q, "%s/targets", tmp);
-        adapter_variant("tests/fixtures/hf_tiny/llama/adapter", q, "target_modules", "[\"q_proj\"]");
-        CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), FTK_E_MISMATCH, "target_modules");
+        /* one adapter_config.json key changed: what each does to the merge */
+        static const struct { const char *src, *key, *value; ftk_status code; const char *msg; } bad[] = {
+            /* DoRA goes to the lora plugin's merge, which wants the magnitude vector */
+            {"adapter", "use_dora", "true", FTK_E_NOTFOUND, "lora_magnitude_vector"},
+            {"adapter", "bias", "\"all\"", FTK_E_UNSUPPORTED, "bias = all"},
+            {"adapter", "fan_in_fan_out", "true", FTK_E_UNSUPPORTED, "fan_in_fan_out"},
+            {"adapter", "rank_pattern", "{\"q_proj\": 2}", FTK_E_MISMATCH, "r = 2 (rank_pattern)"},
+            {"adapter", "alpha_pattern", "{\"(?!q)_proj\": 2}", FTK_E_UNSUPPORTED, "the construct \"(?!\""},
+            {"adapter", "alpha_pattern", "{\"q_proj[\": 2}", FTK_E_FORMAT, "q_proj["},
+            /* lm_head saved whole, but the config does not say so */
+            {"mts", "modules_to_save", "[\"embed_tokens\"]", FTK_E_UNSUPPORTED, "nor in modules_to_save"},
+            {"adapter", "layer_replication", "[[0, 2]]", FTK_E_UNSUPPORTED, "layer_replication"},
+            {"adapter", "r", "8", FTK_E_MISMATCH, "r = 8"},
+            {"adapter", "target_modules", "[\"q_proj\"]", FTK_E_MISMATCH, "target_modules"},
+        };
+        for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+            char src[200];
+            snprintf(src, sizeof src, "tests/fixtures/hf_tiny/llama/%s", bad[i].src);
+            snprintf(q, sizeof q, "%s/bad-config-%zu", tmp, i);
+            adapter_variant(src, q, bad[i].key, bad[i].value);
+            CHECK_ERR(merge3("tests/fixtures/hf_tiny/llama", q, p), bad[i].code, bad[i].msg);
+        }
         CHECK(!exists(p));
     }
     TEST("peft LoRA variants that cannot be merged (aLoRA, Arrow) are refused, merged or loaded") {
