@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "ftk/eval.h"
+#include "blas_env.h"
 
 static const char usage_text[] =
     "usage: ftk eval --model DIR [--adapter DIR] [options] [INPUT|-]\n"
@@ -121,6 +122,7 @@ static int parse_args(int argc, char **argv, struct ftk_eval_opts *o)
 
 int main(int argc, char **argv)
 {
+    blas_env(argv, 1);
     struct ftk_eval_opts o;
     if (parse_args(argc, argv, &o) != 0)
         return 2;

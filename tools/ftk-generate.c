@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "ftk/generate_run.h"
+#include "blas_env.h"
 
 static const char usage_text[] =
     "usage: ftk generate --model DIR [options] [PROMPTS.jsonl | EXAMPLES.fts | -]\n"
@@ -129,6 +130,7 @@ static int parse_args(int argc, char **argv, struct ftk_generate_opts *o)
 
 int main(int argc, char **argv)
 {
+    blas_env(argv, 1);
     struct ftk_generate_opts o;
     if (parse_args(argc, argv, &o) != 0)
         return 2;

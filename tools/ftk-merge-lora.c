@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "ftk/merge.h"
+#include "blas_env.h"
 
 static const char usage_text[] =
     "usage: ftk merge-lora --model DIR --adapter DIR --output OUT [options]\n"
@@ -82,6 +83,7 @@ static int parse_args(int argc, char **argv, struct args *a)
 
 int main(int argc, char **argv)
 {
+    blas_env(argv, 1);
     struct args a;
     if (parse_args(argc, argv, &a) != 0)
         return 2;

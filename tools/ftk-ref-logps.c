@@ -7,6 +7,7 @@
 #include <string.h>
 #include "ftk/fileio.h"
 #include "ftk/ref_logps.h"
+#include "blas_env.h"
 
 static const char usage[] =
     "usage: ftk ref-logps --model DIR [options] [BATCHES.fts|-] > BATCHES+REF.fts\n"
@@ -95,6 +96,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 
 int main(int argc, char **argv)
 {
+    blas_env(argv, 1);
     struct opts o;
     int rc = parse_args(argc, argv, &o);
     if (rc != 0)

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "ftk/train_run.h"
+#include "blas_env.h"
 
 static const char usage_text[] =
     "usage: ftk train-step --model DIR [options] [BATCHES.fts|-]\n"
@@ -217,6 +218,7 @@ static int parse_args(int argc, char **argv, struct args *a)
 
 int main(int argc, char **argv)
 {
+    blas_env(argv, 1);
     struct args a;
     if (parse_args(argc, argv, &a) != 0)
         return 2;

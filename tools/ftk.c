@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+#include "blas_env.h"
 
 static const char *tools[] = {"tokenize", "pack", "train-step", "ref-logps", "merge-lora", "generate",
                               "eval", "dump", NULL};
@@ -34,6 +35,7 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    blas_env(argv, 0);   /* set for the tool it starts */
     if (argc < 2) {
         usage(stderr);
         return 2;

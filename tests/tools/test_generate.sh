@@ -83,6 +83,15 @@ exec 3>&-
 wait $gen
 check_eq "a piped prompt is answered before the next one arrives" "$first $(wc -l < "$T/piped.jsonl")" "1 2"
 
+# OpenBLAS's fallback to generic kernels on a CPU it does not recognise (libcore/blas_core.c):
+# with AVX2 the tool runs on kernels of that generation, unless the user chose some
+if grep -q ' avx2 ' /proc/cpuinfo && [ -z "${OPENBLAS_CORETYPE:-}" ]; then
+    core=$(OPENBLAS_VERBOSE=2 ftk generate --model "$M" --max-new-tokens 1 "$T/one.jsonl" 2>&1 >/dev/null | grep '^Core:' | tail -1)
+    check "OpenBLAS kernels of the CPU's generation ($core)" bash -c "! grep -qE 'Prescott|Core2|Penryn|Dunnington|Nehalem|Atom|Sandybridge' <<<'$core'"
+fi
+check_eq "OPENBLAS_CORETYPE given is kept" \
+    "$(OPENBLAS_CORETYPE=Prescott OPENBLAS_VERBOSE=2 ftk generate --model "$M" --max-new-tokens 1 "$T/one.jsonl" 2>&1 >/dev/null | grep '^Core:' | sort -u)" "Core: Prescott"
+
 check_fail "no --model" 2 "--model is required" ftk generate "$T/one.jsonl"
 check_fail "bad --top-p" 2 "--top-p 2 is not in [0, 1]" ftk generate --model "$M" --top-p 2
 check_eq "  said once" "$(ftk generate --model "$M" --top-p 2 2>&1 | grep -c error)" "1"

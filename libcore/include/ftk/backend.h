@@ -213,6 +213,10 @@ struct ftk_backend {
 
 /* The CPU backend (always built). */
 FTK_API const struct ftk_backend *ftk_backend_cpu(void);
+/* The OPENBLAS_CORETYPE to start a process with when OpenBLAS fell back to generic kernels on a
+ * CPU it did not recognise although the CPU has AVX2/AVX-512 ("SkylakeX", "Haswell"); NULL when
+ * its choice stands. tools/blas_env.h acts on it. */
+FTK_API const char *ftk_blas_better_core(void);
 /* "cpu" or "cuda". FTK_E_UNSUPPORTED for cuda in a build without it (FTK_HAVE_CUDA), naming the
  * fix; FTK_E_NOTFOUND for an unknown name; FTK_E_ABI if the table's api_version differs. */
 FTK_API ftk_status ftk_backend_get(const char *name, const struct ftk_backend **out);
