@@ -106,7 +106,9 @@ struct plan {
     size_t n;
     int n_shards;
     uint64_t total;
-    float *w, *a, *b;               /* F32 scratch: one weight (O,I), A (r,I), B (O,r) */
+    float *w, *a, *b;               /* F32 scratch: a chunk of rows (or a whole tensor), A (r,I), B (O,r) */
+    size_t w_cap;
+    size_t chunk_bytes;             /* output bytes per fill() call */
     const struct item **cur;        /* fill(): the items of the shard being written */
     struct ftk_model *m;            /* the plugin path: the base with the adapter loaded */
     struct ftk_tensor *added;       /* biases the base lacks (merge_bias), after its tensors */
@@ -164,56 +166,85 @@ static ftk_status site_weight(struct ftk_model *m, const struct ftk_site *site, 
     return m->be->to_host(m->ctx, w, q->w, n * sizeof(float));
 }
 
-/* Tensor i of the shard being written: copied, converted, or merged. */
-static ftk_status fill(void *arg, size_t i, void *dst, size_t nbytes)
+/* The F32 scratch grown to n elements. */
+static ftk_status scratch(struct plan *p, size_t n)
 {
-    struct plan *p = arg;
-    const struct item *it = p->cur[i];
+    if (n <= p->w_cap)
+        return FTK_OK;
+    float *w = realloc(p->w, n * sizeof *w);
+    FTK_FAIL_IF(!w, FTK_E_NOMEM, "out of memory (a %zu-element F32 buffer)", n);
+    p->w = w;
+    p->w_cap = n;
+    return FTK_OK;
+}
+
+/* A tensor computed whole before its rows are written (plugin merges, saved or trained modules,
+ * biases): built in the scratch when its first rows are asked for. */
+static ftk_status whole_f32(struct plan *p, const struct item *it, size_t n)
+{
     const struct ftk_tensor *t = it->src;
-    size_t n = (size_t)ftk_tensor_numel(t);
+    FTK_TRY(scratch(p, n));
     if (it->bias_of || it->zero) {    /* a bias the plugin merged, or a zero one */
         memset(p->w, 0, n * sizeof *p->w);
         int has = 1;
-        ftk_status s = it->bias_of ? p->m->peft->pl->merge_bias(p->m->peft, it->bias_of, p->w, &has) : FTK_OK;
-        if (s == FTK_OK && !has)
-            s = ftk_error_set(FTK_E_INVALID, __FILE__, __LINE__, "the plugin no longer has a bias there");
-        if (s == FTK_OK)
-            s = ftk_convert_from_f32(dst, it->dtype, p->w, n);
-        return s == FTK_OK ? FTK_OK : ftk_error_wrap(s, "tensor \"%s\"", it->name);
-    }
-    if (it->saved || it->trained) {   /* modules_to_save: the adapter's tensor in place of the base's */
-        ftk_status s = it->saved ? ftk_convert_to_f32(p->w, it->saved->data, it->saved->dtype, n)
-                                 : p->m->be->to_host(p->m->ctx, p->w, it->trained, n * sizeof *p->w);
-        if (s == FTK_OK)
-            s = ftk_convert_from_f32(dst, it->dtype, p->w, n);
-        return s == FTK_OK ? FTK_OK : ftk_error_wrap(s, "tensor \"%s\"", it->name);
-    }
-    if ((!it->lora && !it->site && t->dtype == it->dtype) || !merge_is_float(t->dtype)) {   /* unchanged: bit for bit */
-        FTK_ASSERT(nbytes == t->nbytes);
-        memcpy(dst, t->data, nbytes);
+        if (it->bias_of)
+            FTK_TRY(p->m->peft->pl->merge_bias(p->m->peft, it->bias_of, p->w, &has));
+        FTK_FAIL_IF(!has, FTK_E_INVALID, "the plugin no longer has a bias there");
         return FTK_OK;
     }
+    if (it->saved)                    /* modules_to_save: the adapter's tensor in place of the base's */
+        return ftk_convert_to_f32(p->w, it->saved->data, it->saved->dtype, n);
+    if (it->trained)
+        return p->m->be->to_host(p->m->ctx, p->w, it->trained, n * sizeof *p->w);
     /* the plugin path starts from the loaded model's weight: the checkpoint's in F32, or the
      * residual a PiSSA/OLoRA init left there */
-    ftk_status s = it->site ? site_weight(p->m, it->site, p->w, n) : ftk_convert_to_f32(p->w, t->data, t->dtype, n);
-    if (s == FTK_OK && it->lora) {
+    FTK_TRY(it->site ? site_weight(p->m, it->site, p->w, n) : ftk_convert_to_f32(p->w, t->data, t->dtype, n));
+    if (it->site)                     /* the method's own merge: W (O,I) += its delta, F32 */
+        FTK_TRY(p->m->peft->pl->merge(p->m->peft, it->site, p->w));
+    return FTK_OK;
+}
+
+/* Rows [row0, row0 + nrows) of tensor i of the shard being written: copied, converted, or
+ * merged. A LoRA-merged or converted tensor is done a chunk of rows at a time, so memory stays
+ * at one chunk whatever the model's largest tensor. */
+static ftk_status fill_rows(struct plan *p, const struct item *it, void *dst, int64_t row0, int64_t nrows)
+{
+    const struct ftk_tensor *t = it->src;
+    size_t n = (size_t)ftk_tensor_numel(t);
+    int64_t rows = t->ndim ? t->shape[0] : 1;
+    size_t row_el = rows ? n / (size_t)rows : 0, k = (size_t)nrows * row_el, off = (size_t)row0 * row_el;
+    if (it->bias_of || it->zero || it->saved || it->trained || it->site) {
+        if (row0 == 0)
+            FTK_TRY(whole_f32(p, it, n));
+        return ftk_convert_from_f32(dst, it->dtype, p->w + off, k);
+    }
+    size_t esz = ftk_dtype_size(t->dtype);
+    if ((!it->lora && t->dtype == it->dtype) || !merge_is_float(t->dtype)) {   /* unchanged: bit for bit */
+        memcpy(dst, (const char *)t->data + off * esz, k * esz);
+        return FTK_OK;
+    }
+    FTK_TRY(scratch(p, k));
+    FTK_TRY(ftk_convert_to_f32(p->w, (const char *)t->data + off * esz, t->dtype, k));
+    if (it->lora) {
         const struct merge_pair *q = it->lora;
         int64_t O = t->shape[0], In = t->shape[1], r = q->A->shape[0];
-        s = ftk_convert_to_f32(p->a, q->A->data, q->A->dtype, (size_t)(r * In));
-        if (s == FTK_OK)
-            s = ftk_convert_to_f32(p->b, q->B->data, q->B->dtype, (size_t)(O * r));
-        /* W (O,I) += scale * B (O,r) A (r,I): peft's get_delta_weight added to the weight, F32 */
-        if (s == FTK_OK)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)O, (int)In, (int)r, (float)q->scale, p->b, (int)r, p->a,
-                        (int)In, 1.0f, p->w, (int)In);
+        if (row0 == 0) {
+            FTK_TRY(ftk_convert_to_f32(p->a, q->A->data, q->A->dtype, (size_t)(r * In)));
+            FTK_TRY(ftk_convert_to_f32(p->b, q->B->data, q->B->dtype, (size_t)(O * r)));
+        }
+        /* W (rows,I) += scale * B (rows,r) A (r,I): peft's get_delta_weight added to the weight, F32 */
+        if (nrows > 0)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nrows, (int)In, (int)r, (float)q->scale,
+                        p->b + row0 * r, (int)r, p->a, (int)In, 1.0f, p->w, (int)In);
     }
-    if (s == FTK_OK && it->site)   /* the method's own merge: W (O,I) += its delta, F32 */
-        s = p->m->peft->pl->merge(p->m->peft, it->site, p->w);
-    if (s == FTK_OK)
-        s = ftk_convert_from_f32(dst, it->dtype, p->w, n);
-    if (s != FTK_OK)
-        return ftk_error_wrap(s, "tensor \"%s\"", it->name);
-    return FTK_OK;
+    return ftk_convert_from_f32(dst, it->dtype, p->w, k);
+}
+
+static ftk_status fill(void *arg, size_t i, void *dst, int64_t row0, int64_t nrows)
+{
+    struct plan *p = arg;
+    ftk_status s = fill_rows(p, p->cur[i], dst, row0, nrows);
+    return s == FTK_OK ? FTK_OK : ftk_error_wrap(s, "tensor \"%s\"", p->cur[i]->name);
 }
 
 static ftk_status write_shards(struct plan *p, const char *dir)
@@ -238,7 +269,7 @@ static ftk_status write_shards(struct plan *p, const char *dir)
             snprintf(path, sizeof path, "%s/model.safetensors", dir);
         else
             snprintf(path, sizeof path, "%s/model-%05d-of-%05d.safetensors", dir, sh + 1, p->n_shards);
-        s = ftk_st_write_streaming(path, &meta, e, n, fill, p);
+        s = ftk_st_write_rows(path, &meta, e, n, fill, p, p->chunk_bytes);
     }
     ftk_message_free(&meta);
     free(e);
@@ -798,14 +829,12 @@ static ftk_status plan_merge(struct plan *p, struct merge_adapter *ad, struct ft
     p->n = ftk_st_model_count(st);
     p->items = calloc(p->n ? p->n : 1, sizeof *p->items);
     FTK_FAIL_IF(!p->items, FTK_E_NOMEM, "out of memory");
-    size_t big = 1, big_a = 1, big_b = 1;
+    size_t big_a = 1, big_b = 1;
     for (size_t i = 0; i < p->n; i++) {
         struct item *it = &p->items[i];
         it->src = ftk_st_model_at(st, i, &it->name);
         it->dtype = merge_is_float(it->src->dtype) ? dt : it->src->dtype;
         p->total += out_bytes(it);
-        if (merge_is_float(it->src->dtype) && (size_t)ftk_tensor_numel(it->src) > big)
-            big = (size_t)ftk_tensor_numel(it->src);
     }
     int merges_w = p->m && FTK_PLUGIN_SLOT(p->m->peft->pl, merge);
     for (size_t k = 0; merges_w && k < p->m->n_sites; k++) {   /* the plugin path: its hooked sites */
@@ -849,10 +878,9 @@ static ftk_status plan_merge(struct plan *p, struct merge_adapter *ad, struct ft
         FTK_TRY(plan_trained(p));
     if (p->m && FTK_PLUGIN_SLOT(p->m->peft->pl, merge_bias))
         FTK_TRY(plan_biases(p, dt, model, adapter));
-    p->w = malloc(big * sizeof *p->w);
     p->a = malloc(big_a * sizeof *p->a);
     p->b = malloc(big_b * sizeof *p->b);
-    FTK_FAIL_IF(!p->w || !p->a || !p->b, FTK_E_NOMEM, "out of memory (a %zu-element F32 buffer)", big);
+    FTK_FAIL_IF(!p->a || !p->b, FTK_E_NOMEM, "out of memory (LoRA factors of %zu and %zu elements)", big_a, big_b);
     return FTK_OK;
 }
 
@@ -924,6 +952,7 @@ ftk_status ftk_merge_lora(const struct ftk_merge_opts *opts, struct ftk_merge_st
     if (s == FTK_OK) {
         snprintf(tmp, sizeof tmp, "%s.tmp.%ld.d", o->output, (long)getpid());
         rm_flat(tmp);
+        p.chunk_bytes = o->chunk_bytes ? o->chunk_bytes : FTK_MERGE_DEFAULT_CHUNK;
         s = write_all(o, &p, base, tmp, dt);
     }
     if (s == FTK_OK) {

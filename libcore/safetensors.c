@@ -224,8 +224,11 @@ ftk_status ftk_st_write(const char *path, const struct ftk_message *m)
     return st;
 }
 
-ftk_status ftk_st_write_streaming(const char *path, const struct ftk_message *meta, const struct ftk_st_entry *e, size_t n,
-                                  ftk_st_fill_fn fill, void *arg)
+/* Rows of an entry: its first dimension (a scalar is one row of one element). */
+static int64_t entry_rows(const struct ftk_st_entry *e) { return e->ndim ? e->shape[0] : 1; }
+
+ftk_status ftk_st_write_rows(const char *path, const struct ftk_message *meta, const struct ftk_st_entry *e, size_t n,
+                             ftk_st_fill_rows_fn fill, void *arg, size_t chunk_bytes)
 {
     /* The header is what ftk_message_encode writes for empty tensors of these shapes, with the
      * offsets of the real sizes in the given order. */
@@ -254,8 +257,11 @@ ftk_status ftk_st_write_streaming(const char *path, const struct ftk_message *me
         for (size_t i = 0; i < n; i++) {
             int64_t numel = ftk_shape_numel(e[i].ndim, e[i].shape);
             size_t nb = (size_t)numel * ftk_dtype_size(e[i].dtype);
-            if (nb > biggest)
-                biggest = nb;
+            int64_t rows = entry_rows(&e[i]);
+            size_t row_nb = rows ? nb / (size_t)rows : 0;
+            size_t chunk = row_nb == 0 ? 0 : nb <= chunk_bytes ? nb : (chunk_bytes / row_nb ? chunk_bytes / row_nb : 1) * row_nb;
+            if (chunk > biggest)
+                biggest = chunk;
             fprintf(js, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", first ? "" : ",", e[i].name, ftk_dtype_name(e[i].dtype));
             for (int d = 0; d < e[i].ndim; d++)
                 fprintf(js, "%s%lld", d ? "," : "", (long long)e[i].shape[d]);
@@ -289,9 +295,17 @@ ftk_status ftk_st_write_streaming(const char *path, const struct ftk_message *me
     if (!buf)
         s = ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
     for (size_t i = 0; i < n && s == FTK_OK && !bad; i++) {
+        int64_t rows = entry_rows(&e[i]);
         size_t nb = (size_t)ftk_shape_numel(e[i].ndim, e[i].shape) * ftk_dtype_size(e[i].dtype);
-        if ((s = fill(arg, i, buf, nb)) == FTK_OK)
-            bad = fwrite(buf, 1, nb, af.fp) != nb;
+        size_t row_nb = rows ? nb / (size_t)rows : 0;
+        int64_t step = row_nb == 0 || nb <= chunk_bytes ? (rows ? rows : 1) : (int64_t)(chunk_bytes / row_nb ? chunk_bytes / row_nb : 1);
+        for (int64_t r0 = 0; r0 < rows && s == FTK_OK && !bad; r0 += step) {
+            int64_t k = rows - r0 < step ? rows - r0 : step;
+            if ((s = fill(arg, i, buf, r0, k)) == FTK_OK)
+                bad = fwrite(buf, 1, (size_t)k * row_nb, af.fp) != (size_t)k * row_nb;
+        }
+        if (rows == 0 && s == FTK_OK)   /* an empty tensor: filled once with nothing to write */
+            s = fill(arg, i, buf, 0, 0);
     }
     free(buf);
     if (s == FTK_OK && bad)
@@ -301,4 +315,26 @@ ftk_status ftk_st_write_streaming(const char *path, const struct ftk_message *me
         return s;
     }
     return ftk_atomic_commit(&af);
+}
+
+/* The whole-tensor form: one chunk per tensor. */
+struct whole_fill {
+    const struct ftk_st_entry *e;
+    ftk_st_fill_fn fill;
+    void *arg;
+};
+
+static ftk_status whole_fill(void *arg, size_t i, void *dst, int64_t row0, int64_t nrows)
+{
+    const struct whole_fill *w = arg;
+    (void)row0;
+    (void)nrows;
+    return w->fill(w->arg, i, dst, (size_t)ftk_shape_numel(w->e[i].ndim, w->e[i].shape) * ftk_dtype_size(w->e[i].dtype));
+}
+
+ftk_status ftk_st_write_streaming(const char *path, const struct ftk_message *meta, const struct ftk_st_entry *e, size_t n,
+                                  ftk_st_fill_fn fill, void *arg)
+{
+    struct whole_fill w = {e, fill, arg};
+    return ftk_st_write_rows(path, meta, e, n, whole_fill, &w, SIZE_MAX);
 }

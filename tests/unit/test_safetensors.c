@@ -36,6 +36,37 @@ static ftk_status open_file(const char *name, struct ftk_st_model **m)
     return ftk_st_file_open(p, m);
 }
 
+/* ftk_st_write_rows: each tensor's values are 100 * tensor + element index; the calls are logged. */
+struct rows_log {
+    const struct ftk_st_entry *e;
+    char calls[512];
+    int fail_at;   /* the call that fails (-1: none) */
+    int n_calls;
+};
+
+static ftk_status fill_logged(void *arg, size_t i, void *dst, int64_t row0, int64_t nrows)
+{
+    struct rows_log *l = arg;
+    size_t len = strlen(l->calls);
+    snprintf(l->calls + len, sizeof l->calls - len, "%zu:%lld+%lld ", i, (long long)row0, (long long)nrows);
+    if (l->n_calls++ == l->fail_at)
+        return ftk_error_set(FTK_E_INVALID, __FILE__, __LINE__, "fill failed on purpose");
+    const struct ftk_st_entry *e = &l->e[i];
+    int64_t rows = e->ndim ? e->shape[0] : 1, n = ftk_shape_numel(e->ndim, e->shape), row_el = rows ? n / rows : 0;
+    for (int64_t k = 0; k < nrows * row_el; k++)
+        ((float *)dst)[k] = (float)(100 * (int64_t)i + row0 * row_el + k);
+    return FTK_OK;
+}
+
+static ftk_status fill_whole(void *arg, size_t i, void *dst, size_t nbytes)
+{
+    struct rows_log *l = arg;
+    for (size_t k = 0; k < nbytes / sizeof(float); k++)
+        ((float *)dst)[k] = (float)(100 * i + k);
+    l->n_calls++;
+    return FTK_OK;
+}
+
 static void small_message(struct ftk_message *m, float base)
 {
     ftk_message_init(m);
@@ -247,6 +278,42 @@ int main(void)
         write_raw("t10.safetensors", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
                                      "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, -1);
         CHECK_ERR(open_file("t10.safetensors", &st), FTK_E_FORMAT, "appears twice");
+    }
+    TEST("ftk_st_write_rows: a few rows per call, the same file as whole tensors; a failing fill leaves nothing") {
+        const struct ftk_st_entry e[] = {
+            {.name = "w", .dtype = FTK_DTYPE_F32, .ndim = 2, .shape = {5, 3}},   /* 12-byte rows */
+            {.name = "b", .dtype = FTK_DTYPE_F32, .ndim = 1, .shape = {7}},      /* 4-byte rows */
+            {.name = "s", .dtype = FTK_DTYPE_F32, .ndim = 0},                    /* a scalar: one row */
+            {.name = "z", .dtype = FTK_DTYPE_F32, .ndim = 2, .shape = {0, 4}},   /* empty */
+        };
+        struct ftk_message meta;
+        ftk_message_init(&meta);
+        CHECK_OK(ftk_message_set_meta(&meta, "format", "pt"));
+        char whole[512], rows[512];
+        path_of(whole, sizeof whole, "whole.safetensors");
+        path_of(rows, sizeof rows, "rows.safetensors");
+        struct rows_log l = {.e = e, .fail_at = -1};
+        CHECK_OK(ftk_st_write_streaming(whole, &meta, e, 4, fill_whole, &l));
+        CHECK_INT(l.n_calls, 4);
+        l = (struct rows_log){.e = e, .fail_at = -1};
+        CHECK_OK(ftk_st_write_rows(rows, &meta, e, 4, fill_logged, &l, 13));
+        CHECK_STR(l.calls, "0:0+1 0:1+1 0:2+1 0:3+1 0:4+1 1:0+3 1:3+3 1:6+1 2:0+1 3:0+0 ");
+        char *a, *b;
+        size_t na, nb;
+        CHECK_OK(ftk_file_read_all(whole, &a, &na));
+        CHECK_OK(ftk_file_read_all(rows, &b, &nb));
+        CHECK(na == nb && memcmp(a, b, na) == 0);
+        free(a);
+        free(b);
+        l = (struct rows_log){.e = e, .fail_at = -1};   /* a chunk as large as the tensor: one call */
+        CHECK_OK(ftk_st_write_rows(rows, &meta, e, 4, fill_logged, &l, 60));
+        CHECK_STR(l.calls, "0:0+5 1:0+7 2:0+1 3:0+0 ");
+        path_of(p, sizeof p, "failed.safetensors");
+        l = (struct rows_log){.e = e, .fail_at = 3};
+        CHECK_ERR(ftk_st_write_rows(p, &meta, e, 4, fill_logged, &l, 13), FTK_E_INVALID, "on purpose");
+        CHECK(access(p, F_OK) != 0);
+        CHECK_INT(count_tmp_files(), 0);
+        ftk_message_free(&meta);
     }
     TEST("a failed write leaves no file behind; a good one replaces atomically") {
         struct ftk_message m;

@@ -2,9 +2,9 @@
  *
  * W' = W + scale * B A for every adapted linear, in F32, cast to the output dtype; scale is
  * lora_alpha / r (lora_alpha / sqrt(r) with use_rslora), as peft's LoraLayer.merge. The base
- * checkpoint is read one tensor at a time from its mapping and the result written one tensor
- * at a time, so memory holds about one tensor (F32) plus the adapter, whatever the model size
- * (a directory base; an archive base is read into memory by libarchive). Adapters of other
+ * checkpoint is read from its mapping and the result written a chunk of rows at a time, so
+ * memory holds about one chunk (FTK_MERGE_DEFAULT_CHUNK) plus the adapter, whatever the model
+ * or tensor size (a directory base; an archive base is read into memory by libarchive). Adapters of other
  * mergeable methods (DoRA, (IA)^3, AdaLoRA, diff pruning) are folded by their plugin's merge
  * slot, with the base model loaded whole (F32, CPU backend) and the adapter on it; BitFit's by its
  * merge_bias slot into the modules' biases (added, with config.json's attention_bias / mlp_bias,
@@ -24,6 +24,8 @@ extern "C" {
 
 /* transformers' default max_shard_size ("5GB", decimal as huggingface_hub counts). */
 #define FTK_MERGE_DEFAULT_SHARD_SIZE ((uint64_t)5000000000ull)
+/* Rows of a tensor merged and written at a time: the merge's memory beside the adapter. */
+#define FTK_MERGE_DEFAULT_CHUNK ((size_t)16 << 20)
 
 struct ftk_merge_opts {
     const char *model;      /* base model: HF directory or archive */
@@ -32,6 +34,8 @@ struct ftk_merge_opts {
     const char *dtype;      /* "float32", "bfloat16", "float16" (or f32/bf16/f16); NULL: the base's
                                torch_dtype (float32 when config.json names none) */
     uint64_t shard_size;    /* bytes per shard before a new one starts; 0: the default */
+    size_t chunk_bytes;     /* output bytes computed and written per step (at least one row);
+                               0: FTK_MERGE_DEFAULT_CHUNK. Changes memory, never the result. */
 };
 
 struct ftk_merge_stats {

@@ -45,6 +45,13 @@ typedef ftk_status (*ftk_st_fill_fn)(void *arg, size_t i, void *dst, size_t nbyt
 FTK_API ftk_status ftk_st_write_streaming(const char *path, const struct ftk_message *meta_only,
                                           const struct ftk_st_entry *entries, size_t n,
                                           ftk_st_fill_fn fill, void *arg);
+/* The same, a few rows at a time (memory: about chunk_bytes, whatever the tensors' sizes): `fill`
+ * is called with rows [row0, row0 + nrows) of tensor i (its first dimension; a scalar is one
+ * row) to write into dst, in order, each call covering at most chunk_bytes or one row. */
+typedef ftk_status (*ftk_st_fill_rows_fn)(void *arg, size_t i, void *dst, int64_t row0, int64_t nrows);
+FTK_API ftk_status ftk_st_write_rows(const char *path, const struct ftk_message *meta_only,
+                                     const struct ftk_st_entry *entries, size_t n,
+                                     ftk_st_fill_rows_fn fill, void *arg, size_t chunk_bytes);
 
 /* Writes a message's tensors and metadata as one safetensors file, crash-safely. */
 FTK_API ftk_status ftk_st_write(const char *path, const struct ftk_message *m);
