@@ -1,0 +1,120 @@
+/* tests/unit/test_threads.c: the thread pool (ftk/threads.h): every index runs exactly once
+ * whatever n and grain, thread ids stay in range, nested calls run inline, and jobs handed over
+ * back to back (workers spinning) or after a pause (workers asleep) all complete. */
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <time.h>
+#include "check.h"
+#include "ftk/threads.h"
+
+struct job {
+    atomic_int *hits;    /* per index */
+    atomic_int bad_tid;
+    atomic_llong sum;
+    int nthreads;
+    struct ftk_threads *pool;
+    atomic_int nested_ran, nested_tid_nonzero;
+};
+
+static void count(void *arg, int64_t b, int64_t e, int tid)
+{
+    struct job *j = arg;
+    if (tid < 0 || tid >= j->nthreads)
+        atomic_fetch_add(&j->bad_tid, 1);
+    for (int64_t i = b; i < e; i++) {
+        atomic_fetch_add(&j->hits[i], 1);
+        atomic_fetch_add(&j->sum, i);
+    }
+}
+
+static void inner(void *arg, int64_t b, int64_t e, int tid)
+{
+    struct job *j = arg;
+    atomic_fetch_add(&j->nested_ran, (int)(e - b));
+    if (tid != 0)
+        atomic_fetch_add(&j->nested_tid_nonzero, 1);
+}
+
+static void outer(void *arg, int64_t b, int64_t e, int tid)
+{
+    struct job *j = arg;
+    (void)tid;
+    for (int64_t i = b; i < e; i++)
+        ftk_threads_for(j->pool, 10, 3, inner, j);   /* nested: inline on this thread */
+}
+
+static void pause_ms(int ms)
+{
+    struct timespec ts = {0, ms * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* One job over [0, n): every index exactly once, sums right, tids in range. */
+static int one_job(struct ftk_threads *pool, int nthreads, int64_t n, int64_t grain)
+{
+    struct job j = {.nthreads = nthreads};
+    j.hits = calloc((size_t)(n > 0 ? n : 1), sizeof *j.hits);
+    ftk_threads_for(pool, n, grain, count, &j);
+    int ok = atomic_load(&j.bad_tid) == 0 && atomic_load(&j.sum) == (n > 0 ? n * (n - 1) / 2 : 0);
+    for (int64_t i = 0; i < n; i++)
+        ok &= atomic_load(&j.hits[i]) == 1;
+    free(j.hits);
+    return ok;
+}
+
+int main(void)
+{
+    static const int sizes[] = {1, 2, 4};
+    for (int s = 0; s < 3; s++) {
+        int nt = sizes[s];
+        char name[120];
+        snprintf(name, sizeof name, "%d thread(s): every index once for n 0..300 and grains 0, 1, 7, n", nt);
+        struct ftk_threads *pool;
+        CHECK_OK(ftk_threads_create(nt, &pool));
+        CHECK_INT(ftk_threads_count(pool), nt);
+        TEST(name) {
+            int bad = 0;
+            for (int64_t n = 0; n <= 300; n += (n < 20 ? 1 : 37)) {
+                const int64_t grains[] = {0, 1, 7, n};
+                for (int g = 0; g < 4; g++)
+                    bad += !one_job(pool, nt, n, grains[g]);
+            }
+            CHECK_INT(bad, 0);
+        }
+        snprintf(name, sizeof name, "%d thread(s): 20000 jobs back to back (workers spinning) all complete", nt);
+        TEST(name) {
+            int bad = 0;
+            for (int i = 0; i < 20000; i++)
+                bad += !one_job(pool, nt, 1 + i % 97, 1 + i % 5);
+            CHECK_INT(bad, 0);
+        }
+        snprintf(name, sizeof name, "%d thread(s): jobs after pauses longer than the spin (workers asleep)", nt);
+        TEST(name) {
+            int bad = 0;
+            for (int i = 0; i < 20; i++) {
+                pause_ms(i % 2 ? 2 : 1);
+                bad += !one_job(pool, nt, 64 + i, 1);
+            }
+            CHECK_INT(bad, 0);
+        }
+        snprintf(name, sizeof name, "%d thread(s): a nested call runs inline, thread 0", nt);
+        TEST(name) {
+            struct job j = {.nthreads = nt, .pool = pool};
+            ftk_threads_for(pool, 8, 1, outer, &j);
+            CHECK_INT(atomic_load(&j.nested_ran), 80);
+            CHECK_INT(atomic_load(&j.nested_tid_nonzero), 0);
+        }
+        ftk_threads_free(pool);   /* workers may be spinning or asleep: both must quit */
+    }
+    TEST("a NULL pool runs inline; freeing a sleeping pool returns") {
+        CHECK(one_job(NULL, 1, 50, 4));
+        CHECK_INT(ftk_threads_count(NULL), 1);
+        struct ftk_threads *pool;
+        CHECK_OK(ftk_threads_create(3, &pool));
+        CHECK(one_job(pool, 3, 100, 2));
+        pause_ms(5);   /* past the spin: the workers sleep */
+        ftk_threads_free(pool);
+        ftk_threads_free(NULL);
+    }
+    return check_summary();
+}
