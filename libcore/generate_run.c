@@ -353,6 +353,7 @@ static ftk_status run_chat(struct gen_run *r)
     size_t cap = 0;
     ssize_t len;
     ftk_status s = FTK_OK;
+    int64_t ctx = r->gc.context > 0 ? r->gc.context : ftk_model_get_config(r->m)->max_position_embeddings;
     fprintf(stderr, "ftk generate: chat with %s (empty line or Ctrl-D ends; /clear forgets)\n", r->o->model);
     while (s == FTK_OK) {
         fputs("> ", stderr);
@@ -375,6 +376,13 @@ static ftk_status run_chat(struct gen_run *r)
             s = encode_messages(r, msgs, NULL, &ids, "chat");
         else
             s = ftk_tokenizer_encode(r->tok, line, strlen(line), 1, &ids);
+        if (s == FTK_OK && (int64_t)ids.n >= ctx) {   /* the turn is taken back; the chat goes on */
+            fprintf(stderr, "ftk generate: the conversation is %zu tokens with this turn, the context %lld: /clear to start again\n",
+                    ids.n, (long long)ctx);
+            cJSON_DeleteItemFromArray(msgs, cJSON_GetArraySize(msgs) - 1);
+            ftk_ids_free(&ids);
+            continue;
+        }
         struct ftk_gen_result res;
         const int32_t *p = ids.ids;
         int64_t n = (int64_t)ids.n;

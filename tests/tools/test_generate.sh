@@ -110,4 +110,39 @@ echo '{"messages": [{"role": "user", "content": "hi"}]}' > "$T/msgs.jsonl"
 check_fail "messages without a template" 1 "give --template" ftk generate --model "$M" "$T/msgs.jsonl"
 check_fail "unknown template" 1 "nosuchtemplate" ftk generate --model "$M" --template nosuchtemplate "$T/msgs.jsonl"
 check_fail "adapter for another base" 1 "adapter for another base" ftk generate --model "$M" --adapter "$ROOT/tests/fixtures/hf_tiny/llama/adapter" "$T/one.jsonl"
+# the chat: a terminal on stdin (tests/tools/pty_run.c gives one)
+PTY=$T/pty_run
+if ! ${CC:-cc} -std=c11 -D_GNU_SOURCE -O2 "$ROOT/tests/tools/pty_run.c" -o "$PTY" -lutil 2>"$T/cc.err"; then
+    fail "build pty_run" "$(head -c 600 "$T/cc.err")"
+else
+    CH=(--model "$M" --template alpaca --max-new-tokens 10)
+    printf 'Once upon a time\nThe dog\n/clear\nThe dog\n\nnever read\n' > "$T/typed.txt"
+    check "chat: three turns, /clear, an empty line ends" bash -c "'$PTY' '$T/typed.txt' ftk generate ${CH[*]} > '$T/chat.out' 2> '$T/chat.err'"
+    # what the chat answers is what the same conversations as "messages" records give
+    a1=$(jq -nc '{messages: [{role: "user", content: "Once upon a time"}]}' | ftk generate "${CH[@]}" | jq -r .text)
+    a2=$(jq -nc --arg a "$a1" '{messages: [{role: "user", content: "Once upon a time"}, {role: "assistant", content: $a},
+                                          {role: "user", content: "The dog"}]}' | ftk generate "${CH[@]}" | jq -r .text)
+    a3=$(jq -nc '{messages: [{role: "user", content: "The dog"}]}' | ftk generate "${CH[@]}" | jq -r .text)
+    check_eq "chat answers = the conversation's messages records, /clear forgets" "$(cat "$T/chat.out")" "$(printf '%s\n' "$a1" "$a2" "$a3")"
+    check "the second turn saw the first" test "$a2" != "$a3"
+    check_eq "a prompt on stderr for each line read" "$(grep -o '> ' "$T/chat.err" | wc -l)" 5
+    printf 'Once upon a time\n\004' > "$T/typed.txt"
+    check "chat: Ctrl-D ends" bash -c "'$PTY' '$T/typed.txt' ftk generate ${CH[*]} > '$T/chat.out' 2> '$T/chat.err'"
+    check_eq "chat: the turn before Ctrl-D is answered" "$(cat "$T/chat.out")" "$a1"
+    # a turn that would overflow the context is taken back and the chat goes on
+    # (alpaca's preamble is 100 tokens of stories260K's vocabulary)
+    printf '%s\nThe dog\n\n' "$(printf 'Once upon a time there was a little girl named Lily. %.0s' 1 2 3)" > "$T/typed.txt"
+    check "chat: a turn longer than the context does not end the chat" \
+        bash -c "'$PTY' '$T/typed.txt' ftk generate ${CH[*]} --context 120 > '$T/chat.out' 2> '$T/chat.err'"
+    check "chat: the long turn is named" grep -q "the conversation is [0-9]* tokens with this turn, the context 120: /clear" "$T/chat.err"
+    check_eq "chat: the next turn is answered as a first turn" "$(cat "$T/chat.out")" \
+        "$(jq -nc '{messages: [{role: "user", content: "The dog"}]}' | ftk generate "${CH[@]}" --context 120 | jq -r .text)"
+    printf 'Once upon a time\nThe dog\n\n' > "$T/typed.txt"
+    check "chat without a template" bash -c "'$PTY' '$T/typed.txt' ftk generate --model '$M' --max-new-tokens 10 > '$T/chat.out' 2> '$T/chat.err'"
+    check_eq "without a template each line is a prompt record of its own" "$(cat "$T/chat.out")" \
+        "$(printf '{"prompt": "Once upon a time"}\n{"prompt": "The dog"}\n' | ftk generate --model "$M" --max-new-tokens 10 | jq -r .text)"
+    mkdir "$T/notok" && cp "$M/config.json" "$M/model.safetensors" "$T/notok/"
+    printf 'hi\n' > "$T/typed.txt"
+    check_fail "chat without a tokenizer" 1 "chat needs a tokenizer" "$PTY" "$T/typed.txt" ftk generate --model "$T/notok"
+fi
 summary
