@@ -22,6 +22,8 @@ echo "== every PEFT method: ftk train-step vs peft where peft has the method"
 "$py" tests/bench/peft_methods.py --ftk "$build/bin/ftk" --steps 8
 echo "== generation on the CPU: ftk generate vs transformers (and llama.cpp when LLAMACPP_DIR names a build)"
 "$py" tests/bench/generate_cpu.py --ftk "$build/bin/ftk" --shapes 10m,100m --repeats 5
+echo "== merge-lora: a base larger than the memory it is given, ftk vs peft merge_and_unload"
+"$py" tests/bench/merge_memory.py --ftk "$build/bin/ftk" --shape 1b --repeats 3
 if [ -f tests/bench/dpo_offline.py ]; then
     echo "== DPO with offline vs online reference log-probs"
     "$py" tests/bench/dpo_offline.py --build "$build"
