@@ -110,6 +110,23 @@ echo '{"messages": [{"role": "user", "content": "hi"}]}' > "$T/msgs.jsonl"
 check_fail "messages without a template" 1 "give --template" ftk generate --model "$M" "$T/msgs.jsonl"
 check_fail "unknown template" 1 "nosuchtemplate" ftk generate --model "$M" --template nosuchtemplate "$T/msgs.jsonl"
 check_fail "adapter for another base" 1 "adapter for another base" ftk generate --model "$M" --adapter "$ROOT/tests/fixtures/hf_tiny/llama/adapter" "$T/one.jsonl"
+# greedy = transformers' on every tiny architecture (llama3 rope, mistral, qwen2 biases, qwen3 q/k
+# norms), with and without the LoRA adapter applied unmerged (tests/oracle/greedy_hf_tiny.py)
+GT="$ROOT/tests/fixtures/hf_tiny/greedy.json"
+jq -c '{kind: "stream", meta: {producer: "t"}}, (.prompts[] | {kind: "example", tensors: {input_ids: .}})' "$GT" |
+    ftk dump --from-json > "$T/tiny_prompts.fts"
+for arch in llama mistral qwen2 qwen3; do
+    for mode in base adapter; do
+        ad=(); [ $mode = adapter ] && ad=(--adapter "$ROOT/tests/fixtures/hf_tiny/$arch/adapter")
+        for bs in 1 3; do
+            check_eq "greedy = transformers: $arch, $mode, batch $bs" \
+                "$(ftk generate --model "$ROOT/tests/fixtures/hf_tiny/$arch" "${ad[@]}" --greedy --ignore-eos --max-new-tokens 40 \
+                    --batch-size $bs "$T/tiny_prompts.fts" | jq -sc 'map(.ids)')" \
+                "$(jq -c --arg k "$arch/$mode" '.cases[$k] | map(.ids)' "$GT")"
+        done
+    done
+done
+
 # the chat: a terminal on stdin (tests/tools/pty_run.c gives one)
 PTY=$T/pty_run
 if ! ${CC:-cc} -std=c11 -D_GNU_SOURCE -O2 "$ROOT/tests/tools/pty_run.c" -o "$PTY" -lutil 2>"$T/cc.err"; then
