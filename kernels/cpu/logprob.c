@@ -11,6 +11,7 @@
 
 #include <math.h>
 #include <string.h>
+#include "vexp.h"
 
 /* Default chunk: logits of at most this many bytes at once. */
 #define LOGPROB_CHUNK_BYTES ((size_t)64 << 20)
@@ -27,7 +28,7 @@ struct lp_rows {
     int mode;
 };
 
-static void lp_row_range(void *arg, int64_t m0, int64_t m1, int tid)
+static inline __attribute__((always_inline)) void lp_row_body(void *arg, int64_t m0, int64_t m1, int tid)
 {
     (void)tid;
     const struct lp_rows *a = arg;
@@ -40,13 +41,8 @@ static void lp_row_range(void *arg, int64_t m0, int64_t m1, int tid)
         if (a->lse_in) {
             lse = a->lse_in[n];
         } else {
-            float mx = -INFINITY;
-            for (int64_t v = 0; v < V; v++)
-                mx = z[v] > mx ? z[v] : mx;
-            double sum = 0.0;   /* f64: a float sum over 100k+ terms drifts */
-            for (int64_t v = 0; v < V; v++)
-                sum += expf(z[v] - mx);
-            lse = mx + (float)log(sum);
+            float mx = cpu_row_max(z, V);
+            lse = mx + (float)log(cpu_row_sum_exp(z, V, mx));
         }
         if (a->mode & LP_FWD) {
             if (a->logp)
@@ -56,12 +52,14 @@ static void lp_row_range(void *arg, int64_t m0, int64_t m1, int tid)
         }
         if (a->mode & LP_BWD) {
             const float g = a->dlogp[n];
-            for (int64_t v = 0; v < V; v++)
-                z[v] = -g * expf(z[v] - lse);
+            cpu_row_scaled_exp(z, V, lse, -g);
             z[y] += g;
         }
     }
 }
+
+/* lp_row_range(): lp_row_body for the CPU at hand (AVX-512, AVX2 or baseline; vexp.h) */
+CPU_RANGE_VARIANTS(lp_row_range, lp_row_body)
 
 static ftk_status lp_run(struct cpu_ctx *c, int mode, float *logp, float *lse_out,
                          const float *lse_in, float *dh, float *dw, const float *dlogp,
@@ -112,7 +110,7 @@ static ftk_status lp_run(struct cpu_ctx *c, int mode, float *logp, float *lse_ou
         FTK_TRY(cpu_gemm(c, 0, 1, m, V, C, 1.0f, hb, C, w, C, 0.0f, z, V));
         struct lp_rows a = { z, idx + m0, labels, logp, lse_out, lse_in, dlogp, V,
                              grads ? mode : (mode & LP_FWD) };
-        cpu_for(c, m, 1, lp_row_range, &a);
+        cpu_for(c, m, 1, lp_row_range(), &a);
         if (!grads)
             continue;
         if (dh) {
