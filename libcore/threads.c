@@ -181,6 +181,8 @@ void ftk_threads_for(struct ftk_threads *t, int64_t n, int64_t grain, ftk_range_
         if (grain < 1)
             grain = 1;
     }
+    if (grain > n)   /* each thread adds grain once past the end: a huge one would wrap `next` */
+        grain = n;
     t->fn = fn;
     t->arg = arg;
     t->total = n;

@@ -2,6 +2,7 @@
  * whatever n and grain, thread ids stay in range, nested calls run inline, and jobs handed over
  * back to back (workers spinning) or after a pause (workers asleep) all complete. */
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
 #include "check.h"
@@ -9,8 +10,9 @@
 
 struct job {
     atomic_int *hits;    /* per index */
-    atomic_int bad_tid;
+    atomic_int bad_tid, bad_range;
     atomic_llong sum;
+    int64_t n;           /* the job's length: fn must see ranges inside [0, n) */
     int nthreads;
     struct ftk_threads *pool;
     atomic_int nested_ran, nested_tid_nonzero;
@@ -21,6 +23,10 @@ static void count(void *arg, int64_t b, int64_t e, int tid)
     struct job *j = arg;
     if (tid < 0 || tid >= j->nthreads)
         atomic_fetch_add(&j->bad_tid, 1);
+    if (b < 0 || b >= e || e > j->n) {
+        atomic_fetch_add(&j->bad_range, 1);
+        return;
+    }
     for (int64_t i = b; i < e; i++) {
         atomic_fetch_add(&j->hits[i], 1);
         atomic_fetch_add(&j->sum, i);
@@ -52,10 +58,10 @@ static void pause_ms(int ms)
 /* One job over [0, n): every index exactly once, sums right, tids in range. */
 static int one_job(struct ftk_threads *pool, int nthreads, int64_t n, int64_t grain)
 {
-    struct job j = {.nthreads = nthreads};
+    struct job j = {.nthreads = nthreads, .n = n};
     j.hits = calloc((size_t)(n > 0 ? n : 1), sizeof *j.hits);
     ftk_threads_for(pool, n, grain, count, &j);
-    int ok = atomic_load(&j.bad_tid) == 0 && atomic_load(&j.sum) == (n > 0 ? n * (n - 1) / 2 : 0);
+    int ok = atomic_load(&j.bad_tid) == 0 && atomic_load(&j.bad_range) == 0 && atomic_load(&j.sum) == (n > 0 ? n * (n - 1) / 2 : 0);
     for (int64_t i = 0; i < n; i++)
         ok &= atomic_load(&j.hits[i]) == 1;
     free(j.hits);
@@ -79,6 +85,17 @@ int main(void)
                 for (int g = 0; g < 4; g++)
                     bad += !one_job(pool, nt, n, grains[g]);
             }
+            CHECK_INT(bad, 0);
+        }
+        snprintf(name, sizeof name, "%d thread(s): a grain far past n (up to INT64_MAX) is one chunk", nt);
+        TEST(name) {
+            /* every thread adds the grain to the shared counter once more than it takes a chunk:
+               a huge grain wrapped it negative and handed out [-2, n) */
+            const int64_t grains[] = {INT64_MAX, INT64_MAX / 2, INT64_MAX / 3, ((int64_t)1 << 62) + 1};
+            int bad = 0;
+            for (int g = 0; g < 4; g++)
+                for (int64_t n = 2; n <= 40; n += 19)
+                    bad += !one_job(pool, nt, n, grains[g]);
             CHECK_INT(bad, 0);
         }
         snprintf(name, sizeof name, "%d thread(s): 20000 jobs back to back (workers spinning) all complete", nt);
