@@ -126,6 +126,7 @@ ftk_status ftk_threads_create(int n, struct ftk_threads **out)
     if (n > 1) {
         t->workers = calloc((size_t)n - 1, sizeof *t->workers);
         if (!t->workers) {
+            t->n = 1;    /* no workers to join */
             ftk_threads_free(t);
             FTK_FAIL(FTK_E_NOMEM, "thread pool: out of memory");
         }

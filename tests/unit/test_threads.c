@@ -1,10 +1,14 @@
 /* tests/unit/test_threads.c: the thread pool (ftk/threads.h): every index runs exactly once
  * whatever n and grain, thread ids stay in range, nested calls run inline, and jobs handed over
  * back to back (workers spinning) or after a pause (workers asleep) all complete. */
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 #include "check.h"
 #include "ftk/threads.h"
 
@@ -68,8 +72,46 @@ static int one_job(struct ftk_threads *pool, int nthreads, int64_t n, int64_t gr
     return ok;
 }
 
+/* Not under ASan/TSan: their shadow memory needs more address space than the cap leaves. */
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+
+/* In a child whose address space is capped `extra` bytes above what it uses: create a pool of n
+ * threads, which must fail with `code` (a crash or another status fails the test). */
+static int create_fails_when_capped(int n, size_t extra, ftk_status code)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        long pages = 0;
+        FILE *f = fopen("/proc/self/statm", "r");
+        if (!f || fscanf(f, "%ld", &pages) != 1)
+            _exit(3);
+        fclose(f);
+        struct rlimit rl = {.rlim_cur = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + extra};
+        rl.rlim_max = rl.rlim_cur;
+        if (setrlimit(RLIMIT_AS, &rl) != 0)
+            _exit(3);
+        struct ftk_threads *pool = (struct ftk_threads *)1;
+        ftk_status st = ftk_threads_create(n, &pool);
+        _exit(st == code && pool == NULL ? 0 : 1);
+    }
+    int ws = 0;
+    if (pid < 0 || waitpid(pid, &ws, 0) != pid)
+        return 0;
+    if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0)
+        printf("  child: %s %d\n", WIFEXITED(ws) ? "exit" : "signal", WIFEXITED(ws) ? WEXITSTATUS(ws) : WTERMSIG(ws));
+    return WIFEXITED(ws) && WEXITSTATUS(ws) == 0;
+}
+#define HAVE_AS_LIMIT 1
+#endif
+
 int main(void)
 {
+#ifdef HAVE_AS_LIMIT
+    TEST("create fails cleanly: no memory for the thread table, or a thread that cannot start") {
+        CHECK(create_fails_when_capped(INT_MAX, (size_t)64 << 20, FTK_E_NOMEM));   /* (INT_MAX-1) pthread_t */
+        CHECK(create_fails_when_capped(64, (size_t)24 << 20, FTK_E_IO));           /* 8 MiB stacks */
+    }
+#endif
     static const int sizes[] = {1, 2, 4};
     for (int s = 0; s < 3; s++) {
         int nt = sizes[s];
