@@ -7,7 +7,7 @@
  *
  * cpu_vexp8: exp(x) with the Cephes expf reduction and polynomial (x = n ln2 + r, |r| <= ln2/2,
  * a degree-6 polynomial for e^r, 2^n by the exponent bits): within 2 ulp of expf for
- * x in [-87.3, 88.7]; 0 below (where expf is subnormal), +inf above, NaN stays NaN. */
+ * x in [-87.3, 88.7]; 0 below (where expf is subnormal), +inf where expf overflows, NaN stays NaN. */
 #ifndef FTK_KERNELS_CPU_VEXP_H
 #define FTK_KERNELS_CPU_VEXP_H
 
@@ -67,7 +67,8 @@ CPU_VINLINE cpu_v8f cpu_v8_select(cpu_v8i mask, cpu_v8f a, cpu_v8f b)
 
 CPU_VINLINE cpu_v8f cpu_vexp8(cpu_v8f x)
 {
-    const cpu_v8f hi = cpu_v8_splat(88.7228f), lo = cpu_v8_splat(-87.33654f);
+    /* the last floats whose expf is finite and normal: 88.7228f sent 88.7228088..88.7228317 to inf */
+    const cpu_v8f hi = cpu_v8_splat(88.7228317f), lo = cpu_v8_splat(-87.33654f);
     cpu_v8f xc = cpu_v8_select(x > hi, hi, cpu_v8_select(x < lo, lo, x));
     /* n = round(x / ln2): adding 1.5 * 2^23 rounds to an integer in the low mantissa bits */
     const cpu_v8f shift = cpu_v8_splat(12582912.0f);

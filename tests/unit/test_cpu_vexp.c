@@ -89,6 +89,31 @@ static void check_variant(const char *name, ftk_range_fn expf8, ftk_range_fn row
         free(x);
         free(y);
     }
+    snprintf(title, sizeof title, "%s: every float within 256 of the clamp edges: 2 ulp where expf is finite and normal, "
+             "else its inf or 0", name);
+    TEST(title) {
+        /* expf is finite up to 88.7228317f (the next float overflows) and normal down to -87.3365402f */
+        float x[2 * 512], y[2 * 512];
+        float a = 88.7228317f, b = -87.3365402f;
+        for (int i = 0; i < 256; i++) {
+            a = nextafterf(a, 0.0f);
+            b = nextafterf(b, 0.0f);
+        }
+        for (int i = 0; i < 512; i++, a = nextafterf(a, 100.0f), b = nextafterf(b, -100.0f)) {
+            x[i] = a;
+            x[512 + i] = b;
+        }
+        struct job j = {.x = x, .y = y, .n = 2 * 512};
+        expf8(&j, 0, 1, 0);
+        int bad = 0;
+        for (int i = 0; i < 2 * 512; i++) {
+            float want = expf(x[i]);
+            int ok = isinf(want) ? isinf(y[i]) : want < 0x1p-126f ? y[i] == 0.0f : ulps(y[i], want) <= 2;
+            if (!ok && bad++ < 4)
+                printf("  x = %.9g: %.9g, expf %.9g\n", x[i], y[i], want);
+        }
+        CHECK_INT(bad, 0);
+    }
     snprintf(title, sizeof title, "%s: row max, sum of exp and scaled exp equal scalar loops for every tail", name);
     TEST(title) {
         static float x[32000 + 1], y[32000 + 1];
