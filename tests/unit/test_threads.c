@@ -1,7 +1,9 @@
 /* tests/unit/test_threads.c: the thread pool (ftk/threads.h): every index runs exactly once
  * whatever n and grain, thread ids stay in range, nested calls run inline, and jobs handed over
- * back to back (workers spinning) or after a pause (workers asleep) all complete. */
+ * back to back (workers spinning) or after a pause (workers asleep) all complete, also with
+ * several pools driven at once and chunks as long as the spin. */
 #include <limits.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -53,10 +55,54 @@ static void outer(void *arg, int64_t b, int64_t e, int tid)
         ftk_threads_for(j->pool, 10, 3, inner, j);   /* nested: inline on this thread */
 }
 
-static void pause_ms(int ms)
+static void pause_us(long us)
 {
-    struct timespec ts = {0, ms * 1000000L};
+    struct timespec ts = {0, us * 1000L};
     nanosleep(&ts, NULL);
+}
+
+static void pause_ms(int ms) { pause_us(ms * 1000L); }
+
+/* count, with a pause of 0-0.4 ms on some indices: around the 0.2 ms spin, so threads (the
+ * driver too) go from spinning to sleeping while others still work */
+static void count_slow(void *arg, int64_t b, int64_t e, int tid)
+{
+    count(arg, b, e, tid);
+    const struct job *j = arg;
+    for (int64_t i = b; i < e; i++)
+        if ((i * 2654435761u + (uint64_t)j->n) % 5 == 0)
+            pause_us((long)((i * 97 + j->n * 31) % 400));
+}
+
+/* One pool driven by its own thread: jobs with slow chunks and pauses around the spin between
+ * them, the pool freed and made again now and then. */
+struct driver { int nthreads, jobs, bad; };
+
+static void *drive(void *p)
+{
+    struct driver *d = p;
+    struct ftk_threads *pool = NULL;
+    for (int i = 0; i < d->jobs; i++) {
+        if (i % 50 == 0) {
+            ftk_threads_free(pool);
+            if (ftk_threads_create(d->nthreads, &pool) != FTK_OK) {
+                d->bad++;
+                return NULL;
+            }
+        }
+        struct job j = {.nthreads = d->nthreads, .n = 1 + (i * 7 + d->nthreads) % 13};
+        atomic_int hits[13] = {0};
+        j.hits = hits;
+        ftk_threads_for(pool, j.n, 1, count_slow, &j);
+        int ok = atomic_load(&j.bad_tid) == 0 && atomic_load(&j.bad_range) == 0;
+        for (int64_t k = 0; k < j.n; k++)
+            ok &= atomic_load(&hits[k]) == 1;
+        d->bad += !ok;
+        if (i % 3)
+            pause_us((i * 131 + d->nthreads * 17) % 450);
+    }
+    ftk_threads_free(pool);
+    return NULL;
 }
 
 /* One job over [0, n): every index exactly once, sums right, tids in range. */
@@ -164,6 +210,16 @@ int main(void)
             CHECK_INT(atomic_load(&j.nested_tid_nonzero), 0);
         }
         ftk_threads_free(pool);   /* workers may be spinning or asleep: both must quit */
+    }
+    TEST("three pools driven from three threads at once, slow chunks and pauses around the spin") {
+        struct driver d[3] = {{.nthreads = 2, .jobs = 200}, {.nthreads = 3, .jobs = 200}, {.nthreads = 4, .jobs = 200}};
+        pthread_t th[3];
+        for (int i = 0; i < 3; i++)
+            CHECK_INT(pthread_create(&th[i], NULL, drive, &d[i]), 0);
+        for (int i = 0; i < 3; i++) {
+            pthread_join(th[i], NULL);
+            CHECK_INT(d[i].bad, 0);
+        }
     }
     TEST("a NULL pool runs inline; freeing a sleeping pool returns") {
         CHECK(one_job(NULL, 1, 50, 4));
