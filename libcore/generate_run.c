@@ -345,6 +345,23 @@ static void stream_reset(struct gen_run *r)
     r->printed = 0;
 }
 
+/* The positions an adapter puts before the prompt in the KV cache (prefix tuning's keys and
+ * values, prompt tuning's virtual tokens): one token prefilled, as ftk_generate counts them. */
+static ftk_status adapter_positions(struct gen_run *r, int64_t ctx, int64_t *out)
+{
+    *out = 0;
+    if (!ftk_model_peft(r->m))
+        return FTK_OK;
+    struct ftk_kv_cache *kc;
+    const int32_t id = 0;
+    FTK_TRY(ftk_kv_cache_create(r->m, 1, ctx, &kc));
+    ftk_status s = ftk_model_prefill(r->m, kc, 0, &id, 1, NULL);
+    if (s == FTK_OK)
+        *out = ftk_kv_cache_len(kc, 0) - 1;
+    ftk_kv_cache_free(kc);
+    return s == FTK_OK ? FTK_OK : ftk_error_wrap(s, "chat");
+}
+
 /* A terminal: read a line, answer, keep the conversation (re-encoded every turn). */
 static ftk_status run_chat(struct gen_run *r)
 {
@@ -353,8 +370,9 @@ static ftk_status run_chat(struct gen_run *r)
     size_t cap = 0;
     ssize_t len;
     ftk_status s = FTK_OK;
-    int64_t ctx = r->gc.context > 0 ? r->gc.context : ftk_model_get_config(r->m)->max_position_embeddings;
+    int64_t ctx = r->gc.context > 0 ? r->gc.context : ftk_model_get_config(r->m)->max_position_embeddings, extra = 0;
     fprintf(stderr, "ftk generate: chat with %s (empty line or Ctrl-D ends; /clear forgets)\n", r->o->model);
+    s = adapter_positions(r, ctx, &extra);
     while (s == FTK_OK) {
         fputs("> ", stderr);
         if ((len = getline(&line, &cap, stdin)) < 0)
@@ -376,9 +394,15 @@ static ftk_status run_chat(struct gen_run *r)
             s = encode_messages(r, msgs, NULL, &ids, "chat");
         else
             s = ftk_tokenizer_encode(r->tok, line, strlen(line), 1, &ids);
-        if (s == FTK_OK && (int64_t)ids.n >= ctx) {   /* the turn is taken back; the chat goes on */
-            fprintf(stderr, "ftk generate: the conversation is %zu tokens with this turn, the context %lld: /clear to start again\n",
-                    ids.n, (long long)ctx);
+        /* what ftk_generate refuses: a prompt of ctx tokens, or one the adapter's positions push
+         * past the cache; the turn is taken back and the chat goes on */
+        if (s == FTK_OK && ((int64_t)ids.n >= ctx || (int64_t)ids.n + extra > ctx)) {
+            char with[96] = "";
+            if (extra)
+                snprintf(with, sizeof with, ", %lld positions with the adapter's %lld", (long long)((int64_t)ids.n + extra),
+                         (long long)extra);
+            fprintf(stderr, "ftk generate: the conversation is %zu tokens with this turn%s, the context %lld: /clear to start again\n",
+                    ids.n, with, (long long)ctx);
             cJSON_DeleteItemFromArray(msgs, cJSON_GetArraySize(msgs) - 1);
             ftk_ids_free(&ids);
             continue;

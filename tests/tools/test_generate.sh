@@ -154,6 +154,20 @@ else
     check "chat: the long turn is named" grep -q "the conversation is [0-9]* tokens with this turn, the context 120: /clear" "$T/chat.err"
     check_eq "chat: the next turn is answered as a first turn" "$(cat "$T/chat.out")" \
         "$(jq -nc '{messages: [{role: "user", content: "The dog"}]}' | ftk generate "${CH[@]}" --context 120 | jq -r .text)"
+    # the adapter's own positions (4 virtual tokens, 3 prefix positions) count: "the cat the cat" is
+    # 5 tokens, inside the context alone, not with them
+    for pa in "prompt_tuning/llama/pt_random 8 4" "prefix_tuning/llama/noproj 7 3"; do
+        set -- $pa
+        PA=(--model "$ROOT/tests/fixtures/hf_tiny/llama" --tokenizer "$ROOT/tests/fixtures/peft_methods/prompt_tuning/tokenizer"
+            --adapter "$ROOT/tests/fixtures/peft_methods/$1" --max-new-tokens 3 --context $2)
+        printf 'the cat the cat\nthe\n\n' > "$T/typed.txt"
+        check "chat, ${1%%/*}: a turn that overflows with the adapter's positions does not end the chat" \
+            bash -c "'$PTY' '$T/typed.txt' ftk generate ${PA[*]} > '$T/chat.out' 2> '$T/chat.err'"
+        check "  the long turn is named with the adapter's positions" \
+            grep -q "the conversation is 5 tokens with this turn, $((5 + $3)) positions with the adapter's $3, the context $2: /clear" "$T/chat.err"
+        check_eq "  the next turn is answered" "$(cat "$T/chat.out")" \
+            "$(echo '{"prompt": "the"}' | ftk generate "${PA[@]}" | jq -r .text)"
+    done
     printf 'Once upon a time\nThe dog\n\n' > "$T/typed.txt"
     check "chat without a template" bash -c "'$PTY' '$T/typed.txt' ftk generate --model '$M' --max-new-tokens 10 > '$T/chat.out' 2> '$T/chat.err'"
     check_eq "without a template each line is a prompt record of its own" "$(cat "$T/chat.out")" \
