@@ -5,9 +5,10 @@
  *
  * CMD's stdin is the slave side of a new pseudo-terminal (canonical mode, no echo); its stdout
  * and stderr are pty_run's own. The bytes of the file INPUT are typed into the terminal as they
- * are (a \004 at the start of a line is Ctrl-D, end of input), then pty_run waits for CMD and
- * exits with its status (128 + the signal if it was killed). A CMD still waiting for input after
- * PTY_RUN_TIMEOUT seconds (default 120) is killed, and pty_run says so and exits with 124. */
+ * are (a \004 at the start of a line is Ctrl-D, end of input) as fast as it takes them, what CMD
+ * leaves unread when it ends being dropped; pty_run exits with CMD's status (128 + the signal if
+ * it was killed). A CMD still running PTY_RUN_TIMEOUT seconds (default 120) after the start is
+ * killed, and pty_run says so and exits with 124. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pty.h>
@@ -55,21 +56,34 @@ int main(int argc, char **argv)
         die(argv[2]);
     }
     close(slave);
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
-        for (size_t off = 0; off < n;) {
-            ssize_t w = write(master, buf + off, n - off);
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w < 0)
-                die("write to the terminal");
-            off += (size_t)w;
-        }
+    /* the input is typed as the terminal takes it (it holds about 4 KB): a blocking write would
+     * wait forever on a CMD that exits or stops reading, outside the timeout */
+    char *text = NULL;
+    size_t len = 0, cap = 0, n;
+    do {
+        if (len == cap && !(text = realloc(text, cap = cap ? 2 * cap : 4096)))
+            die("out of memory");
+        len += n = fread(text + len, 1, cap - len, in);
+    } while (n > 0);
     fclose(in);
+    int fl = fcntl(master, F_GETFL);
+    if (fl < 0 || fcntl(master, F_SETFL, fl | O_NONBLOCK) < 0)
+        die("fcntl");
     const char *to = getenv("PTY_RUN_TIMEOUT");
     int limit = to && atoi(to) > 0 ? atoi(to) : 120, st;
+    size_t off = 0;
     for (int waited_ms = 0;; waited_ms += 10) {
+        while (off < len) {
+            ssize_t w = write(master, text + off, len - off);
+            if (w > 0)
+                off += (size_t)w;
+            else if (w < 0 && errno == EIO)   /* the terminal is closed: the rest is never read */
+                off = len;
+            else if (w == 0 || errno == EAGAIN)   /* full: the rest once CMD reads */
+                break;
+            else if (errno != EINTR)
+                die("write to the terminal");
+        }
         pid_t got = waitpid(pid, &st, WNOHANG);
         if (got < 0 && errno != EINTR)
             die("waitpid");
@@ -83,6 +97,7 @@ int main(int argc, char **argv)
         }
         usleep(10000);
     }
+    free(text);
     close(master);
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }

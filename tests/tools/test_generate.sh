@@ -132,6 +132,11 @@ PTY=$T/pty_run
 if ! ${CC:-cc} -std=c11 -D_GNU_SOURCE -O2 "$ROOT/tests/tools/pty_run.c" -o "$PTY" -lutil 2>"$T/cc.err"; then
     fail "build pty_run" "$(head -c 600 "$T/cc.err")"
 else
+    # pty_run itself: more input than the terminal holds (about 4 KB) for a command that does not
+    # read it ends with the command, and the timeout covers the typing too
+    head -c 20000 /dev/zero | tr '\0' a | fold -w 100 > "$T/big.txt"
+    check "pty_run: unread input does not keep it waiting" timeout 60 "$PTY" "$T/big.txt" true
+    check_fail "pty_run: the timeout covers the typing" 124 "still running after 1 s" env PTY_RUN_TIMEOUT=1 timeout 60 "$PTY" "$T/big.txt" sleep 30
     CH=(--model "$M" --template alpaca --max-new-tokens 10)
     printf 'Once upon a time\nThe dog\n/clear\nThe dog\n\nnever read\n' > "$T/typed.txt"
     check "chat: three turns, /clear, an empty line ends" bash -c "'$PTY' '$T/typed.txt' ftk generate ${CH[*]} > '$T/chat.out' 2> '$T/chat.err'"
