@@ -28,7 +28,7 @@ BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas
 CC      ?= cc
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-missing-field-initializers -fPIC -MMD -MP \
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-missing-field-initializers -Wno-psabi -fPIC -MMD -MP \
            -pthread -Ilibcore/include -Ilibcore $(PKG_CFLAGS) $(BLAS_CFLAGS) \
            -DFTK_VERSION='"$(VERSION)"'
 LIB_CFLAGS := -DFTK_BUILDING_LIB -fvisibility=hidden

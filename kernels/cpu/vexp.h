@@ -45,12 +45,8 @@
     static ftk_range_fn name(void) { return name##_base; }
 #endif
 
-/* The helpers pass 32-byte vectors by value; they are always inlined, so no call crosses an ABI,
- * but GCC warns at the end of the including file about one without AVX: off for that file. */
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-
+/* The helpers pass 32-byte vectors by value; they are always inlined, so no call crosses an ABI
+ * (the Makefile's -Wno-psabi quiets GCC's notes about one without AVX). */
 typedef float cpu_v8f __attribute__((vector_size(32)));
 typedef int32_t cpu_v8i __attribute__((vector_size(32)));
 typedef double cpu_v8d __attribute__((vector_size(64)));
