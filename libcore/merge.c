@@ -178,8 +178,8 @@ static ftk_status scratch(struct plan *p, size_t n)
     return FTK_OK;
 }
 
-/* A tensor computed whole before its rows are written (plugin merges, saved or trained modules,
- * biases): built in the scratch when its first rows are asked for. */
+/* A tensor computed whole before its rows are written (plugin merges, modules the plugin path
+ * trained, biases): built in the scratch when its first rows are asked for. */
 static ftk_status whole_f32(struct plan *p, const struct item *it, size_t n)
 {
     const struct ftk_tensor *t = it->src;
@@ -192,8 +192,6 @@ static ftk_status whole_f32(struct plan *p, const struct item *it, size_t n)
         FTK_FAIL_IF(!has, FTK_E_INVALID, "the plugin no longer has a bias there");
         return FTK_OK;
     }
-    if (it->saved)                    /* modules_to_save: the adapter's tensor in place of the base's */
-        return ftk_convert_to_f32(p->w, it->saved->data, it->saved->dtype, n);
     if (it->trained)
         return p->m->be->to_host(p->m->ctx, p->w, it->trained, n * sizeof *p->w);
     /* the plugin path starts from the loaded model's weight: the checkpoint's in F32, or the
@@ -213,10 +211,16 @@ static ftk_status fill_rows(struct plan *p, const struct item *it, void *dst, in
     size_t n = (size_t)ftk_tensor_numel(t);
     int64_t rows = t->ndim ? t->shape[0] : 1;
     size_t row_el = rows ? n / (size_t)rows : 0, k = (size_t)nrows * row_el, off = (size_t)row0 * row_el;
-    if (it->bias_of || it->zero || it->saved || it->trained || it->site) {
+    if (it->bias_of || it->zero || it->trained || it->site) {
         if (row0 == 0)
             FTK_TRY(whole_f32(p, it, n));
         return ftk_convert_from_f32(dst, it->dtype, p->w + off, k);
+    }
+    if (it->saved) {   /* modules_to_save: the adapter's rows in place of the base's (often the
+                          largest tensors, embeddings and head: by rows too) */
+        FTK_TRY(scratch(p, k));
+        FTK_TRY(ftk_convert_to_f32(p->w, (const char *)it->saved->data + off * ftk_dtype_size(it->saved->dtype), it->saved->dtype, k));
+        return ftk_convert_from_f32(dst, it->dtype, p->w, k);
     }
     size_t esz = ftk_dtype_size(t->dtype);
     if ((!it->lora && t->dtype == it->dtype) || !merge_is_float(t->dtype)) {   /* unchanged: bit for bit */

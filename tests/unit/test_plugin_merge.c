@@ -7,11 +7,14 @@
  *   input is a clear error that leaves no output.
  * Errors are max|got - want| / max|want| over each tensor (scale-free). */
 #include <ftw.h>
+#include <malloc.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include "check.h"
 #include "ftk/fileio.h"
@@ -41,6 +44,20 @@ static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *f)
 }
 static void rm_rf(const char *p) { nftw(p, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
 static int exists(const char *p) { struct stat sb; return stat(p, &sb) == 0; }
+
+/* This process's data segment (VmData: what RLIMIT_DATA limits), in bytes. */
+static long long vm_data(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmData: %lld kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb * 1024;
+}
 
 /* The fixture batch of tests/fixtures/hf_tiny/<arch>, or a fixed batch for other models. */
 struct batch {
@@ -259,8 +276,31 @@ static void adapter_variant(const char *src, const char *dst, const char *key, c
     free(cfg);
 }
 
-int main(void)
+/* test_plugin_merge --limited-heap BYTES MODEL ADAPTER OUT: merges one row-chunk of 1 MiB at a time
+ * with the data segment limited to what it is at the start plus BYTES. A fresh process (exec'd by
+ * the test): the test's own freed heap would otherwise serve the merge's allocations unseen. */
+static int limited_heap_merge(char **argv)
 {
+    mallopt(M_MMAP_THRESHOLD, 128 << 10);   /* large blocks mapped afresh, counted by RLIMIT_DATA */
+    struct rlimit rl;
+    long long now = vm_data();
+    if (now <= 0 || getrlimit(RLIMIT_DATA, &rl) != 0)
+        return 2;
+    rl.rlim_cur = (rlim_t)(now + atoll(argv[2]));
+    if (setrlimit(RLIMIT_DATA, &rl) != 0)
+        return 2;
+    struct ftk_merge_opts o = {.model = argv[3], .adapter = argv[4], .output = argv[5], .chunk_bytes = 1 << 20};
+    if (ftk_merge_lora(&o, NULL) != FTK_OK) {
+        printf("  merge in a heap limited to %s more bytes: %s\n", argv[2], ftk_last_error());
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 6 && !strcmp(argv[1], "--limited-heap"))
+        return limited_heap_merge(argv);
     be = ftk_backend_cpu();
     struct ftk_backend_opts bo = {.struct_size = sizeof bo, .threads = 1};
     if (be->create(&bo, &ctx) != FTK_OK) {
@@ -341,6 +381,60 @@ int main(void)
             }
             free(want);
         }
+    }
+    TEST("modules_to_save goes a chunk of rows at a time too: a 16 MiB saved embedding merges in 8 MiB more heap") {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+        printf("  skipped: a sanitizer's allocator holds memory of its own\n");
+#else
+        /* base: embeddings (4096,1024) F32 and no head (tied); adapter: a saved copy, no LoRA pair */
+        char base[300], ad[300];
+        snprintf(base, sizeof base, "%s/big-base", tmp);
+        snprintf(ad, sizeof ad, "%s/big-adapter", tmp);
+        mkdir(base, 0755);
+        mkdir(ad, 0755);
+        const int64_t shape[2] = {4096, 1024};
+        struct ftk_message m;
+        struct ftk_tensor *t;
+        ftk_message_init(&m);
+        CHECK_OK(ftk_message_add(&m, "model.embed_tokens.weight", FTK_DTYPE_F32, 2, shape, NULL, NULL));
+        snprintf(p, sizeof p, "%s/model.safetensors", base);
+        CHECK_OK(ftk_st_write(p, &m));
+        ftk_message_free(&m);
+        CHECK_OK(ftk_message_add(&m, "base_model.model.model.embed_tokens.weight", FTK_DTYPE_F32, 2, shape, NULL, &t));
+        for (int64_t k = 0; k < shape[0] * shape[1]; k++)
+            ((float *)t->data)[k] = (float)k;
+        snprintf(p, sizeof p, "%s/adapter_model.safetensors", ad);
+        CHECK_OK(ftk_st_write(p, &m));
+        static const char cfg[] = "{\"model_type\": \"llama\", \"torch_dtype\": \"float32\"}";
+        static const char acfg[] = "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4, \"target_modules\": [\"q_proj\"], "
+                                   "\"modules_to_save\": [\"embed_tokens\"]}";
+        snprintf(p, sizeof p, "%s/config.json", base);
+        CHECK_OK(ftk_file_write_atomic(p, cfg, strlen(cfg)));
+        snprintf(p, sizeof p, "%s/adapter_config.json", ad);
+        CHECK_OK(ftk_file_write_atomic(p, acfg, strlen(acfg)));
+        snprintf(q, sizeof q, "%s/big-merged", tmp);
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {   /* a few 1 MiB chunks, not a whole F32 copy (16 MiB) */
+            /* no OpenBLAS threads: one would spin forever at exit on its 128 MiB buffer that
+             * the limit refuses (the merge itself needs no BLAS here) */
+            setenv("OPENBLAS_NUM_THREADS", "1", 1);
+            execl("/proc/self/exe", "test_plugin_merge", "--limited-heap", "8388608", base, ad, q, (char *)NULL);
+            _exit(3);
+        }
+        int st = -1;
+        CHECK(pid > 0 && waitpid(pid, &st, 0) == pid);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        struct ftk_st_model *r = NULL;
+        char out[700];
+        snprintf(out, sizeof out, "%s/model.safetensors", q);
+        if (WIFEXITED(st) && WEXITSTATUS(st) == 0 && ftk_st_file_open(out, &r) == FTK_OK) {
+            const struct ftk_tensor *e = ftk_st_model_find(r, "model.embed_tokens.weight");
+            CHECK(e && e->nbytes == t->nbytes && memcmp(e->data, t->data, t->nbytes) == 0);
+            ftk_st_model_close(r);
+        }
+        ftk_message_free(&m);
+#endif
     }
     TEST("sharding: a 5KB --shard-size writes an index that ftk reads back") {
         snprintf(p, sizeof p, "%s/sharded", tmp);
