@@ -19,7 +19,8 @@ tests/fixtures/merge/stories260K-adapter):
      logits limit cannot be met by ANY bf16 merge of these random tiny models: rounding the
      merged weights to bf16 alone moves their logits by ~5e-3, and peft's own merge_and_unload
      (scored the same way and recorded as peft_merged_vs_peft) lands there too; so the check is
-     max(1e-3, 2 x peft's own error). bf16-compute numbers are recorded as well.
+     max(1e-3, 2 x peft's own error). bf16-compute numbers, and the norm-wise error
+     ||got - want|| / ||want|| of ftk's merge, are recorded as well.
   4. peft's float32 merge_and_unload weights are saved to tests/fixtures/merge/<case>.safetensors
      so that `make test` (tests/unit/test_plugin_merge.c) checks ftk's merged tensors (F32, and
      BF16 against their once-rounded values) without Python.
@@ -153,7 +154,9 @@ def main():
                     continue
                 u, n = bf16_ulps(ftk_w[k], v)
                 ulp, ndiff = max(ulp, u), ndiff + n
-            r = {"ftk_merged_vs_peft": rel(load(out, torch.float32)(input_ids=ids).logits, ref),
+            got = load(out, torch.float32)(input_ids=ids).logits
+            r = {"ftk_merged_vs_peft": rel(got, ref),
+                 "ftk_merged_vs_peft_normwise": float((got.double() - ref.double()).norm() / ref.double().norm()),
                  "peft_merged_vs_peft": rel(pm.float()(input_ids=ids).logits, ref),
                  "weights_max_ulp_vs_f32_merge_rounded_once": ulp,
                  "weights_differing_vs_f32_merge_rounded_once": ndiff,
