@@ -3,7 +3,8 @@
  * W' = W + scale * B A for every adapted linear, in F32, cast to the output dtype; scale is
  * lora_alpha / r (lora_alpha / sqrt(r) with use_rslora), as peft's LoraLayer.merge. The base
  * checkpoint is read from its mapping and the result written a chunk of rows at a time, so
- * memory holds about one chunk (FTK_MERGE_DEFAULT_CHUNK) plus the adapter, whatever the model
+ * memory holds one chunk of output (FTK_MERGE_DEFAULT_CHUNK) and its rows in F32 (twice the
+ * bytes for a bf16/f16 output) plus the adapter, whatever the model
  * or tensor size (a directory base; an archive base is read into memory by libarchive). Adapters of other
  * mergeable methods (DoRA, (IA)^3, AdaLoRA, diff pruning) are folded by their plugin's merge
  * slot, with the base model loaded whole (F32, CPU backend) and the adapter on it; BitFit's by its
