@@ -59,22 +59,31 @@ static void run_chunks(struct ftk_threads *t, int tid)
     }
 }
 
+/* One round of a bounded spin: 0 once SPIN_NS have passed since the spin began. Every 64
+ * rounds it reads the clock and yields the CPU. */
+struct spin { int i; int64_t t0; };
+
+static int spin_more(struct spin *sp)
+{
+    if ((++sp->i & 63) != 0)
+        return 1;
+    if (!sp->t0)
+        sp->t0 = now_ns();
+    else if (now_ns() - sp->t0 > SPIN_NS)
+        return 0;
+    sched_yield();
+    return 1;
+}
+
 /* The next generation after `seen` (or `seen` when told to quit): spin a while, then sleep. */
 static uint64_t await_job(struct ftk_threads *t, uint64_t seen)
 {
-    int64_t t0 = 0;
-    for (int i = 0;; i++) {
+    struct spin sp = {0};
+    do {
         uint64_t g = atomic_load_explicit(&t->generation, memory_order_acquire);
         if (g != seen || atomic_load(&t->quit))
             return g;
-        if ((i & 63) == 63) {
-            if (!t0)
-                t0 = now_ns();
-            else if (now_ns() - t0 > SPIN_NS)
-                break;
-            sched_yield();
-        }
-    }
+    } while (spin_more(&sp));
     pthread_mutex_lock(&t->mu);
     t->sleepers++;
     while (!atomic_load(&t->quit) && atomic_load(&t->generation) == seen)
@@ -198,15 +207,9 @@ void ftk_threads_for(struct ftk_threads *t, int64_t n, int64_t grain, ftk_range_
 
     run_chunks(t, 0);
 
-    int64_t t0 = 0;
-    for (int i = 0; atomic_load_explicit(&t->pending, memory_order_acquire) > 0; i++)
-        if ((i & 63) == 63) {
-            if (!t0)
-                t0 = now_ns();
-            else if (now_ns() - t0 > SPIN_NS)
-                break;
-            sched_yield();
-        }
+    struct spin sp = {0};
+    while (atomic_load_explicit(&t->pending, memory_order_acquire) > 0 && spin_more(&sp))
+        ;
     if (atomic_load_explicit(&t->pending, memory_order_acquire) > 0) {
         pthread_mutex_lock(&t->mu);
         t->driver_waits = 1;
