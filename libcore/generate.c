@@ -220,12 +220,17 @@ static ftk_status recompute(struct ftk_model *m, struct ftk_kv_cache *kc, int64_
     return FTK_OK;
 }
 
+int64_t ftk_gen_context(const struct ftk_model *m, const struct ftk_gen_config *c)
+{
+    return c->context > 0 ? c->context : ftk_model_get_config(m)->max_position_embeddings;
+}
+
 ftk_status ftk_generate(struct ftk_model *m, const struct ftk_tokenizer *tok, const struct ftk_gen_config *c, int64_t n,
                         const int32_t *const *prompts, const int64_t *lens, ftk_gen_token_fn on_token, void *arg,
                         struct ftk_gen_result *out)
 {
     const struct ftk_model_config *mc = ftk_model_get_config(m);
-    int64_t V = mc->V, ctx = c->context > 0 ? c->context : mc->max_position_embeddings;
+    int64_t V = mc->V, ctx = ftk_gen_context(m, c);
     memset(out, 0, (size_t)n * sizeof *out);
     for (int64_t i = 0; i < n; i++) {
         FTK_FAIL_IF(lens[i] <= 0, FTK_E_INVALID, "prompt %lld is empty", (long long)i);

@@ -106,7 +106,7 @@ static ftk_status flush_batch(struct gen_run *r)
 static ftk_status add_prompt(struct gen_run *r, struct ftk_ids *ids, const char *text, int64_t index, const char *where)
 {
     /* checked here, where the file and line are known (ftk_generate knows the row in its batch) */
-    int64_t ctx = r->gc.context > 0 ? r->gc.context : ftk_model_get_config(r->m)->max_position_embeddings;
+    int64_t ctx = ftk_gen_context(r->m, &r->gc);
     FTK_FAIL_IF(ctx > 0 && (int64_t)ids->n >= ctx, FTK_E_INVALID, "%s: prompt %lld has %zu tokens, the context is %lld", where,
                 (long long)index, ids->n, (long long)ctx);
     /* --stream: a full batch waits for the next prompt, so a single prompt is kept to be streamed */
@@ -370,7 +370,7 @@ static ftk_status run_chat(struct gen_run *r)
     size_t cap = 0;
     ssize_t len;
     ftk_status s = FTK_OK;
-    int64_t ctx = r->gc.context > 0 ? r->gc.context : ftk_model_get_config(r->m)->max_position_embeddings, extra = 0;
+    int64_t ctx = ftk_gen_context(r->m, &r->gc), extra = 0;
     fprintf(stderr, "ftk generate: chat with %s (empty line or Ctrl-D ends; /clear forgets)\n", r->o->model);
     s = adapter_positions(r, ctx, &extra);
     while (s == FTK_OK) {

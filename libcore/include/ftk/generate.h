@@ -49,6 +49,9 @@ typedef void (*ftk_gen_token_fn)(void *arg, int64_t i, int32_t id);
 FTK_API ftk_status ftk_generate(struct ftk_model *m, const struct ftk_tokenizer *tok, const struct ftk_gen_config *c,
                                 int64_t n, const int32_t *const *prompts, const int64_t *lens,
                                 ftk_gen_token_fn on_token, void *arg, struct ftk_gen_result *out);
+/* The context ftk_generate works in: c->context when set, else the model's
+ * max_position_embeddings. */
+FTK_API int64_t ftk_gen_context(const struct ftk_model *m, const struct ftk_gen_config *c);
 FTK_API void ftk_gen_result_free(struct ftk_gen_result *r);
 FTK_API void ftk_gen_config_init(struct ftk_gen_config *c);
 /* Reads generation_config.json of a model dir/archive into c (eos ids, sampling defaults, as
