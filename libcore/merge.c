@@ -216,21 +216,20 @@ static ftk_status fill_rows(struct plan *p, const struct item *it, void *dst, in
             FTK_TRY(whole_f32(p, it, n));
         return ftk_convert_from_f32(dst, it->dtype, p->w + off, k);
     }
-    if (it->saved) {   /* modules_to_save: the adapter's rows in place of the base's (often the
-                          largest tensors, embeddings and head: by rows too) */
-        FTK_TRY(scratch(p, k));
-        FTK_TRY(ftk_convert_to_f32(p->w, (const char *)it->saved->data + off * ftk_dtype_size(it->saved->dtype), it->saved->dtype, k));
-        return ftk_convert_from_f32(dst, it->dtype, p->w, k);
-    }
-    size_t esz = ftk_dtype_size(t->dtype);
-    if ((!it->lora && t->dtype == it->dtype) || !merge_is_float(t->dtype)) {   /* unchanged: bit for bit */
-        memcpy(dst, (const char *)t->data + off * esz, k * esz);
+    /* modules_to_save: the adapter's rows in place of the base's (often the largest tensors,
+     * embeddings and head), by rows like the rest */
+    const struct ftk_tensor *src = it->saved ? it->saved : t;
+    const struct merge_pair *lora = it->saved ? NULL : it->lora;
+    size_t esz = ftk_dtype_size(src->dtype);
+    const char *rows_at = (const char *)src->data + off * esz;
+    if ((!lora && src->dtype == it->dtype) || !merge_is_float(src->dtype)) {   /* unchanged: bit for bit */
+        memcpy(dst, rows_at, k * esz);
         return FTK_OK;
     }
     FTK_TRY(scratch(p, k));
-    FTK_TRY(ftk_convert_to_f32(p->w, (const char *)t->data + off * esz, t->dtype, k));
-    if (it->lora) {
-        const struct merge_pair *q = it->lora;
+    FTK_TRY(ftk_convert_to_f32(p->w, rows_at, src->dtype, k));
+    if (lora) {
+        const struct merge_pair *q = lora;
         int64_t O = t->shape[0], In = t->shape[1], r = q->A->shape[0];
         if (row0 == 0) {
             FTK_TRY(ftk_convert_to_f32(p->a, q->A->data, q->A->dtype, (size_t)(r * In)));
