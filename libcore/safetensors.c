@@ -227,6 +227,18 @@ ftk_status ftk_st_write(const char *path, const struct ftk_message *m)
 /* Rows of an entry: its first dimension (a scalar is one row of one element). */
 static int64_t entry_rows(const struct ftk_st_entry *e) { return e->ndim ? e->shape[0] : 1; }
 
+/* How entry e is written: *nb bytes in all, *row_nb per row, returned: rows per fill() call
+ * (all of them when the tensor fits chunk_bytes, else as many as fit, at least one). */
+static int64_t entry_step(const struct ftk_st_entry *e, size_t chunk_bytes, size_t *nb, size_t *row_nb)
+{
+    int64_t rows = entry_rows(e);
+    *nb = (size_t)ftk_shape_numel(e->ndim, e->shape) * ftk_dtype_size(e->dtype);
+    *row_nb = rows ? *nb / (size_t)rows : 0;
+    if (*row_nb == 0 || *nb <= chunk_bytes)
+        return rows ? rows : 1;
+    return chunk_bytes / *row_nb ? (int64_t)(chunk_bytes / *row_nb) : 1;
+}
+
 ftk_status ftk_st_write_rows(const char *path, const struct ftk_message *meta, const struct ftk_st_entry *e, size_t n,
                              ftk_st_fill_rows_fn fill, void *arg, size_t chunk_bytes)
 {
@@ -255,13 +267,10 @@ ftk_status ftk_st_write_rows(const char *path, const struct ftk_message *meta, c
         }
         uint64_t off = 0;
         for (size_t i = 0; i < n; i++) {
-            int64_t numel = ftk_shape_numel(e[i].ndim, e[i].shape);
-            size_t nb = (size_t)numel * ftk_dtype_size(e[i].dtype);
-            int64_t rows = entry_rows(&e[i]);
-            size_t row_nb = rows ? nb / (size_t)rows : 0;
-            size_t chunk = row_nb == 0 ? 0 : nb <= chunk_bytes ? nb : (chunk_bytes / row_nb ? chunk_bytes / row_nb : 1) * row_nb;
-            if (chunk > biggest)
-                biggest = chunk;
+            size_t nb, row_nb;
+            int64_t step = entry_step(&e[i], chunk_bytes, &nb, &row_nb);
+            if ((size_t)step * row_nb > biggest)
+                biggest = (size_t)step * row_nb;
             fprintf(js, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", first ? "" : ",", e[i].name, ftk_dtype_name(e[i].dtype));
             for (int d = 0; d < e[i].ndim; d++)
                 fprintf(js, "%s%lld", d ? "," : "", (long long)e[i].shape[d]);
@@ -296,9 +305,8 @@ ftk_status ftk_st_write_rows(const char *path, const struct ftk_message *meta, c
         s = ftk_error_set(FTK_E_NOMEM, __FILE__, __LINE__, "out of memory");
     for (size_t i = 0; i < n && s == FTK_OK && !bad; i++) {
         int64_t rows = entry_rows(&e[i]);
-        size_t nb = (size_t)ftk_shape_numel(e[i].ndim, e[i].shape) * ftk_dtype_size(e[i].dtype);
-        size_t row_nb = rows ? nb / (size_t)rows : 0;
-        int64_t step = row_nb == 0 || nb <= chunk_bytes ? (rows ? rows : 1) : (int64_t)(chunk_bytes / row_nb ? chunk_bytes / row_nb : 1);
+        size_t nb, row_nb;
+        int64_t step = entry_step(&e[i], chunk_bytes, &nb, &row_nb);
         for (int64_t r0 = 0; r0 < rows && s == FTK_OK && !bad; r0 += step) {
             int64_t k = rows - r0 < step ? rows - r0 : step;
             if ((s = fill(arg, i, buf, r0, k)) == FTK_OK)
